@@ -1,1 +1,17 @@
+//! eso's saga language and the pure state machine that runs it.
+//!
+//! A saga is data: a TOML file ([`definition::parse`]) listing states, the
+//! command each state sends, and the transitions its replies, timeouts and
+//! events take. [`machine::step`] decides what an input does to a saga;
+//! the runtime (in `orchestrator`) only loads, steps, appends and sends.
+//! See `sagas/README.md` for the file format.
 
+pub mod definition;
+pub mod graph;
+pub mod machine;
+pub mod registry;
+mod validate;
+
+pub use definition::{Definition, DefinitionErrors, DefinitionId, Located, Problem, parse};
+pub use machine::{Cause, Change, Command, Decision, Event, FoldError, Ignored, Input, Millis, Pending, Phase, Saga, step};
+pub use registry::{Registry, RegistryError};

@@ -1,0 +1,437 @@
+//! The pure saga step: `(saga, input, now) -> decision`.
+//!
+//! Every decision is a list of events; the new state is those events folded
+//! onto the old one with [`Saga::apply`], the same function that rebuilds a
+//! saga from its stored stream. So a saga recovered from the event store is,
+//! by construction, the saga the step produced. No I/O, no clock, no
+//! randomness: time arrives as `now`, and command ids are derived from the
+//! saga id, the state and how often the saga has entered a state.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::definition::{Definition, DefinitionId, Transition};
+
+/// Recorded when one attempt of a command timed out and a retry is due after backoff.
+pub const ATTEMPT_TIMED_OUT: &str = "command_timed_out";
+/// Recorded when a command is sent again (same command id) after a timeout.
+pub const RETRIED: &str = "command_retried";
+
+/// Milliseconds since the Unix epoch; the only notion of time the machine has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Millis(pub i64);
+
+impl Millis {
+    pub fn after(self, d: Duration) -> Millis {
+        Millis(self.0.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+    }
+}
+
+/// A saga instance, as folded from its events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Saga {
+    pub id: Uuid,
+    pub definition: DefinitionId,
+    /// The data the saga started with, plus each reply's data under the
+    /// name of the state that received it.
+    pub data: Map<String, Value>,
+    pub state: String,
+    pub status: String,
+    pub terminal: bool,
+    /// The command the current state is waiting on, if any.
+    pub pending: Option<Pending>,
+    /// Last command id sent by each state, so compensations can name what they undo.
+    pub commands: BTreeMap<String, Uuid>,
+    /// How many times the saga has entered a state; names command ids.
+    pub visits: u32,
+    /// Number of events in the saga's stream.
+    pub version: u64,
+}
+
+/// A command in flight and the deadline that moves it on if no reply comes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub command: Command,
+    pub attempt: u32,
+    pub phase: Phase,
+    pub deadline: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Sent; waiting for a reply until the deadline.
+    AwaitingReply,
+    /// Timed out; the next attempt is sent at the deadline.
+    BackingOff,
+}
+
+/// A command to send to a participant. The id is the same on every retry, so
+/// participants can answer a repeat with what they answered first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: Uuid,
+    pub saga_id: Uuid,
+    pub subject: String,
+    pub payload: Value,
+    pub attempt: u32,
+    /// How long this attempt waits for a reply.
+    pub timeout_ms: u64,
+}
+
+/// What happens to a saga.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// Begin a new saga with this data.
+    Start { id: Uuid, data: Map<String, Value> },
+    /// A participant answered a command.
+    Reply { command_id: Uuid, outcome: String, data: Value },
+    /// The saga's deadline may have passed (a timer fired).
+    Deadline,
+    /// A named event from outside (e.g. a cancellation request).
+    Event { name: String, data: Value },
+}
+
+/// A recorded event: its type name as users see it, and what it changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub event_type: String,
+    pub change: Change,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    Started {
+        saga_id: Uuid,
+        definition: DefinitionId,
+        data: Map<String, Value>,
+        state: String,
+        status: String,
+        pending: Option<Pending>,
+    },
+    /// An event of a transition that precedes the one that moves the saga
+    /// (e.g. `payment_confirmed` before `order_confirmed`).
+    Noted { state: String, cause: Cause },
+    Moved {
+        from: String,
+        to: String,
+        status: String,
+        terminal: bool,
+        cause: Cause,
+        pending: Option<Pending>,
+    },
+    AttemptTimedOut { state: String, attempt: u32, pending: Pending },
+    Retried { state: String, attempt: u32, pending: Pending },
+}
+
+/// Why a transition was taken.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum Cause {
+    Reply { command_id: Uuid, outcome: String, data: Value },
+    Timeout { command_id: Uuid, attempts: u32 },
+    Event { name: String, data: Value },
+}
+
+/// The outcome of a step: events to append (in order), commands to send once
+/// they are durable, and the saga as it will be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub events: Vec<Event>,
+    pub commands: Vec<Command>,
+    pub saga: Saga,
+}
+
+impl Decision {
+    /// When the runtime must wake this saga next, if ever.
+    pub fn deadline(&self) -> Option<Millis> {
+        self.saga.deadline()
+    }
+}
+
+/// An input that does not apply to the saga in its current state. Not an
+/// error: duplicate and late messages are normal in a distributed system.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Ignored {
+    #[error("the saga has not started")]
+    NotStarted,
+    #[error("the saga has already started")]
+    AlreadyStarted,
+    #[error("the saga has finished in state `{0}`")]
+    Finished(String),
+    #[error("the saga runs on {saga}, not {given}")]
+    WrongDefinition { saga: DefinitionId, given: DefinitionId },
+    #[error("reply to command {0}, which the saga is not waiting on (duplicate or late)")]
+    StaleReply(Uuid),
+    #[error("state `{state}` has no transition for reply outcome `{outcome}`")]
+    UnknownOutcome { state: String, outcome: String },
+    #[error("state `{state}` has no transition for event `{name}`")]
+    UnknownEvent { state: String, name: String },
+    #[error("the saga has no deadline in state `{0}`")]
+    NoDeadline(String),
+    #[error("the deadline {deadline:?} has not passed at {now:?}")]
+    NotDue { deadline: Millis, now: Millis },
+    #[error("state `{0}` is not in the definition")]
+    UnknownState(String),
+}
+
+/// A stream that cannot be folded into a saga.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FoldError {
+    #[error("the stream does not begin with a start event")]
+    NotStarted,
+    #[error("the stream starts twice")]
+    StartedTwice,
+}
+
+impl Saga {
+    pub fn deadline(&self) -> Option<Millis> {
+        self.pending.as_ref().map(|p| p.deadline)
+    }
+
+    /// The saga a start event creates.
+    fn begin(saga_id: Uuid, definition: &DefinitionId, data: &Map<String, Value>, state: &str, status: &str, pending: &Option<Pending>) -> Saga {
+        let commands = pending.iter().map(|p| (state.to_string(), p.command.id)).collect();
+        Saga {
+            id: saga_id,
+            definition: definition.clone(),
+            data: data.clone(),
+            state: state.to_string(),
+            status: status.to_string(),
+            terminal: false,
+            pending: pending.clone(),
+            commands,
+            visits: 1,
+            version: 1,
+        }
+    }
+
+    /// Applies one recorded event. Used both by [`step`] and to rebuild a
+    /// saga from its stream.
+    pub fn apply(saga: Option<Saga>, event: &Event) -> Result<Saga, FoldError> {
+        let mut saga = match (saga, &event.change) {
+            (None, Change::Started { saga_id, definition, data, state, status, pending }) => {
+                return Ok(Saga::begin(*saga_id, definition, data, state, status, pending));
+            }
+            (None, _) => return Err(FoldError::NotStarted),
+            (Some(_), Change::Started { .. }) => return Err(FoldError::StartedTwice),
+            (Some(saga), _) => saga,
+        };
+        match &event.change {
+            Change::Started { .. } | Change::Noted { .. } => {}
+            Change::Moved { from, to, status, terminal, cause, pending } => {
+                if let Cause::Reply { data: reply @ Value::Object(fields), .. } = cause
+                    && !fields.is_empty()
+                {
+                    saga.data.insert(from.clone(), reply.clone());
+                }
+                saga.state = to.clone();
+                saga.status = status.clone();
+                saga.terminal = *terminal;
+                saga.pending = pending.clone();
+                saga.visits += 1;
+                if let Some(p) = pending {
+                    saga.commands.insert(to.clone(), p.command.id);
+                }
+            }
+            Change::AttemptTimedOut { pending, .. } | Change::Retried { pending, .. } => {
+                saga.pending = Some(pending.clone());
+            }
+        }
+        saga.version += 1;
+        Ok(saga)
+    }
+
+    /// Rebuilds a saga from its stream; `None` for an empty stream.
+    pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> Result<Option<Saga>, FoldError> {
+        events.into_iter().try_fold(None, |saga, e| Saga::apply(saga, e).map(Some))
+    }
+}
+
+/// Decides what `input` does to `saga` (None before it starts) at `now`.
+pub fn step(def: &Definition, saga: Option<&Saga>, input: &Input, now: Millis) -> Result<Decision, Ignored> {
+    let saga = match (saga, input) {
+        (None, Input::Start { id, data }) => return Ok(start(def, *id, data, now)),
+        (None, _) => return Err(Ignored::NotStarted),
+        (Some(_), Input::Start { .. }) => return Err(Ignored::AlreadyStarted),
+        (Some(saga), _) => saga,
+    };
+    if saga.definition != def.id() {
+        return Err(Ignored::WrongDefinition { saga: saga.definition.clone(), given: def.id() });
+    }
+    if saga.terminal {
+        return Err(Ignored::Finished(saga.state.clone()));
+    }
+    let state = def.state(&saga.state).ok_or_else(|| Ignored::UnknownState(saga.state.clone()))?;
+    let events = match input {
+        Input::Start { .. } => return Err(Ignored::AlreadyStarted),
+        Input::Reply { command_id, outcome, data } => {
+            match &saga.pending {
+                Some(p) if p.command.id == *command_id => {}
+                _ => return Err(Ignored::StaleReply(*command_id)),
+            }
+            let transition = state.on_reply.get(outcome).ok_or_else(|| Ignored::UnknownOutcome {
+                state: state.name.clone(),
+                outcome: outcome.clone(),
+            })?;
+            let cause = Cause::Reply { command_id: *command_id, outcome: outcome.clone(), data: data.clone() };
+            take(def, saga, transition, cause, now)
+        }
+        Input::Event { name, data } => {
+            let transition = state
+                .on_event
+                .get(name)
+                .ok_or_else(|| Ignored::UnknownEvent { state: state.name.clone(), name: name.clone() })?;
+            take(def, saga, transition, Cause::Event { name: name.clone(), data: data.clone() }, now)
+        }
+        Input::Deadline => deadline(def, saga, now)?,
+    };
+    Ok(decide(saga.clone(), events))
+}
+
+fn start(def: &Definition, id: Uuid, data: &Map<String, Value>, now: Millis) -> Decision {
+    let mut saga_data = data.clone();
+    saga_data.insert("saga_id".into(), Value::String(id.to_string()));
+    let status = def.state(&def.initial).map(|s| s.status.clone()).unwrap_or_default();
+    let pending = enter(def, id, &def.initial, 1, &saga_data, &BTreeMap::new(), now);
+    let saga = Saga::begin(id, &def.id(), &saga_data, &def.initial, &status, &pending);
+    let commands = pending.iter().map(|p| p.command.clone()).collect();
+    let change = Change::Started { saga_id: id, definition: def.id(), data: saga_data, state: def.initial.clone(), status, pending };
+    Decision { events: vec![Event { event_type: def.started.clone(), change }], commands, saga }
+}
+
+/// The events of taking `transition` from the saga's current state.
+fn take(def: &Definition, saga: &Saga, transition: &Transition, cause: Cause, now: Millis) -> Vec<Event> {
+    let target = def.state(&transition.goto);
+    let mut data = saga.data.clone();
+    if let Cause::Reply { data: reply @ Value::Object(fields), .. } = &cause
+        && !fields.is_empty()
+    {
+        data.insert(saga.state.clone(), reply.clone());
+    }
+    let pending = enter(def, saga.id, &transition.goto, saga.visits + 1, &data, &saga.commands, now);
+    let (last, noted) = match transition.record.split_last() {
+        Some((last, noted)) => (last.clone(), noted),
+        None => (transition.goto.clone(), &[][..]),
+    };
+    let mut events: Vec<Event> = noted
+        .iter()
+        .map(|t| Event { event_type: t.clone(), change: Change::Noted { state: saga.state.clone(), cause: cause.clone() } })
+        .collect();
+    events.push(Event {
+        event_type: last,
+        change: Change::Moved {
+            from: saga.state.clone(),
+            to: transition.goto.clone(),
+            status: target.map(|s| s.status.clone()).unwrap_or_default(),
+            terminal: target.is_some_and(|s| s.terminal),
+            cause,
+            pending,
+        },
+    });
+    events
+}
+
+/// A timer fired: back off, retry, or give up and take `on_timeout`.
+fn deadline(def: &Definition, saga: &Saga, now: Millis) -> Result<Vec<Event>, Ignored> {
+    let pending = saga.pending.as_ref().ok_or_else(|| Ignored::NoDeadline(saga.state.clone()))?;
+    if now < pending.deadline {
+        return Err(Ignored::NotDue { deadline: pending.deadline, now });
+    }
+    let state = def.state(&saga.state).ok_or_else(|| Ignored::UnknownState(saga.state.clone()))?;
+    let spec = state.command.as_ref().ok_or_else(|| Ignored::NoDeadline(saga.state.clone()))?;
+    let event = match pending.phase {
+        Phase::BackingOff => {
+            let attempt = pending.attempt + 1;
+            let mut command = pending.command.clone();
+            command.attempt = attempt;
+            let next = Pending { command, attempt, phase: Phase::AwaitingReply, deadline: now.after(spec.timeout) };
+            Event { event_type: RETRIED.into(), change: Change::Retried { state: saga.state.clone(), attempt, pending: next } }
+        }
+        Phase::AwaitingReply if pending.attempt <= spec.retries => {
+            let next = Pending {
+                phase: Phase::BackingOff,
+                deadline: now.after(spec.backoff_after(pending.attempt)),
+                ..pending.clone()
+            };
+            let change = Change::AttemptTimedOut { state: saga.state.clone(), attempt: pending.attempt, pending: next };
+            Event { event_type: ATTEMPT_TIMED_OUT.into(), change }
+        }
+        Phase::AwaitingReply => {
+            let transition = state.on_timeout.as_ref().ok_or_else(|| Ignored::NoDeadline(saga.state.clone()))?;
+            let cause = Cause::Timeout { command_id: pending.command.id, attempts: pending.attempt };
+            return Ok(take(def, saga, transition, cause, now));
+        }
+    };
+    Ok(vec![event])
+}
+
+/// The pending command of entering `state` for the `visit`-th state entry.
+fn enter(
+    def: &Definition,
+    saga_id: Uuid,
+    state: &str,
+    visit: u32,
+    data: &Map<String, Value>,
+    commands: &BTreeMap<String, Uuid>,
+    now: Millis,
+) -> Option<Pending> {
+    let state = def.state(state)?;
+    let spec = state.command.as_ref()?;
+    let mut payload = Map::new();
+    for field in &spec.fields {
+        if let Some(value) = lookup(data, field) {
+            payload.insert(field.clone(), value.clone());
+        }
+    }
+    payload.insert("saga_id".into(), Value::String(saga_id.to_string()));
+    if let Some(undone) = &state.compensates {
+        let command_id = commands.get(undone).map(|id| Value::String(id.to_string())).unwrap_or(Value::Null);
+        payload.insert("compensates".into(), serde_json::json!({ "state": undone, "command_id": command_id }));
+    }
+    let id = Uuid::new_v5(&saga_id, format!("{}/{visit}", state.name).as_bytes());
+    let timeout_ms = u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX);
+    let command = Command { id, saga_id, subject: spec.subject.clone(), payload: Value::Object(payload), attempt: 1, timeout_ms };
+    Some(Pending { command, attempt: 1, phase: Phase::AwaitingReply, deadline: now.after(spec.timeout) })
+}
+
+/// Follows a dotted path (`payment.payment_id`) through nested objects.
+fn lookup<'a>(data: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let mut value = data.get(parts.next()?)?;
+    for part in parts {
+        value = value.as_object()?.get(part)?;
+    }
+    Some(value)
+}
+
+/// Folds `events` onto `saga` and collects the commands they send.
+fn decide(mut saga: Saga, events: Vec<Event>) -> Decision {
+    let commands = events.iter().filter_map(|e| e.change.sends()).cloned().collect();
+    for event in &events {
+        // Only a start event fails to fold onto a started saga, and `take`
+        // and `deadline` never build one.
+        if let Ok(next) = Saga::apply(Some(saga.clone()), event) {
+            saga = next;
+        }
+    }
+    Decision { events, commands, saga }
+}
+
+impl Change {
+    /// The command this change puts on the wire, if it sends one.
+    pub fn sends(&self) -> Option<&Command> {
+        match self {
+            Change::Started { pending: Some(p), .. }
+            | Change::Moved { pending: Some(p), .. }
+            | Change::Retried { pending: p, .. } => Some(&p.command),
+            _ => None,
+        }
+    }
+}
