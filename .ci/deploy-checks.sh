@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Deployment checks: the Helm chart (lint, schema, rendered manifests, the
-# chart's own promises) and docker-compose.yml. Offline: no cluster and no
-# Docker engine needed. Run from anywhere:
+# chart's own promises), docker-compose.yml and the Dockerfile. Offline: no
+# cluster and no Docker engine needed. Run from anywhere:
 #
 #   bash .ci/deploy-checks.sh
 #
@@ -28,8 +28,20 @@ if ! "$PYTHON" -c 'import helm_python, kubernetes_validate' 2>/dev/null; then
 fi
 if ! command -v docker-compose >/dev/null 2>&1; then
   echo "installing docker-compose (Debian)"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
+  if ! out=$(as_root apt-get update -qq 2>&1 &&
+              as_root env DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l \
+                apt-get install -y -qq docker-compose 2>&1); then
+    echo "$out"; exit 1
+  fi
+fi
+# dockerfile-utils (npm): a Dockerfile linter that needs no Docker engine.
+DOCKERFILE_UTILS_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/eso-deploy-checks
+DOCKERFILE_UTILS=$DOCKERFILE_UTILS_DIR/node_modules/.bin/dockerfile-utils
+if [[ ! -x $DOCKERFILE_UTILS ]] && command -v npm >/dev/null 2>&1; then
+  echo "installing dockerfile-utils (npm)"
+  mkdir -p "$DOCKERFILE_UTILS_DIR"
+  npm install --silent --no-fund --no-audit --prefix "$DOCKERFILE_UTILS_DIR" dockerfile-utils@0.16.3 >/dev/null \
+    || echo "could not install dockerfile-utils: the Dockerfile lint is skipped"
 fi
 
 # ------------------------------------------------------------- saga definitions
@@ -66,7 +78,7 @@ check() {
   fi
 }
 
-chart() { "$PYTHON" .ci/chart_check.py "$@" --kube-versions "$KUBE_VERSIONS"; }
+chart() { "$PYTHON" .ci/deploy_check.py "$@" --kube-versions "$KUBE_VERSIONS"; }
 
 check "helm lint --strict (default values)"               chart lint
 check "helm lint --strict (deploy/values-production.yaml)" chart lint -f deploy/values-production.yaml
@@ -83,6 +95,7 @@ check "no NATS and no nats.enabled is rejected"           chart expect-fail \
   --set nats.enabled=false --expect 'set nats.url'
 check "chart README documents every value"                chart readme
 check "docker-compose config -q (Compose v1)"             docker-compose -f docker-compose.yml config -q
+check "docker-compose.yml promises"                       chart compose
 # Compose v2 (`docker compose`) is a Docker CLI plugin that no registry here
 # ships; check with it wherever it is installed.
 if docker compose version >/dev/null 2>&1; then
@@ -90,6 +103,13 @@ if docker compose version >/dev/null 2>&1; then
 else
   printf 'skip %-58s (no docker compose v2 plugin here)\n' "docker compose config -q (Compose v2)"
 fi
+
+if [[ -x $DOCKERFILE_UTILS ]]; then
+  check "Dockerfile lint (dockerfile-utils)"              "$DOCKERFILE_UTILS" lint Dockerfile
+else
+  printf 'skip %-58s (npm not found)\n' "Dockerfile lint (dockerfile-utils)"
+fi
+check "Dockerfile promises"                               chart dockerfile
 
 echo "deploy-checks took $((SECONDS - started))s"
 echo "deploy-checks: $passed passed, $failed failed"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Offline checks of the eso Helm chart, called by .ci/deploy-checks.sh.
+"""Offline checks of eso's deployment files, called by .ci/deploy-checks.sh.
 
 Uses helm-python-sdk (Helm v4's Go SDK through ctypes: no helm binary, no
 cluster) to lint and render the chart, and kubernetes-validate to check every
@@ -14,12 +14,15 @@ non-zero on a failure:
                                             rendering must fail, naming each REGEX
   readme                                    README.md documents every value
   resources  [-f ...] [--set ...]           print kind/name of what renders
+  compose                                   docker-compose.yml keeps its promises
+  dockerfile                                the Dockerfile keeps its promises
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -302,6 +305,68 @@ def cmd_resources(values: dict[str, Any], _: argparse.Namespace) -> list[str]:
     return []
 
 
+def cmd_compose(_: dict[str, Any], __: argparse.Namespace) -> list[str]:
+    """The resolved compose file (`docker-compose config`) runs what docs/deploy.md says."""
+    resolved = subprocess.run(["docker-compose", "-f", "docker-compose.yml", "config"],
+                              check=True, capture_output=True, text=True).stdout
+    services = yaml.safe_load(resolved)["services"]
+    failures = []
+    for name in ("postgres", "nats", "jaeger", "eso", "payment", "delivery"):
+        if name not in services:
+            failures.append(f"service {name} missing")
+    if failures:
+        return failures
+    for name in ("postgres", "nats", "eso", "payment", "delivery"):
+        if not (services[name].get("healthcheck") or {}).get("test"):
+            failures.append(f"{name}: no healthcheck")
+    nats_cmd = services["nats"].get("command") or []
+    if "-js" not in nats_cmd or "-sd" not in nats_cmd:
+        failures.append("nats: JetStream with a store directory (-js -sd /data) expected")
+    if str(services["jaeger"].get("environment", {}).get("COLLECTOR_OTLP_ENABLED")).lower() != "true":
+        failures.append("jaeger: COLLECTOR_OTLP_ENABLED must be true")
+    for name, binary in (("eso", "eso"), ("payment", "payment"), ("delivery", "delivery")):
+        svc = services[name]
+        env = svc.get("environment") or {}
+        if svc.get("command") != [binary]:
+            failures.append(f"{name}: command must be [{binary}]")
+        for var in ("DATABASE_URL", "NATS_URL", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME", "PORT"):
+            if not env.get(var):
+                failures.append(f"{name}: environment {var} missing")
+        deps = svc.get("depends_on") or {}
+        for dep in ("postgres", "nats"):
+            if (deps.get(dep) or {}).get("condition") != "service_healthy":
+                failures.append(f"{name}: must wait for {dep} to be healthy")
+    # `config` prints ports in the long form: {published, target}.
+    if not any(p.get("target") == 3000 for p in services["eso"].get("ports") or []):
+        failures.append("eso: container port 3000 not published")
+    if int((services["payment"].get("deploy") or {}).get("replicas") or 1) < 2:
+        failures.append("payment: deploy.replicas >= 2 expected (queue group)")
+    if not failures:
+        print(f"{len(services)} services: dependencies healthy-gated, JetStream on, OTLP on, payment x2")
+    return failures
+
+
+def cmd_dockerfile(_: dict[str, Any], __: argparse.Namespace) -> list[str]:
+    """What the image promises: three binaries, non-root uid 10001, /app/sagas and /app/migrations."""
+    text = Path("Dockerfile").read_text()
+    stages = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    expectations = {
+        "a multi-stage build (builder + runtime)": len(stages) >= 2,
+        "cargo build --release --locked --bins": "cargo build --release --locked --bins" in text,
+        "eso, payment and delivery copied out": all(f"target/release/{b}" in text for b in ("eso", "payment", "delivery")),
+        "a slim runtime base": stages[-1:] and re.search(r"(bookworm-slim|distroless)", stages[-1]) is not None,
+        "USER 10001 in the runtime stage": re.search(r"^USER 10001", text.split(stages[-1])[-1] if stages else "", re.M) is not None,
+        "/app/sagas and /app/migrations": "/app/sagas" in text and "/app/migrations" in text,
+        "SAGAS_DIR=/app/sagas": "SAGAS_DIR=/app/sagas" in text,
+        'CMD ["eso"] by default': re.search(r'^CMD \["eso"\]', text, re.M) is not None,
+        "no :latest base image": ":latest" not in " ".join(stages),
+    }
+    failures = [f"Dockerfile: {what}" for what, ok in expectations.items() if not ok]
+    if not failures:
+        print(f"{len(expectations)} promises kept (bases: {', '.join(stages)})")
+    return failures
+
+
 COMMANDS = {
     "lint": cmd_lint,
     "validate": cmd_validate,
@@ -309,6 +374,8 @@ COMMANDS = {
     "expect-fail": cmd_expect_fail,
     "readme": cmd_readme,
     "resources": cmd_resources,
+    "compose": cmd_compose,
+    "dockerfile": cmd_dockerfile,
 }
 
 
