@@ -237,7 +237,8 @@ def cmd_policy(values: dict[str, Any], _: argparse.Namespace) -> list[str]:
             fail("editing a saga definition must change the orchestrator's checksum/sagas annotation")
 
     # The switches in values turn on what they say.
-    merged = helm.Chart.load(CHART).merge_values(values)
+    with helm.Chart.load(CHART) as chart:
+        merged = chart.merge_values(values)
     expect = {
         "HorizontalPodAutoscaler": merged["autoscaling"]["enabled"],
         "Ingress": merged["ingress"]["enabled"],
