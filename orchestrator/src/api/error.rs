@@ -1,0 +1,76 @@
+//! Every error the API can answer, mapped to a status and a JSON body in
+//! exactly one place, so a new error cannot leak as a 500 by accident.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Field errors, keyed by field, as clients of the original API expect.
+    #[error("invalid fields")]
+    Fields(BTreeMap<&'static str, Vec<String>>),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn field(field: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::Fields(BTreeMap::from([(field, vec![message.into()])]))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::Fields(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let body = match self {
+            ApiError::Fields(fields) => json!({ "error": fields }),
+            ApiError::Internal(detail) => {
+                // The detail goes to the log, not to the client.
+                tracing::error!(error = %detail, "internal error");
+                json!({ "error": "internal error" })
+            }
+            other => json!({ "error": other.to_string() }),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<crate::runtime::RuntimeError> for ApiError {
+    fn from(e: crate::runtime::RuntimeError) -> Self {
+        match e {
+            crate::runtime::RuntimeError::Store(crate::store::StoreError::Database(detail)) => {
+                tracing::warn!(error = %detail, "store unavailable");
+                ApiError::Unavailable("the event store is unavailable; try again".into())
+            }
+            crate::runtime::RuntimeError::Store(crate::store::StoreError::Closed) => ApiError::Unavailable("shutting down".into()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        crate::runtime::RuntimeError::Store(e).into()
+    }
+}

@@ -1,0 +1,30 @@
+//! Liveness, readiness and metrics.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+
+use super::AppState;
+
+/// Alive: the process answers. Never checks dependencies, so a database
+/// outage does not make Kubernetes restart every replica.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready: the store and the bus answer.
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let store = state.store.ping().await;
+    let bus = state.bus.is_connected();
+    let body = serde_json::json!({ "store": store, "bus": bus });
+    let status = if store && bus { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body))
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // In-flight sagas are counted across replicas, from the store.
+    if let Ok(n) = state.store.in_flight().await {
+        metrics::gauge!("eso_sagas_in_flight").set(n as f64);
+    }
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.telemetry.render_metrics())
+}

@@ -1,0 +1,81 @@
+//! The HTTP API: routes, the shared state, and the middleware that gives
+//! every request a server span (continuing an incoming `traceparent`), a
+//! trace id header and request metrics.
+
+mod error;
+mod health;
+mod orders;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use tracing::Instrument;
+
+pub use error::ApiError;
+
+use crate::bus::Bus;
+use crate::runtime::Runtime;
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub runtime: Runtime,
+    pub store: Store,
+    pub bus: Bus,
+    pub telemetry: Arc<observability::Telemetry>,
+    pub max_body_bytes: usize,
+}
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/", get(orders::get_by_query).post(orders::create))
+        .route("/orders", axum::routing::post(orders::create))
+        .route("/orders/{id}", get(orders::get_by_path))
+        .route("/orders/{id}/events", get(orders::events))
+        .route("/sagas/{id}", get(orders::saga))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// The server span and metrics of each request.
+async fn observe(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_string();
+    let method = request.method().to_string();
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        saga.id = tracing::field::Empty,
+        order.id = tracing::field::Empty,
+    );
+    observability::propagation::set_parent_from_http(&span, request.headers());
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if let Some(trace_id) = observability::propagation::trace_id(&span)
+        && let Ok(value) = HeaderValue::from_str(&trace_id)
+    {
+        response.headers_mut().insert("x-trace-id", value);
+    }
+    let labels = [("method", method), ("route", route), ("status", status.to_string())];
+    metrics::counter!("eso_http_requests_total", &labels).increment(1);
+    metrics::histogram!("eso_http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    response
+}

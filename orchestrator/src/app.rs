@@ -1,0 +1,113 @@
+//! Wiring: builds the store, bus, participants, runtime and HTTP server
+//! from a [`Config`], and takes them down in an order that loses nothing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use participants::Participant;
+use participants::delivery::Delivery;
+use participants::payment::Payment;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::bus::{Bus, LocalBus, NatsBus};
+use crate::config::Config;
+use crate::runtime::Runtime;
+use crate::store::{self, Store};
+use crate::definitions;
+
+/// Longest wait for command round trips in flight at shutdown (they are
+/// bounded by their own timeouts; this guards against a stuck one).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A running orchestrator.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub store: Store,
+    pub bus: Bus,
+    pub runtime: Runtime,
+    /// Stops intake: HTTP, timers, participants' subscriptions.
+    stop_intake: CancellationToken,
+    /// Stops the relay, after everything else wrote its last event.
+    stop_relay: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+    timers: JoinHandle<()>,
+    relay: JoinHandle<()>,
+    participants: Vec<JoinHandle<()>>,
+}
+
+pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) -> anyhow::Result<Running> {
+    tracing::info!(config = %config.describe(), "eso starting");
+    let (pool, backend) = participants::db::connect(&config.database_url(), config.db_pool).await?;
+    participants::db::migrate(&pool, backend).await?;
+    let store = Store::new(pool.clone(), backend);
+
+    let embedded: Vec<Arc<dyn Participant>> = if config.embed_participants() {
+        vec![Arc::new(Payment::new(pool.clone())), Arc::new(Delivery::new(pool.clone()))]
+    } else {
+        vec![]
+    };
+    let stop_intake = CancellationToken::new();
+    let mut participant_tasks = Vec::new();
+    let bus = match config.nats_url() {
+        None => Bus::Local(LocalBus::new(embedded)),
+        Some(url) => {
+            let nats = NatsBus::connect(url).await?;
+            for participant in embedded {
+                let (client, stop) = (nats.client().clone(), stop_intake.clone());
+                participant_tasks.push(tokio::spawn(async move {
+                    if let Err(e) = participants::serve::serve_nats(client, participant, stop.cancelled_owned()).await {
+                        tracing::error!(error = %e, "in-process participant stopped");
+                    }
+                }));
+            }
+            Bus::Nats(nats)
+        }
+    };
+
+    let registry = definitions::load(&store, &config.sagas_dir).await?;
+    let runtime = Runtime::new(store.clone(), bus.clone(), registry);
+    let timers = tokio::spawn(runtime.clone().run_timers(config.timer_interval(), stop_intake.clone()));
+    let stop_relay = CancellationToken::new();
+    let relay = tokio::spawn(store::run_relay(store.clone(), bus.clone(), stop_relay.clone()));
+
+    let listener = tokio::net::TcpListener::bind((config.bind, config.port)).await?;
+    let addr = listener.local_addr()?;
+    let app = api::router(AppState {
+        runtime: runtime.clone(),
+        store: store.clone(),
+        bus: bus.clone(),
+        telemetry,
+        max_body_bytes: config.max_body_bytes,
+    });
+    let stop = stop_intake.clone();
+    let server = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
+    tracing::info!(%addr, "listening");
+    Ok(Running { addr, store, bus, runtime, stop_intake, stop_relay, server, timers, relay, participants: participant_tasks })
+}
+
+impl Running {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Graceful stop: no new requests or timers, finish the command round
+    /// trips in flight, publish every committed event, then return.
+    pub async fn stop(self) {
+        self.stop_intake.cancel();
+        let _ = self.server.await;
+        let _ = self.timers.await;
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.runtime.drain()).await.is_err() {
+            tracing::warn!("commands still in flight at shutdown; their deadlines will resume them");
+        }
+        for task in self.participants {
+            let _ = task.await;
+        }
+        self.stop_relay.cancel();
+        let _ = self.relay.await;
+        self.store.pool().close().await;
+        tracing::info!("eso stopped");
+    }
+}

@@ -1,0 +1,77 @@
+//! Messaging: commands as request-reply, events as publishes. Either NATS
+//! (JetStream for events) or an in-process bus with the same semantics, so
+//! the runtime does not know which one it runs on.
+
+mod local;
+mod nats;
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+
+pub use local::LocalBus;
+pub use nats::NatsBus;
+
+/// The JetStream stream that holds every event.
+pub const EVENT_STREAM: &str = "ESO_EVENTS";
+pub const EVENT_SUBJECTS: &str = "eso.events.>";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    #[error("no participant listens on {0}")]
+    NoResponders(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// An event on its way to the event stream.
+#[derive(Debug, Clone)]
+pub struct OutgoingEvent {
+    pub subject: String,
+    /// De-duplicates republishing after a crash (`Nats-Msg-Id`).
+    pub message_id: String,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
+}
+
+#[derive(Clone)]
+pub enum Bus {
+    Nats(NatsBus),
+    Local(LocalBus),
+}
+
+impl Bus {
+    /// Sends a command and waits for its reply.
+    pub async fn request(&self, subject: &str, headers: HeaderMap, payload: Bytes, timeout: Duration) -> Result<Bytes, BusError> {
+        match self {
+            Bus::Nats(b) => b.request(subject, headers, payload, timeout).await,
+            Bus::Local(b) => b.request(subject, headers, payload, timeout).await,
+        }
+    }
+
+    /// Publishes events in order and returns once every one is stored
+    /// (acknowledged by JetStream).
+    pub async fn publish(&self, events: Vec<OutgoingEvent>) -> Result<(), BusError> {
+        match self {
+            Bus::Nats(b) => b.publish(events).await,
+            Bus::Local(b) => b.publish(events),
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        match self {
+            Bus::Nats(b) => b.is_connected(),
+            Bus::Local(_) => true,
+        }
+    }
+
+    pub fn system(&self) -> &'static str {
+        match self {
+            Bus::Nats(_) => "nats",
+            Bus::Local(_) => "in-process",
+        }
+    }
+}

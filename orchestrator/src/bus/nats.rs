@@ -1,0 +1,73 @@
+//! NATS: core request-reply for commands (replies come back to the replica
+//! that asked), JetStream for events (stored, de-duplicated by message id).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::{HeaderMap, client::RequestErrorKind};
+use bytes::Bytes;
+
+use super::{BusError, EVENT_STREAM, EVENT_SUBJECTS, OutgoingEvent};
+
+#[derive(Clone)]
+pub struct NatsBus {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+}
+
+impl NatsBus {
+    /// Connects (retrying until NATS is up) and makes sure the event stream exists.
+    pub async fn connect(url: &str) -> anyhow::Result<NatsBus> {
+        let client = async_nats::ConnectOptions::new()
+            .name("eso-orchestrator")
+            .retry_on_initial_connect()
+            .connect(url)
+            .await?;
+        let jetstream = jetstream::new(client.clone());
+        jetstream
+            .get_or_create_stream(jetstream::stream::Config {
+                name: EVENT_STREAM.to_string(),
+                subjects: vec![EVENT_SUBJECTS.to_string()],
+                // Republishing after a crash within this window is dropped.
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create JetStream stream {EVENT_STREAM} (is JetStream enabled? run nats-server with -js): {e}"))?;
+        Ok(NatsBus { client, jetstream })
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub(super) async fn request(&self, subject: &str, headers: HeaderMap, payload: Bytes, timeout: Duration) -> Result<Bytes, BusError> {
+        let request = async_nats::Request::new().headers(headers).payload(payload).timeout(Some(timeout));
+        match self.client.send_request(subject.to_string(), request).await {
+            Ok(message) => Ok(message.payload),
+            Err(e) => Err(match e.kind() {
+                RequestErrorKind::TimedOut => BusError::Timeout(timeout),
+                RequestErrorKind::NoResponders => BusError::NoResponders(subject.to_string()),
+                _ => BusError::Other(e.to_string()),
+            }),
+        }
+    }
+
+    pub(super) async fn publish(&self, events: Vec<OutgoingEvent>) -> Result<(), BusError> {
+        // Send all, then wait for all acks: one round trip per batch, not per event.
+        let mut acks = Vec::with_capacity(events.len());
+        for event in events {
+            let publish = PublishMessage::build().payload(event.payload).message_id(event.message_id).headers(event.headers);
+            let ack = self.jetstream.send_publish(event.subject, publish).await.map_err(|e| BusError::Other(e.to_string()))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(|e| BusError::Other(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}

@@ -1,0 +1,23 @@
+//! The one place that reads the wall clock; the saga machine gets time
+//! as an argument.
+
+use sagas::Millis;
+
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+pub fn now() -> Millis {
+    Millis(now_us() / 1000)
+}
+
+/// RFC 3339 with microseconds, UTC (`2026-11-25T18:31:00.123456Z`).
+pub fn rfc3339(us: i64) -> String {
+    let nanos = i128::from(us) * 1000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}

@@ -1,0 +1,78 @@
+//! The orchestrator's configuration: environment variables (or flags), read
+//! once at start-up. The defaults make `cargo run` work on a bare machine:
+//! no `DATABASE_URL` means an embedded SQLite file, no `NATS_URL` an
+//! in-process bus with the participants running in-process too.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    /// HTTP port of the API.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// Postgres URL (production). Unset: embedded SQLite at ESO_SQLITE_PATH.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The embedded store's file, used when DATABASE_URL is unset.
+    #[arg(long, env = "ESO_SQLITE_PATH", default_value = "eso.db")]
+    pub sqlite_path: PathBuf,
+    /// NATS URL (production). Unset: in-process bus and participants.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Directory of saga definitions (`*.toml`). Without one, the built-in order saga.
+    #[arg(long, env = "SAGAS_DIR", default_value = "sagas")]
+    pub sagas_dir: PathBuf,
+    /// Database connections (Postgres; SQLite always uses one).
+    #[arg(long, env = "ESO_DB_POOL", default_value_t = 16)]
+    pub db_pool: u32,
+    /// How often due timers are polled, in milliseconds.
+    #[arg(long, env = "ESO_TIMER_INTERVAL_MS", default_value_t = 50)]
+    pub timer_interval_ms: u64,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "ESO_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    pub max_body_bytes: usize,
+    /// Run participants in this process even with NATS_URL set (they then
+    /// answer over NATS like separate processes would).
+    #[arg(long, env = "ESO_EMBED_PARTICIPANTS")]
+    pub embed_participants: Option<bool>,
+}
+
+impl Config {
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) if !url.is_empty() => url.clone(),
+            _ => format!("sqlite:{}?mode=rwc", self.sqlite_path.display()),
+        }
+    }
+
+    pub fn nats_url(&self) -> Option<&str> {
+        self.nats_url.as_deref().filter(|u| !u.is_empty())
+    }
+
+    /// Participants run in-process by default only with the in-process bus.
+    pub fn embed_participants(&self) -> bool {
+        self.embed_participants.unwrap_or(self.nats_url().is_none())
+    }
+
+    pub fn timer_interval(&self) -> Duration {
+        Duration::from_millis(self.timer_interval_ms.max(1))
+    }
+
+    /// One line for the first log message: which mode, where, no secrets.
+    pub fn describe(&self) -> String {
+        let store = participants::db::redact(&self.database_url());
+        let bus = self.nats_url().unwrap_or("in-process");
+        let mode = if self.nats_url().is_some() && self.database_url.is_some() { "production" } else { "embedded" };
+        format!(
+            "mode={mode} store={store} bus={bus} participants={} sagas_dir={} port={}",
+            if self.embed_participants() { "in-process" } else { "external" },
+            self.sagas_dir.display(),
+            self.port
+        )
+    }
+}

@@ -1,0 +1,13 @@
+//! eso, the event-sourced saga orchestrator: HTTP API, saga runtime, event
+//! store, outbox relay. The decisions live in the `sagas` crate; this crate
+//! is the imperative shell around them.
+
+pub mod api;
+pub mod app;
+pub mod bus;
+pub mod clock;
+pub mod config;
+pub mod definitions;
+pub mod domain;
+pub mod runtime;
+pub mod store;

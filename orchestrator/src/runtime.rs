@@ -1,0 +1,326 @@
+//! The saga runtime: load, step, append, send. All decisions are the pure
+//! machine's (`sagas::step`); this module only moves data between it, the
+//! store and the bus.
+//!
+//! Durability comes from the order of operations: a step's events and the
+//! saga's next deadline are committed before any command leaves, so a crash
+//! at any point leaves a saga that its deadline will wake up (on this or
+//! another replica) and move on, resending the same command id.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use participants::protocol::{ErrorReply, HEADER_COMMAND_ID, HEADER_SAGA_ID};
+use participants::{CommandMessage, ReplyMessage};
+use sagas::{Cause, Change, Command, Definition, Input, Registry, Saga};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::bus::{Bus, BusError};
+use crate::clock;
+use crate::domain::NewOrder;
+use crate::store::{Append, Committed, NewOrderRow, Store, StoreError};
+
+/// Steps of one saga racing each other resolve by retrying on the newer
+/// state; this bounds a pathological race.
+const MAX_CONFLICT_RETRIES: usize = 32;
+/// How long a claimed timer belongs to a replica before another may take it.
+const TIMER_LEASE_MS: i64 = 10_000;
+const TIMER_BATCH: i64 = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no saga definition named `{0}` is loaded")]
+    NoDefinition(String),
+    #[error("saga {0} runs on {1}, which is not loaded")]
+    DefinitionNotLoaded(Uuid, sagas::DefinitionId),
+    #[error("saga {0} kept changing under us; gave up after {MAX_CONFLICT_RETRIES} tries")]
+    Contended(Uuid),
+}
+
+/// Whether POST created an order or found one under the same idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    Created(Uuid),
+    Existing(Uuid),
+}
+
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    bus: Bus,
+    registry: Registry,
+    /// Command round trips in flight, awaited on shutdown.
+    tasks: TaskTracker,
+}
+
+impl Runtime {
+    pub fn new(store: Store, bus: Bus, registry: Registry) -> Self {
+        Runtime { inner: Arc::new(Inner { store, bus, registry, tasks: TaskTracker::new() }) }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// Starts an order saga on the newest `order` definition. Returns once
+    /// `order_created` is committed; the payment command goes out after.
+    pub async fn start_order(&self, order: &NewOrder, idempotency_key: Option<String>) -> Result<Started, RuntimeError> {
+        let def = self.inner.registry.latest("order").ok_or_else(|| RuntimeError::NoDefinition("order".into()))?.clone();
+        let id = Uuid::new_v4();
+        let row = NewOrderRow {
+            amount_cents: order.amount.cents(),
+            user_id: Uuid::new_v4().to_string(),
+            payee_id: Uuid::new_v4().to_string(),
+            description: order.description.as_str().to_string(),
+        };
+        let mut data = Map::new();
+        data.insert("amount".into(), Value::String(order.amount.to_string()));
+        data.insert("description".into(), Value::String(row.description.clone()));
+        data.insert("user_id".into(), Value::String(row.user_id.clone()));
+        data.insert("payee_id".into(), Value::String(row.payee_id.clone()));
+        let span = tracing::Span::current();
+        span.record("saga.id", tracing::field::display(id));
+        span.record("order.id", tracing::field::display(id));
+        let decision = match sagas::step(&def, None, &Input::Start { id, data }, clock::now()) {
+            Ok(d) => d,
+            // A new saga always starts; this is here so nothing can panic.
+            Err(ignored) => return Err(RuntimeError::Store(StoreError::Corrupt(ignored.to_string()))),
+        };
+        let append = Append {
+            saga: decision.saga.clone(),
+            expected: 0,
+            events: decision.events.clone(),
+            trace: observability::propagation::to_map(&span),
+            causation: "http".into(),
+            status_changed: false,
+            new_order: Some(row),
+            idempotency_key,
+        };
+        match self.append(&def, None, append).await? {
+            Committed::KeyTaken(existing) => return Ok(Started::Existing(existing)),
+            Committed::Conflict => return Err(RuntimeError::Contended(id)),
+            Committed::Appended => {}
+        }
+        metrics::counter!("eso_sagas_started_total", "definition" => def.name.clone()).increment(1);
+        tracing::info!(saga.id = %id, definition = %def.id(), "saga started");
+        self.dispatch(decision.commands);
+        Ok(Started::Created(id))
+    }
+
+    /// Feeds `input` to saga `id`: load, step, append (retrying on
+    /// conflicts), then send the commands the step decided.
+    pub async fn advance(&self, id: Uuid, input: Input, causation: String) -> Result<(), RuntimeError> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let Some(row) = self.inner.store.load(id).await? else {
+                tracing::warn!(saga.id = %id, "input for an unknown saga dropped");
+                return Ok(());
+            };
+            let saga = row.saga;
+            let def = self
+                .inner
+                .registry
+                .get(&saga.definition)
+                .ok_or_else(|| RuntimeError::DefinitionNotLoaded(id, saga.definition.clone()))?
+                .clone();
+            let started = Instant::now();
+            let decision = match sagas::step(&def, Some(&saga), &input, clock::now()) {
+                Ok(d) => d,
+                Err(ignored) => {
+                    tracing::debug!(saga.id = %id, reason = %ignored, "input ignored");
+                    metrics::counter!("eso_inputs_ignored_total").increment(1);
+                    return Ok(());
+                }
+            };
+            let span = tracing::info_span!(
+                "saga.step",
+                otel.name = %format!("{} {} -> {}", def.name, saga.state, decision.saga.state),
+                saga.id = %id,
+                saga.definition = %def.name,
+                saga.version = def.version,
+                saga.state.from = %saga.state,
+                saga.state.to = %decision.saga.state,
+                event.type = %decision.events.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>().join(","),
+                order.id = %id,
+            );
+            let append = Append {
+                saga: decision.saga.clone(),
+                expected: saga.version,
+                events: decision.events.clone(),
+                trace: observability::propagation::to_map(&span),
+                causation: causation.clone(),
+                status_changed: decision.saga.status != saga.status,
+                new_order: None,
+                idempotency_key: None,
+            };
+            match self.append(&def, Some(&saga), append).instrument(span.clone()).await? {
+                Committed::Conflict => {
+                    metrics::counter!("eso_append_conflicts_total").increment(1);
+                    continue;
+                }
+                Committed::KeyTaken(_) | Committed::Appended => {}
+            }
+            metrics::histogram!("eso_step_seconds", "definition" => def.name.clone(), "state" => saga.state.clone())
+                .record(started.elapsed().as_secs_f64());
+            self.record_outcome(&def, &saga, &decision.saga, &decision.events, row.created_at);
+            let _entered = span.enter();
+            self.dispatch(decision.commands);
+            return Ok(());
+        }
+        Err(RuntimeError::Contended(id))
+    }
+
+    async fn append(&self, def: &Definition, before: Option<&Saga>, append: Append) -> Result<Committed, RuntimeError> {
+        let span = tracing::info_span!(
+            "event_store.append",
+            otel.kind = "client",
+            db.system = match self.inner.store.backend() { participants::db::Backend::Postgres => "postgresql", participants::db::Backend::Sqlite => "sqlite" },
+            db.operation.name = "INSERT",
+            db.collection.name = "events",
+            saga.id = %append.saga.id,
+            saga.definition = %def.name,
+            saga.state.from = before.map_or("", |s| s.state.as_str()),
+            saga.state.to = %append.saga.state,
+            event.type = %append.events.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>().join(","),
+        );
+        Ok(self.inner.store.append(append).instrument(span).await?)
+    }
+
+    fn record_outcome(&self, def: &Definition, before: &Saga, after: &Saga, events: &[sagas::Event], created_at_us: i64) {
+        for event in events {
+            match &event.change {
+                Change::AttemptTimedOut { .. } => {
+                    metrics::counter!("eso_command_timeouts_total", "state" => before.state.clone()).increment(1);
+                }
+                Change::Retried { .. } => {
+                    metrics::counter!("eso_command_retries_total", "state" => before.state.clone()).increment(1);
+                }
+                Change::Moved { cause: Cause::Timeout { .. }, .. } => {
+                    metrics::counter!("eso_command_timeouts_total", "state" => before.state.clone()).increment(1);
+                    metrics::counter!("eso_steps_given_up_total", "state" => before.state.clone()).increment(1);
+                }
+                _ => {}
+            }
+        }
+        if after.terminal && !before.terminal {
+            let seconds = (clock::now_us() - created_at_us).max(0) as f64 / 1e6;
+            metrics::counter!("eso_sagas_finished_total", "definition" => def.name.clone(), "outcome" => after.state.clone()).increment(1);
+            metrics::histogram!("eso_saga_duration_seconds", "definition" => def.name.clone(), "outcome" => after.state.clone()).record(seconds);
+            tracing::info!(saga.id = %after.id, state = %after.state, status = %after.status, "saga finished");
+        }
+    }
+
+    /// Sends each command in its own task (its reply steps the saga). The
+    /// request span is a child of the current span: one trace per saga.
+    fn dispatch(&self, commands: Vec<Command>) {
+        for command in commands {
+            let span = tracing::info_span!(
+                "command.send",
+                otel.name = %format!("{} request", command.subject),
+                otel.kind = "client",
+                messaging.system = self.inner.bus.system(),
+                messaging.operation.type = "send",
+                messaging.destination.name = %command.subject,
+                command.id = %command.id,
+                command.attempt = command.attempt,
+                saga.id = %command.saga_id,
+                order.id = %command.saga_id,
+                outcome = tracing::field::Empty,
+            );
+            let runtime = self.clone();
+            self.inner.tasks.spawn(async move { runtime.send(command).await }.instrument(span));
+        }
+    }
+
+    async fn send(&self, command: Command) {
+        let span = tracing::Span::current();
+        let mut headers = HeaderMap::new();
+        observability::propagation::inject_nats(&span, &mut headers);
+        headers.insert(HEADER_COMMAND_ID, command.id.to_string().as_str());
+        headers.insert(HEADER_SAGA_ID, command.saga_id.to_string().as_str());
+        let message = CommandMessage { command_id: command.id, saga_id: command.saga_id, attempt: command.attempt, payload: command.payload };
+        let body = Bytes::from(serde_json::to_vec(&message).unwrap_or_default());
+        let timeout = Duration::from_millis(command.timeout_ms);
+        let reply = match self.inner.bus.request(&command.subject, headers, body, timeout).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                // The saga's deadline retries it; nothing to do here.
+                let level_is_normal = matches!(e, BusError::Timeout(_) | BusError::NoResponders(_));
+                if level_is_normal {
+                    tracing::info!(error = %e, "no reply; the saga's deadline will retry");
+                } else {
+                    tracing::warn!(error = %e, "request failed; the saga's deadline will retry");
+                }
+                return;
+            }
+        };
+        let reply: ReplyMessage = match serde_json::from_slice(&reply) {
+            Ok(r) => r,
+            Err(_) => {
+                let why = serde_json::from_slice::<ErrorReply>(&reply).map_or_else(|_| "unreadable reply".to_string(), |e| e.error);
+                tracing::warn!(error = %why, "participant could not answer; the saga's deadline will retry");
+                return;
+            }
+        };
+        span.record("outcome", reply.outcome.as_str());
+        let input = Input::Reply { command_id: command.id, outcome: reply.outcome, data: reply.data };
+        if let Err(e) = self.advance(command.saga_id, input, format!("reply:{}", command.id)).await {
+            tracing::warn!(error = %e, "reply not recorded; the saga's deadline will retry");
+        }
+    }
+
+    /// Wakes sagas whose deadline passed, until `shutdown`.
+    pub async fn run_timers(self, interval: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            loop {
+                let now = clock::now();
+                let due = match self.inner.store.claim_due(now.0, TIMER_LEASE_MS, TIMER_BATCH).await {
+                    Ok(due) => due,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot claim due timers");
+                        break;
+                    }
+                };
+                let count = due.len();
+                let steps = due.into_iter().map(|row| {
+                    let span = tracing::info_span!("saga.timer", otel.name = "saga timer", saga.id = %row.saga.id, order.id = %row.saga.id, saga.state.from = %row.saga.state);
+                    observability::propagation::set_parent_from_map(&span, &row.trace);
+                    let runtime = self.clone();
+                    async move {
+                        if let Err(e) = runtime.advance(row.saga.id, Input::Deadline, "timer".into()).await {
+                            tracing::warn!(error = %e, "timer step failed; it will fire again after its lease");
+                        }
+                    }
+                    .instrument(span)
+                });
+                futures::future::join_all(steps).await;
+                if (count as i64) < TIMER_BATCH {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Waits for command round trips in flight (bounded by their timeouts).
+    pub async fn drain(&self) {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+}

@@ -1,0 +1,247 @@
+//! Appending events with optimistic concurrency, batched across sagas.
+//!
+//! Each append names the stream version it was decided on. The saga's row
+//! is the stream head: `UPDATE … WHERE version = expected` either moves it
+//! (and the events are inserted) or touches nothing (a conflict: someone
+//! else moved the saga first; the caller reloads and decides again). So a
+//! conflict never loses or doubles a transition, and one conflicting saga
+//! does not fail the others in its batch.
+//!
+//! Group commit: committers take every append waiting in the queue and
+//! write them in one transaction, so one disk flush serves many sagas. An
+//! append returns only after its transaction committed: a 2xx means on disk.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sagas::{Event, Saga};
+use serde_json::json;
+use sqlx::{Any, AnyPool, Row, Transaction};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+use crate::clock::now_us;
+
+/// Most appends in one transaction; bigger batches add latency for little gain.
+const MAX_BATCH: usize = 256;
+
+/// Events and read-model changes of one step of one saga.
+#[derive(Debug, Clone)]
+pub struct Append {
+    /// The saga after the step.
+    pub saga: Saga,
+    /// The stream version the step was decided on (0: a new saga).
+    pub expected: u64,
+    pub events: Vec<Event>,
+    /// W3C trace context of the step, stored in each event's metadata.
+    pub trace: BTreeMap<String, String>,
+    /// What caused the step: `http`, `reply:<command id>`, `timer`.
+    pub causation: String,
+    /// Set when the step changed the status the order shows.
+    pub status_changed: bool,
+    pub new_order: Option<NewOrderRow>,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewOrderRow {
+    pub amount_cents: i64,
+    pub user_id: String,
+    pub payee_id: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    Appended,
+    /// The saga moved since the step was decided; reload and step again.
+    Conflict,
+    /// The idempotency key already names this saga.
+    KeyTaken(Uuid),
+}
+
+pub(super) type Job = (Append, oneshot::Sender<Result<Committed, StoreError>>);
+
+impl Store {
+    /// Appends atomically with the read models; returns once committed.
+    pub async fn append(&self, append: Append) -> Result<Committed, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.committer.send((append, tx)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Resolves after the next commit (for the relay).
+    pub(crate) fn appended(&self) -> &Notify {
+        &self.appended
+    }
+}
+
+pub(super) fn spawn_committers(pool: AnyPool, count: usize, appended: Arc<Notify>) -> mpsc::Sender<Job> {
+    let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..count {
+        let (pool, rx, appended) = (pool.clone(), rx.clone(), appended.clone());
+        tokio::spawn(async move {
+            loop {
+                let batch = {
+                    let mut rx = rx.lock().await;
+                    let Some(first) = rx.recv().await else { return };
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    batch
+                };
+                metrics::histogram!("eso_commit_batch_size").record(batch.len() as f64);
+                let started = std::time::Instant::now();
+                let (appends, replies): (Vec<Append>, Vec<_>) = batch.into_iter().unzip();
+                match commit(&pool, &appends).await {
+                    Ok(results) => {
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            let _ = reply.send(Ok(result));
+                        }
+                        appended.notify_waiters();
+                        appended.notify_one();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, appends = appends.len(), "commit failed");
+                        for reply in replies {
+                            let _ = reply.send(Err(StoreError::Database(e.to_string())));
+                        }
+                    }
+                }
+                metrics::histogram!("eso_commit_seconds").record(started.elapsed().as_secs_f64());
+            }
+        });
+    }
+    tx
+}
+
+async fn commit(pool: &AnyPool, appends: &[Append]) -> Result<Vec<Committed>, StoreError> {
+    let now = now_us();
+    let mut tx = pool.begin().await?;
+    let mut results = Vec::with_capacity(appends.len());
+    for append in appends {
+        results.push(commit_one(&mut tx, append, now).await?);
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+async fn commit_one(tx: &mut Transaction<'static, Any>, a: &Append, now: i64) -> Result<Committed, StoreError> {
+    let saga = &a.saga;
+    let id = saga.id.to_string();
+    if let Some(key) = &a.idempotency_key {
+        let inserted = sqlx::query("INSERT INTO idempotency_keys (key, saga_id, created_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(&id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        if inserted.rows_affected() == 0 {
+            let existing: String = sqlx::query("SELECT saga_id FROM idempotency_keys WHERE key = $1")
+                .bind(key)
+                .fetch_one(&mut **tx)
+                .await?
+                .try_get("saga_id")?;
+            let existing = Uuid::parse_str(&existing).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            return Ok(Committed::KeyTaken(existing));
+        }
+    }
+
+    let snapshot = serde_json::to_string(saga)?;
+    let deadline = saga.deadline().map(|d| d.0);
+    let version = i64::try_from(saga.version).unwrap_or(i64::MAX);
+    let expected = i64::try_from(a.expected).unwrap_or(i64::MAX);
+    let moved = if a.expected == 0 {
+        sqlx::query(
+            "INSERT INTO sagas (id, definition, definition_version, state, status, terminal, version, deadline, snapshot, trace, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(&saga.definition.name)
+        .bind(i64::from(saga.definition.version))
+        .bind(&saga.state)
+        .bind(&saga.status)
+        .bind(i64::from(saga.terminal))
+        .bind(version)
+        .bind(deadline)
+        .bind(&snapshot)
+        .bind(serde_json::to_string(&a.trace)?)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?
+    } else {
+        sqlx::query(
+            "UPDATE sagas SET state = $2, status = $3, terminal = $4, version = $5, deadline = $6, snapshot = $7, updated_at = $8 \
+             WHERE id = $1 AND version = $9",
+        )
+        .bind(&id)
+        .bind(&saga.state)
+        .bind(&saga.status)
+        .bind(i64::from(saga.terminal))
+        .bind(version)
+        .bind(deadline)
+        .bind(&snapshot)
+        .bind(now)
+        .bind(expected)
+        .execute(&mut **tx)
+        .await?
+    };
+    if moved.rows_affected() == 0 {
+        return Ok(Committed::Conflict);
+    }
+
+    let metadata = serde_json::to_string(&json!({
+        "correlation_id": id,
+        "causation_id": a.causation,
+        "definition": { "name": saga.definition.name, "version": saga.definition.version, "hash": saga.definition.hash },
+        "trace": a.trace,
+    }))?;
+    for (i, event) in a.events.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO events (event_id, stream_id, version, event_type, data, metadata, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(&id)
+        .bind(expected + i as i64 + 1)
+        .bind(&event.event_type)
+        .bind(serde_json::to_string(&event.change)?)
+        .bind(&metadata)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+
+    if let Some(order) = &a.new_order {
+        sqlx::query(
+            "INSERT INTO orders (id, amount_cents, user_id, payee_id, description, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        )
+        .bind(&id)
+        .bind(order.amount_cents)
+        .bind(&order.user_id)
+        .bind(&order.payee_id)
+        .bind(&order.description)
+        .bind(&saga.status)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    } else if a.status_changed {
+        // Strictly after created_at even within one microsecond, so clients
+        // can tell an order has moved.
+        sqlx::query(
+            "UPDATE orders SET status = $2, updated_at = CASE WHEN $3 > created_at THEN $3 ELSE created_at + 1 END WHERE id = $1",
+        )
+        .bind(&id)
+        .bind(&saga.status)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(Committed::Appended)
+}

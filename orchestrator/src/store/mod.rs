@@ -1,0 +1,230 @@
+//! The event store and its read models, on Postgres or SQLite through one
+//! set of queries (sqlx's `Any` driver; ids and JSON are text columns).
+//!
+//! Writes go through [`Store::append`], which batches the appends of many
+//! sagas into one transaction (group commit, see `append.rs`). Reads are
+//! plain queries on the read models written in those same transactions.
+
+mod append;
+mod relay;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use participants::db::Backend;
+use sagas::Saga;
+use serde_json::Value;
+use sqlx::{AnyPool, Row};
+use tokio::sync::{Notify, mpsc};
+use uuid::Uuid;
+
+pub use append::{Append, Committed, NewOrderRow};
+pub use relay::run_relay;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    committer: mpsc::Sender<append::Job>,
+    /// Woken after each commit so the relay publishes without polling delay.
+    appended: Arc<Notify>,
+}
+
+/// An order as the API shows it.
+#[derive(Debug, Clone)]
+pub struct OrderRow {
+    pub id: String,
+    pub amount_cents: i64,
+    pub user_id: String,
+    pub payee_id: String,
+    pub description: String,
+    pub status: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One recorded event.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub position: i64,
+    pub event_id: String,
+    pub stream_id: String,
+    pub version: i64,
+    pub event_type: String,
+    pub data: Value,
+    pub metadata: Value,
+    pub recorded_at: i64,
+}
+
+/// A saga's row: its folded state and the trace it belongs to.
+#[derive(Debug, Clone)]
+pub struct SagaRow {
+    pub saga: Saga,
+    pub trace: BTreeMap<String, String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Store {
+    /// Wraps a migrated pool and starts the committers.
+    pub fn new(pool: AnyPool, backend: Backend) -> Store {
+        let appended = Arc::new(Notify::new());
+        let committers = match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => 4,
+        };
+        let committer = append::spawn_committers(pool.clone(), committers, appended.clone());
+        Store { pool, backend, committer, appended }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// The saga's current state, if it exists.
+    pub async fn load(&self, id: Uuid) -> Result<Option<SagaRow>, StoreError> {
+        let row = sqlx::query("SELECT snapshot, trace, created_at, updated_at FROM sagas WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| saga_row(&r)).transpose()
+    }
+
+    /// Claims up to `limit` sagas whose deadline has passed by pushing their
+    /// deadline `lease_ms` ahead. With several replicas each due saga goes to
+    /// one of them (`SKIP LOCKED`); if that replica dies, the lease expires
+    /// and another takes it.
+    pub async fn claim_due(&self, now_ms: i64, lease_ms: i64, limit: i64) -> Result<Vec<SagaRow>, StoreError> {
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "UPDATE sagas SET deadline = $1 WHERE id IN (SELECT id FROM sagas WHERE terminal = 0 AND deadline <= $2 \
+                 ORDER BY deadline LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING snapshot, trace, created_at, updated_at"
+            }
+            Backend::Sqlite => {
+                "UPDATE sagas SET deadline = $1 WHERE id IN (SELECT id FROM sagas WHERE terminal = 0 AND deadline <= $2 \
+                 ORDER BY deadline LIMIT $3) RETURNING snapshot, trace, created_at, updated_at"
+            }
+        };
+        let rows = sqlx::query(sql).bind(now_ms + lease_ms).bind(now_ms).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(saga_row).collect()
+    }
+
+    pub async fn order(&self, id: Uuid) -> Result<Option<OrderRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, amount_cents, user_id, payee_id, description, status, created_at, updated_at FROM orders WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(OrderRow {
+            id: r.try_get("id")?,
+            amount_cents: r.try_get("amount_cents")?,
+            user_id: r.try_get("user_id")?,
+            payee_id: r.try_get("payee_id")?,
+            description: r.try_get("description")?,
+            status: r.try_get("status")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+        }))
+    }
+
+    /// A stream's events in order.
+    pub async fn stream(&self, id: Uuid) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT position, event_id, stream_id, version, event_type, data, metadata, recorded_at \
+             FROM events WHERE stream_id = $1 ORDER BY version",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stored_event).collect()
+    }
+
+    /// Every definition version recorded so far: `(name, version, hash, source)`.
+    pub async fn definitions(&self) -> Result<Vec<(String, i64, String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT name, version, hash, source FROM saga_definitions ORDER BY name, version")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name")?, r.try_get("version")?, r.try_get("hash")?, r.try_get("source")?)))
+            .collect()
+    }
+
+    /// Records a definition version; a no-op if it is already recorded.
+    pub async fn record_definition(&self, def: &sagas::Definition, source: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO saga_definitions (name, version, hash, source, loaded_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (name, version) DO NOTHING",
+        )
+        .bind(&def.name)
+        .bind(i64::from(def.version))
+        .bind(def.hash())
+        .bind(source)
+        .bind(crate::clock::now_us())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Counts for `/metrics` gauges and tests: sagas not yet terminal.
+    pub async fn in_flight(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM sagas WHERE terminal = 0").fetch_one(&self.pool).await?.try_get("n")?)
+    }
+}
+
+fn saga_row(r: &sqlx::any::AnyRow) -> Result<SagaRow, StoreError> {
+    let snapshot: String = r.try_get("snapshot")?;
+    let trace: String = r.try_get("trace")?;
+    Ok(SagaRow {
+        saga: serde_json::from_str(&snapshot)?,
+        trace: serde_json::from_str(&trace)?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn stored_event(r: &sqlx::any::AnyRow) -> Result<StoredEvent, StoreError> {
+    let data: String = r.try_get("data")?;
+    let metadata: String = r.try_get("metadata")?;
+    Ok(StoredEvent {
+        position: r.try_get("position")?,
+        event_id: r.try_get("event_id")?,
+        stream_id: r.try_get("stream_id")?,
+        version: r.try_get("version")?,
+        event_type: r.try_get("event_type")?,
+        data: serde_json::from_str(&data)?,
+        metadata: serde_json::from_str(&metadata)?,
+        recorded_at: r.try_get("recorded_at")?,
+    })
+}

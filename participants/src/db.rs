@@ -1,0 +1,75 @@
+//! Connecting to the store and running the migrations. Shared by the
+//! orchestrator and the participant binaries: one schema, one migrator.
+
+use std::str::FromStr;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    pub fn of(url: &str) -> anyhow::Result<Backend> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else {
+            anyhow::bail!("unsupported database URL (want postgres://… or sqlite:…): {}", redact(url))
+        }
+    }
+}
+
+/// Connects with a pool sized for the backend. SQLite gets one connection:
+/// it has a single writer anyway, and one connection avoids busy errors;
+/// the orchestrator batches writes so this is not the bottleneck.
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<(AnyPool, Backend)> {
+    sqlx::any::install_default_drivers();
+    let backend = Backend::of(url)?;
+    let options = sqlx::any::AnyConnectOptions::from_str(url)?;
+    let pool = match backend {
+        Backend::Postgres => AnyPoolOptions::new().max_connections(max_connections),
+        Backend::Sqlite => AnyPoolOptions::new().max_connections(1).after_connect(|conn, _| {
+            Box::pin(async move {
+                // WAL lets readers of the file (e.g. sqlite3 CLI) run beside
+                // us; FULL makes every commit durable before we answer 2xx.
+                conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;").await?;
+                Ok(())
+            })
+        }),
+    };
+    let pool = pool
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", redact(url)))?;
+    Ok((pool, backend))
+}
+
+/// Runs the embedded migrations. On Postgres the migrator takes an advisory
+/// lock, so replicas starting together do not race.
+pub async fn migrate(pool: &AnyPool, backend: Backend) -> anyhow::Result<()> {
+    match backend {
+        Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(pool).await?,
+        Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(pool).await?,
+    }
+    Ok(())
+}
+
+/// The URL with any password replaced, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:****{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,146 @@
+//! The payment participant: charges (`eso.cmd.payment.process`) and
+//! refunds (`eso.cmd.payment.refund`).
+//!
+//! Decision rule (from the original system): a description starting with
+//! `test` is confirmed, with `xxx` declined, anything else a coin flip.
+//! The first answer for a command id is recorded and every repeat gets it.
+//! A refund that arrives before its charge records the charge as `voided`,
+//! so a late charge is declined instead of taking money after the saga
+//! gave up on it.
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde_json::json;
+use sqlx::{AnyPool, Row};
+
+use crate::{CommandMessage, Error, Participant, ReplyMessage, now_ms};
+
+pub const PROCESS: &str = "eso.cmd.payment.process";
+pub const REFUND: &str = "eso.cmd.payment.refund";
+
+pub struct Payment {
+    pool: AnyPool,
+}
+
+impl Payment {
+    pub fn new(pool: AnyPool) -> Self {
+        Payment { pool }
+    }
+
+    async fn process(&self, command: CommandMessage) -> Result<ReplyMessage, Error> {
+        let id = command.command_id.to_string();
+        if let Some(outcome) = self.recorded(&id).await? {
+            return Ok(answer(&outcome, &id));
+        }
+        let description = command.field("description")?;
+        let amount = command.field("amount")?;
+        let outcome = decide(description, rand::random::<bool>());
+        sqlx::query(
+            "INSERT INTO payments (command_id, order_id, amount, outcome, refunded, created_at) \
+             VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (command_id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(command.saga_id.to_string())
+        .bind(amount)
+        .bind(outcome)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        // Another replica may have won the insert; its answer is the answer.
+        let outcome = self.recorded(&id).await?.unwrap_or_else(|| outcome.to_string());
+        Ok(answer(&outcome, &id))
+    }
+
+    async fn refund(&self, command: CommandMessage) -> Result<ReplyMessage, Error> {
+        let charge = command
+            .payload
+            .pointer("/compensates/command_id")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| Error::BadCommand("refund without compensates.command_id".into()))?
+            .to_string();
+        let amount = command.field("amount").unwrap_or("0.00");
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO payments (command_id, order_id, amount, outcome, refunded, created_at, refunded_at) \
+             VALUES ($1, $2, $3, 'voided', 1, $4, $4) ON CONFLICT (command_id) DO NOTHING",
+        )
+        .bind(&charge)
+        .bind(command.saga_id.to_string())
+        .bind(amount)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE payments SET refunded = 1, refunded_at = $2 WHERE command_id = $1 AND refunded = 0")
+            .bind(&charge)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let charged = sqlx::query("SELECT outcome FROM payments WHERE command_id = $1")
+            .bind(&charge)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get::<String, _>("outcome")?;
+        tx.commit().await?;
+        // Only a confirmed charge moved money back; say which it was.
+        Ok(ReplyMessage { outcome: "refunded".into(), data: json!({ "charge": charge, "charge_outcome": charged }) })
+    }
+
+    async fn recorded(&self, command_id: &str) -> Result<Option<String>, Error> {
+        let row = sqlx::query("SELECT outcome FROM payments WHERE command_id = $1")
+            .bind(command_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get::<String, _>("outcome")).transpose()?)
+    }
+}
+
+/// The payment rule; `coin` is the random pick for descriptions without a prefix.
+pub fn decide(description: &str, coin: bool) -> &'static str {
+    if description.starts_with("test") {
+        "confirmed"
+    } else if description.starts_with("xxx") || !coin {
+        "declined"
+    } else {
+        "confirmed"
+    }
+}
+
+fn answer(outcome: &str, command_id: &str) -> ReplyMessage {
+    // A charge voided by an earlier refund is declined: no money moves.
+    let outcome = if outcome == "voided" { "declined" } else { outcome };
+    ReplyMessage { outcome: outcome.into(), data: json!({ "payment_id": command_id }) }
+}
+
+impl Participant for Payment {
+    fn name(&self) -> &'static str {
+        "payment"
+    }
+
+    fn subjects(&self) -> &'static [&'static str] {
+        &[PROCESS, REFUND]
+    }
+
+    fn handle<'a>(&'a self, subject: &'a str, command: CommandMessage) -> BoxFuture<'a, Result<ReplyMessage, Error>> {
+        match subject {
+            PROCESS => self.process(command).boxed(),
+            REFUND => self.refund(command).boxed(),
+            other => futures::future::ready(Err(Error::UnknownSubject(other.to_string()))).boxed(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decide;
+
+    #[test]
+    fn the_payment_rule() {
+        for coin in [true, false] {
+            assert_eq!(decide("test top up e wallet", coin), "confirmed");
+            assert_eq!(decide("xxx", coin), "declined");
+        }
+        assert_eq!(decide("a book", true), "confirmed");
+        assert_eq!(decide("a book", false), "declined");
+    }
+}
