@@ -64,7 +64,7 @@ pub async fn run_relay(store: Store, bus: Bus, shutdown: CancellationToken) {
 
 async fn try_lead(store: &Store) -> Result<Option<PoolConnection<Any>>, StoreError> {
     let mut conn = store.pool.acquire().await?;
-    let locked: i64 = sqlx::query("SELECT CAST(pg_try_advisory_lock($1) AS INT8) AS locked")
+    let locked: i64 = sqlx::query("SELECT CASE WHEN pg_try_advisory_lock($1) THEN 1 ELSE 0 END AS locked")
         .bind(RELAY_LOCK)
         .fetch_one(&mut *conn)
         .await?
