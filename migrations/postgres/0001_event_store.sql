@@ -10,11 +10,13 @@ CREATE TABLE events (
     data         TEXT   NOT NULL,
     metadata     TEXT   NOT NULL,
     recorded_at  BIGINT NOT NULL,           -- Unix microseconds, as every *_at column
-    -- Lets the relay skip rows of transactions still in flight: a lower
-    -- position can commit after a higher one.
+    -- The relay reads in (tx_id, position) order, only below the oldest
+    -- running transaction: positions can commit out of order, but no row
+    -- can appear below that horizon any more, so nothing is skipped.
     tx_id        xid8   NOT NULL DEFAULT pg_current_xact_id(),
     UNIQUE (stream_id, version)
 );
+CREATE INDEX events_relay ON events (tx_id, position);
 
 -- One row per saga: its folded state (so a step needs no replay), the
 -- stream head used for optimistic concurrency, and its next deadline.
@@ -65,5 +67,6 @@ CREATE TABLE saga_definitions (
 
 CREATE TABLE outbox_cursor (
     relay    TEXT   PRIMARY KEY,
+    tx       TEXT   NOT NULL DEFAULT '0',  -- xid8 as text; always 0 on SQLite
     position BIGINT NOT NULL
 );

@@ -62,5 +62,6 @@ CREATE TABLE saga_definitions (
 
 CREATE TABLE outbox_cursor (
     relay    TEXT   PRIMARY KEY,
+    tx       TEXT   NOT NULL DEFAULT '0',  -- xid8 as text; always 0 on SQLite
     position BIGINT NOT NULL
 );

@@ -167,7 +167,11 @@ async fn run(telemetry: Arc<observability::Telemetry>, make: fn(sqlx::AnyPool) -
         Ok(p) => p.parse().map_err(|_| anyhow::anyhow!("PORT must be a port number, not {p:?}"))?,
         Err(_) => 8080,
     };
-    let (pool, backend) = db::connect(&database_url, 16).await?;
+    let pool_size: u32 = match std::env::var("ESO_DB_POOL") {
+        Ok(n) => n.parse().map_err(|_| anyhow::anyhow!("ESO_DB_POOL must be a number, not {n:?}"))?,
+        Err(_) => 8,
+    };
+    let (pool, backend) = db::connect(&database_url, pool_size).await?;
     db::migrate(&pool, backend).await?;
     let client = async_nats::ConnectOptions::new()
         .name("eso-participant")

@@ -57,7 +57,8 @@ impl NatsBus {
         // Send all, then wait for all acks: one round trip per batch, not per event.
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
-            let publish = PublishMessage::build().payload(event.payload).message_id(event.message_id).headers(event.headers);
+            // Headers first: `headers()` replaces the map `message_id()` writes into.
+            let publish = PublishMessage::build().headers(event.headers).payload(event.payload).message_id(event.message_id);
             let ack = self.jetstream.send_publish(event.subject, publish).await.map_err(|e| BusError::Other(e.to_string()))?;
             acks.push(ack);
         }

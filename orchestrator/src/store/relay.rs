@@ -4,9 +4,10 @@
 //! After a crash it republishes from the stored cursor; JetStream drops the
 //! repeats by `Nats-Msg-Id` (the event id). On Postgres, one relay runs at a
 //! time across all replicas (an advisory lock held on a dedicated
-//! connection), and it only reads events of transactions older than every
-//! running one, so an event with a lower position that commits late is
-//! never skipped.
+//! connection). It reads in transaction-id order and only below the oldest
+//! running transaction (`pg_snapshot_xmin`): positions can commit out of
+//! order, but no new row can appear below that horizon, so a late commit
+//! is never skipped.
 
 use std::time::Duration;
 
@@ -54,6 +55,7 @@ pub async fn run_relay(store: Store, bus: Bus, shutdown: CancellationToken) {
         };
         tracing::info!("relaying events to the event stream");
         if let Err(e) = relay(&store, &bus, lock, &shutdown).await {
+            metrics::counter!("eso_outbox_relay_errors_total").increment(1);
             tracing::warn!(error = %e, "relay interrupted; retrying");
             tokio::time::sleep(Duration::from_millis(500)).await;
         } else {
@@ -75,33 +77,59 @@ async fn try_lead(store: &Store) -> Result<Option<PoolConnection<Any>>, StoreErr
 
 /// Publishes batches until shutdown. Returns `Ok` on shutdown, `Err` when the
 /// store or the bus failed (leadership is then re-acquired).
-async fn relay(store: &Store, bus: &Bus, mut lock: Option<PoolConnection<Any>>, shutdown: &CancellationToken) -> Result<(), StoreError> {
-    let query = match store.backend {
-        Backend::Postgres => {
-            "SELECT position, event_id, stream_id, version, event_type, data, metadata, recorded_at FROM events \
-             WHERE position > $1 AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY position LIMIT $2"
-        }
-        Backend::Sqlite => {
-            "SELECT position, event_id, stream_id, version, event_type, data, metadata, recorded_at FROM events \
-             WHERE position > $1 ORDER BY position LIMIT $2"
-        }
-    };
+async fn relay(store: &Store, bus: &Bus, lock: Option<PoolConnection<Any>>, shutdown: &CancellationToken) -> Result<(), StoreError> {
+    let mut lock = lock;
+    let result = publish_until_shutdown(store, bus, &mut lock, shutdown).await;
+    if let Some(conn) = lock {
+        // The advisory lock lives as long as the session: close the session
+        // rather than hand a locked connection back to the pool.
+        let _ = conn.close().await;
+    }
+    result
+}
+
+async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<PoolConnection<Any>>, shutdown: &CancellationToken) -> Result<(), StoreError> {
     let mut stopping = false;
     loop {
         // Reading the cursor on the lock's own connection proves we still
         // hold the lock: if that connection died, so did the lock.
-        let cursor: i64 = match &mut lock {
+        let (tx, position) = match lock {
             Some(conn) => cursor(&mut **conn).await?,
             None => cursor(&store.pool).await?,
         };
-        let rows = sqlx::query(query).bind(cursor).bind(BATCH).fetch_all(&store.pool).await?;
+        let rows = match store.backend {
+            Backend::Postgres => {
+                sqlx::query(
+                    "SELECT position, tx_id::text AS tx, event_id, stream_id, version, event_type, data, metadata, recorded_at FROM events \
+                     WHERE (tx_id, position) > ($1::xid8, $2) AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+                     ORDER BY tx_id, position LIMIT $3",
+                )
+                .bind(&tx)
+                .bind(position)
+                .bind(BATCH)
+                .fetch_all(&store.pool)
+                .await?
+            }
+            Backend::Sqlite => {
+                sqlx::query(
+                    "SELECT position, '0' AS tx, event_id, stream_id, version, event_type, data, metadata, recorded_at FROM events \
+                     WHERE position > $1 ORDER BY position LIMIT $2",
+                )
+                .bind(position)
+                .bind(BATCH)
+                .fetch_all(&store.pool)
+                .await?
+            }
+        };
         let events: Vec<StoredEvent> = rows.iter().map(super::stored_event).collect::<Result<_, _>>()?;
-        if let Some(last) = events.last().map(|e| e.position) {
+        if let (Some(last), Some(row)) = (events.last(), rows.last()) {
+            let last_tx: String = row.try_get("tx")?;
             let count = events.len();
             bus.publish(events.iter().map(outgoing).collect()).await.map_err(|e| StoreError::Database(format!("publish: {e}")))?;
-            sqlx::query("UPDATE outbox_cursor SET position = $2 WHERE relay = $1 AND position < $2")
+            sqlx::query("UPDATE outbox_cursor SET tx = $2, position = $3 WHERE relay = $1")
                 .bind(RELAY)
-                .bind(last)
+                .bind(&last_tx)
+                .bind(last.position)
                 .execute(&store.pool)
                 .await?;
             metrics::counter!("eso_outbox_published_total").increment(count as u64);
@@ -112,9 +140,12 @@ async fn relay(store: &Store, bus: &Bus, mut lock: Option<PoolConnection<Any>>, 
         if stopping {
             return Ok(());
         }
-        let head: i64 = sqlx::query("SELECT COALESCE(MAX(position), 0) AS head FROM events").fetch_one(&store.pool).await?.try_get("head")?;
-        let published = events.last().map_or(cursor, |e| e.position);
-        metrics::gauge!("eso_outbox_lag_events").set((head - published).max(0) as f64);
+        let pending: i64 = sqlx::query("SELECT COUNT(*) AS n FROM events WHERE position > $1")
+            .bind(events.last().map_or(position, |e| e.position))
+            .fetch_one(&store.pool)
+            .await?
+            .try_get("n")?;
+        metrics::gauge!("eso_outbox_lag_events").set(pending as f64);
         tokio::select! {
             () = store.appended().notified() => {}
             () = tokio::time::sleep(IDLE_POLL) => {}
@@ -124,12 +155,10 @@ async fn relay(store: &Store, bus: &Bus, mut lock: Option<PoolConnection<Any>>, 
     }
 }
 
-async fn cursor<'e, E: sqlx::Executor<'e, Database = Any>>(executor: E) -> Result<i64, StoreError> {
-    Ok(sqlx::query("SELECT position FROM outbox_cursor WHERE relay = $1")
-        .bind(RELAY)
-        .fetch_one(executor)
-        .await?
-        .try_get("position")?)
+/// The relay's position: `(transaction id as text, event position)`.
+async fn cursor<'e, E: sqlx::Executor<'e, Database = Any>>(executor: E) -> Result<(String, i64), StoreError> {
+    let row = sqlx::query("SELECT tx, position FROM outbox_cursor WHERE relay = $1").bind(RELAY).fetch_one(executor).await?;
+    Ok((row.try_get("tx")?, row.try_get("position")?))
 }
 
 fn outgoing(e: &StoredEvent) -> OutgoingEvent {

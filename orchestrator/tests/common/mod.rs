@@ -301,7 +301,9 @@ pub async fn post_many(urls: &[String], n: usize) -> Vec<Uuid> {
                 1 => format!("xxx order {i}"),
                 _ => format!("random order {i}"),
             };
+            let give_up = Instant::now() + Duration::from_secs(60);
             loop {
+                assert!(Instant::now() < give_up, "POST {url} not accepted for 60 s");
                 match http.post(&url).json(&json!({ "amount": 10.50, "description": description })).send().await {
                     Ok(r) if r.status().is_success() => {
                         let body: Value = r.json().await.unwrap_or(Value::Null);
@@ -320,7 +322,7 @@ pub async fn post_many(urls: &[String], n: usize) -> Vec<Uuid> {
 pub async fn wait_all_terminal(pool: &sqlx::AnyPool, expected: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        let row = sqlx::query("SELECT COUNT(*) AS total, COALESCE(SUM(terminal), 0) AS done FROM sagas").fetch_one(pool).await;
+        let row = sqlx::query("SELECT COUNT(*) AS total, (SELECT COUNT(*) FROM sagas WHERE terminal = 1) AS done FROM sagas").fetch_one(pool).await;
         if let Ok(row) = row {
             let total: i64 = row.try_get("total").unwrap_or(-1);
             let done: i64 = row.try_get("done").unwrap_or(-1);
@@ -349,13 +351,13 @@ pub async fn assert_no_double_charge(pool: &sqlx::AnyPool, orders: &[Uuid]) {
         .fetch_one(pool)
         .await
         .and_then(|r| r.try_get("n"))
-        .unwrap_or(-1);
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(unpaid, 0, "delivered orders without exactly one kept charge");
     let kept: i64 = sqlx::query("SELECT COUNT(*) AS n FROM orders o JOIN payments p ON p.order_id = o.id WHERE o.status = 'cancelled' AND p.outcome = 'confirmed' AND p.refunded = 0")
         .fetch_one(pool)
         .await
         .and_then(|r| r.try_get("n"))
-        .unwrap_or(-1);
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(kept, 0, "cancelled orders that kept the customer's money");
     let known: i64 = sqlx::query("SELECT COUNT(*) AS n FROM orders").fetch_one(pool).await.and_then(|r| r.try_get("n")).unwrap_or(-1);
     assert!(known as usize >= orders.len(), "accepted orders lost: {known} stored, {} accepted", orders.len());
