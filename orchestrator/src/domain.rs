@@ -19,6 +19,9 @@ impl Amount {
         if text.starts_with('"') {
             return Err("must be a number, not a string".into());
         }
+        if text.parse::<f64>().is_err() {
+            return Err("must be a number".into());
+        }
         if text.contains(['e', 'E']) {
             return Err("must be written as a plain decimal number like 207.00".into());
         }

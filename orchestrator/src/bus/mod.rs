@@ -35,6 +35,8 @@ pub struct OutgoingEvent {
     pub message_id: String,
     pub headers: HeaderMap,
     pub payload: Bytes,
+    /// The producer span, ended when the stream acknowledged the event.
+    pub span: tracing::Span,
 }
 
 #[derive(Clone)]

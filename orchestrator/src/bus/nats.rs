@@ -56,7 +56,9 @@ impl NatsBus {
     pub(super) async fn publish(&self, events: Vec<OutgoingEvent>) -> Result<(), BusError> {
         // Send all, then wait for all acks: one round trip per batch, not per event.
         let mut acks = Vec::with_capacity(events.len());
+        let mut spans = Vec::with_capacity(events.len());
         for event in events {
+            spans.push(event.span);
             // Headers first: `headers()` replaces the map `message_id()` writes into.
             let publish = PublishMessage::build().headers(event.headers).payload(event.payload).message_id(event.message_id);
             let ack = self.jetstream.send_publish(event.subject, publish).await.map_err(|e| BusError::Other(e.to_string()))?;
@@ -65,6 +67,7 @@ impl NatsBus {
         for ack in acks {
             ack.await.map_err(|e| BusError::Other(e.to_string()))?;
         }
+        drop(spans);
         Ok(())
     }
 

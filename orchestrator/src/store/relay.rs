@@ -9,6 +9,7 @@
 //! order, but no new row can appear below that horizon, so a late commit
 //! is never skipped.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -161,15 +162,31 @@ async fn cursor<'e, E: sqlx::Executor<'e, Database = Any>>(executor: E) -> Resul
     Ok((row.try_get("tx")?, row.try_get("position")?))
 }
 
+/// The message for one event, with a producer span in the saga's trace
+/// (the trace context stored with the event) whose context travels in the
+/// message headers to whoever consumes the stream.
 fn outgoing(e: &StoredEvent) -> OutgoingEvent {
+    let subject = format!("eso.events.{}", e.event_type);
+    let span = tracing::info_span!(
+        "event.publish",
+        otel.name = %format!("{subject} publish"),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "publish",
+        messaging.destination.name = %subject,
+        messaging.message.id = %e.event_id,
+        event.type = %e.event_type,
+        saga.id = %e.stream_id,
+        order.id = %e.stream_id,
+    );
+    let stored: BTreeMap<String, String> = e
+        .metadata
+        .get("trace")
+        .and_then(|t| serde_json::from_value(t.clone()).ok())
+        .unwrap_or_default();
+    observability::propagation::set_parent_from_map(&span, &stored);
     let mut headers = HeaderMap::new();
-    if let Some(trace) = e.metadata.get("trace").and_then(|t| t.as_object()) {
-        for (name, value) in trace {
-            if let Some(v) = value.as_str() {
-                headers.insert(name.as_str(), v);
-            }
-        }
-    }
+    observability::propagation::inject_nats(&span, &mut headers);
     headers.insert("Eso-Saga-Id", e.stream_id.as_str());
     let payload = json!({
         "event_id": e.event_id,
@@ -181,9 +198,10 @@ fn outgoing(e: &StoredEvent) -> OutgoingEvent {
         "recorded_at": crate::clock::rfc3339(e.recorded_at),
     });
     OutgoingEvent {
-        subject: format!("eso.events.{}", e.event_type),
+        subject,
         message_id: e.event_id.clone(),
         headers,
         payload: Bytes::from(serde_json::to_vec(&payload).unwrap_or_default()),
+        span,
     }
 }
