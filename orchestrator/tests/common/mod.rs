@@ -275,12 +275,12 @@ fn spawn_eso(args: &[&str], env: &[(&str, String)], port: u16) -> Child {
     let log = std::env::var("ESO_TEST_LOGS").is_ok();
     Command::new(env!("CARGO_BIN_EXE_eso"))
         .args(args)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("PORT", port.to_string())
         .env("BIND", "127.0.0.1")
         .env("SAGAS_DIR", PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sagas"))
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stdout(if log { Stdio::inherit() } else { Stdio::null() })
         .stderr(if log { Stdio::inherit() } else { Stdio::null() })
         .spawn()
