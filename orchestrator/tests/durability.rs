@@ -20,15 +20,7 @@ impl Cluster {
     async fn new() -> Cluster {
         let postgres = Postgres::fresh().await;
         let nats = Nats::start().await;
-        let env = vec![
-            ("DATABASE_URL", postgres.url.clone()),
-            ("NATS_URL", nats.url.clone()),
-            ("ESO_EMBED_PARTICIPANTS", "false".to_string()),
-            ("ESO_TIMER_INTERVAL_MS", "20".to_string()),
-            // Four processes per test and two tests at a time stay under
-            // Postgres's default 100 connections.
-            ("ESO_DB_POOL", "6".to_string()),
-        ];
+        let env = common::process_env(&postgres, &nats);
         Cluster { postgres, nats, env }
     }
 

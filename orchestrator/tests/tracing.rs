@@ -24,14 +24,9 @@ impl Traced {
         let receiver = OtlpReceiver::start().await.unwrap_or_else(|e| panic!("receiver: {e}"));
         let postgres = Postgres::fresh().await;
         let nats = Nats::start().await;
-        let env = vec![
-            ("DATABASE_URL", postgres.url.clone()),
-            ("NATS_URL", nats.url.clone()),
-            ("ESO_EMBED_PARTICIPANTS", "false".to_string()),
-            ("ESO_DB_POOL", "4".to_string()),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
-        ];
+        let mut env = common::process_env(&postgres, &nats);
+        env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()));
+        env.push(("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()));
         Traced { _postgres: postgres, _nats: nats, receiver, env, http: reqwest::Client::new() }
     }
 

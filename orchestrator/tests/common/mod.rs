@@ -127,6 +127,20 @@ impl Drop for Nats {
     }
 }
 
+/// Environment for `eso` child processes of one test: its database, its
+/// NATS, participants as their own processes, a small pool (several
+/// processes per test and two tests at a time stay under Postgres's default
+/// 100 connections) and a fast timer poll.
+pub fn process_env(postgres: &Postgres, nats: &Nats) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", postgres.url.clone()),
+        ("NATS_URL", nats.url.clone()),
+        ("ESO_EMBED_PARTICIPANTS", "false".to_string()),
+        ("ESO_TIMER_INTERVAL_MS", "20".to_string()),
+        ("ESO_DB_POOL", "5".to_string()),
+    ]
+}
+
 pub async fn wait_for_port(port: u16, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
