@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Nats, Postgres, Process, assert_events_published_once, assert_no_double_charge, post_many, wait_all_terminal};
+use common::{Nats, Postgres, PrivatePostgres, Process, assert_events_published_once, assert_no_double_charge, post_many, wait_all_terminal};
 
 struct Cluster {
     postgres: Postgres,
@@ -102,4 +102,26 @@ async fn two_orchestrators_share_one_database_and_one_nats() {
     let accepted = post_many(&[a.url(), b.url()], 1000).await;
     assert_eq!(accepted.len(), 1000);
     cluster.check(&accepted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_crash_mid_flight_loses_nothing_accepted() {
+    let mut postgres = PrivatePostgres::start().await;
+    let nats = Nats::start().await;
+    let mut env = common::process_env(&Postgres { url: postgres.url.clone() }, &nats);
+    env.retain(|(k, _)| *k != "ESO_DB_POOL");
+    let _payment = Process::spawn(&["participant", "payment"], &env).await;
+    let _delivery = Process::spawn(&["participant", "delivery"], &env).await;
+    let orchestrator = Process::spawn(&[], &env).await;
+    let url = orchestrator.url();
+    let posts = tokio::spawn(async move { post_many(&[url], SAGAS).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(postgres.crash(), "pg_ctl stop -m immediate failed");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    postgres.start_again().await;
+    let accepted = posts.await.unwrap_or_else(|e| panic!("{e}"));
+    let pool = postgres.pool().await;
+    wait_all_terminal(&pool, accepted.len(), Duration::from_secs(90)).await;
+    assert_no_double_charge(&pool, &accepted).await;
+    assert_events_published_once(&pool, &nats.client().await, Duration::from_secs(30)).await;
 }

@@ -70,6 +70,77 @@ impl Postgres {
     }
 }
 
+/// A PostgreSQL server of this test's own (initdb in a temporary
+/// directory, run as the `postgres` user), for tests that crash the
+/// database: the shared server must stay up for the other tests.
+pub struct PrivatePostgres {
+    pub url: String,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    pub async fn start() -> PrivatePostgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|versions| versions.filter_map(Result::ok).map(|v| v.path().join("bin")).find(|b| b.join("initdb").exists()))
+            .unwrap_or_else(|| panic!("this test needs the PostgreSQL server binaries (Debian package postgresql) under /usr/lib/postgresql"));
+        let dir = tempfile::Builder::new().prefix("eso-pg-").tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
+        assert!(chown.is_ok_and(|s| s.success()), "this test runs PostgreSQL as the postgres user and needs root to hand it a directory");
+        let data = dir.path().join("data");
+        let init = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        assert!(init.is_ok_and(|s| s.success()), "initdb failed");
+        let port = free_port();
+        let mut pg = PrivatePostgres { url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), dir, bin, port };
+        pg.start_again().await;
+        pg
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> bool {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    pub async fn start_again(&mut self) {
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200", self.port, self.dir.path().display());
+        assert!(self.pg_ctl(&["-w", "-o", &options, "start"]), "pg_ctl start failed");
+        wait_for_port(self.port, Duration::from_secs(20)).await;
+    }
+
+    /// Stops it the way a crash would: no checkpoint, in-flight work lost.
+    pub fn crash(&mut self) -> bool {
+        self.pg_ctl(&["-m", "immediate", "stop"])
+    }
+
+    pub async fn pool(&self) -> sqlx::AnyPool {
+        sqlx::any::install_default_drivers();
+        sqlx::any::AnyPoolOptions::new().max_connections(4).connect(&self.url).await.unwrap_or_else(|e| panic!("connect {}: {e}", self.url))
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.crash();
+    }
+}
+
 /// A `nats-server` with JetStream of this test's own.
 pub struct Nats {
     pub port: u16,
