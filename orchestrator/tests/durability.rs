@@ -125,3 +125,29 @@ async fn a_postgres_crash_mid_flight_loses_nothing_accepted() {
     assert_no_double_charge(&pool, &accepted).await;
     assert_events_published_once(&pool, &nats.client().await, Duration::from_secs(30)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_work_and_flushes_the_outbox() {
+    let cluster = Cluster::new().await;
+    let _payment = cluster.participant("payment").await;
+    let _delivery = cluster.participant("delivery").await;
+    let mut orchestrator = cluster.orchestrator().await;
+    let accepted = post_many(&[orchestrator.url()], 100).await;
+    let pid = orchestrator.child.id().to_string();
+    let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+    assert!(sent.is_ok_and(|s| s.success()));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Ok(Some(status)) = orchestrator.child.try_wait() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "eso did not exit within 20 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "eso exited with {status} on SIGTERM");
+    // Every event committed before the exit was published before it.
+    let pool = cluster.postgres.pool().await;
+    assert_events_published_once(&pool, &cluster.nats.client().await, Duration::from_secs(1)).await;
+    orchestrator.restart().await;
+    cluster.check(&accepted).await;
+}
