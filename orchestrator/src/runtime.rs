@@ -7,7 +7,8 @@
 //! at any point leaves a saga that its deadline will wake up (on this or
 //! another replica) and move on, resending the same command id.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -24,7 +25,7 @@ use uuid::Uuid;
 use crate::bus::{Bus, BusError};
 use crate::clock;
 use crate::domain::NewOrder;
-use crate::store::{Append, Committed, NewOrderRow, Store, StoreError};
+use crate::store::{Append, Committed, NewOrderRow, SagaRow, Store, StoreError};
 
 /// Steps of one saga racing each other resolve by retrying on the newer
 /// state; this bounds a pathological race.
@@ -63,11 +64,19 @@ struct Inner {
     registry: Registry,
     /// Command round trips in flight, awaited on shutdown.
     tasks: TaskTracker,
+    /// The last state this replica wrote for each running saga, so a reply
+    /// needs no read before its step. Only a hint: a stale entry (another
+    /// replica moved the saga) fails the append's version check, and the
+    /// saga is then read from the store.
+    cache: Mutex<HashMap<Uuid, SagaRow>>,
 }
+
+/// Entries beyond this are dropped wholesale; they are only hints.
+const CACHE_LIMIT: usize = 100_000;
 
 impl Runtime {
     pub fn new(store: Store, bus: Bus, registry: Registry) -> Self {
-        Runtime { inner: Arc::new(Inner { store, bus, registry, tasks: TaskTracker::new() }) }
+        Runtime { inner: Arc::new(Inner { store, bus, registry, tasks: TaskTracker::new(), cache: Mutex::new(HashMap::new()) }) }
     }
 
     pub fn registry(&self) -> &Registry {
@@ -98,11 +107,12 @@ impl Runtime {
             // A new saga always starts; this is here so nothing can panic.
             Err(ignored) => return Err(RuntimeError::Store(StoreError::Corrupt(ignored.to_string()))),
         };
+        let trace = observability::propagation::to_map(&span);
         let append = Append {
             saga: decision.saga.clone(),
             expected: 0,
             events: decision.events.clone(),
-            trace: observability::propagation::to_map(&span),
+            trace: trace.clone(),
             causation: "http".into(),
             status_changed: false,
             new_order: Some(row),
@@ -113,6 +123,8 @@ impl Runtime {
             Committed::Conflict => return Err(RuntimeError::Contended(id)),
             Committed::Appended => {}
         }
+        let now = clock::now_us();
+        self.remember(SagaRow { saga: decision.saga.clone(), trace, created_at: now, updated_at: now });
         metrics::counter!("eso_sagas_started_total", "definition" => def.name.clone()).increment(1);
         tracing::info!(saga.id = %id, definition = %def.id(), "saga started");
         self.dispatch(decision.commands);
@@ -122,12 +134,19 @@ impl Runtime {
     /// Feeds `input` to saga `id`: load, step, append (retrying on
     /// conflicts), then send the commands the step decided.
     pub async fn advance(&self, id: Uuid, input: Input, causation: String) -> Result<(), RuntimeError> {
+        let mut cached = self.cached(id);
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let Some(row) = self.inner.store.load(id).await? else {
-                tracing::warn!(saga.id = %id, "input for an unknown saga dropped");
-                return Ok(());
+            let row = match cached.take() {
+                Some(row) => row,
+                None => match self.inner.store.load(id).await? {
+                    Some(row) => row,
+                    None => {
+                        tracing::warn!(saga.id = %id, "input for an unknown saga dropped");
+                        return Ok(());
+                    }
+                },
             };
-            let saga = row.saga;
+            let saga = row.saga.clone();
             let def = self
                 .inner
                 .registry
@@ -167,10 +186,12 @@ impl Runtime {
             match self.append(&def, Some(&saga), append).instrument(span.clone()).await? {
                 Committed::Conflict => {
                     metrics::counter!("eso_append_conflicts_total").increment(1);
+                    self.forget(id);
                     continue;
                 }
                 Committed::KeyTaken(_) | Committed::Appended => {}
             }
+            self.remember(SagaRow { saga: decision.saga.clone(), ..row.clone() });
             metrics::histogram!("eso_step_seconds", "definition" => def.name.clone(), "state" => saga.state.clone())
                 .record(started.elapsed().as_secs_f64());
             self.record_outcome(&def, &saga, &decision.saga, &decision.events, row.created_at);
@@ -179,6 +200,29 @@ impl Runtime {
             return Ok(());
         }
         Err(RuntimeError::Contended(id))
+    }
+
+    fn cached(&self, id: Uuid) -> Option<SagaRow> {
+        self.inner.cache.lock().ok().and_then(|c| c.get(&id).cloned())
+    }
+
+    fn remember(&self, row: SagaRow) {
+        if let Ok(mut cache) = self.inner.cache.lock() {
+            if row.saga.terminal {
+                cache.remove(&row.saga.id);
+                return;
+            }
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(row.saga.id, row);
+        }
+    }
+
+    fn forget(&self, id: Uuid) {
+        if let Ok(mut cache) = self.inner.cache.lock() {
+            cache.remove(&id);
+        }
     }
 
     async fn append(&self, def: &Definition, before: Option<&Saga>, append: Append) -> Result<Committed, RuntimeError> {

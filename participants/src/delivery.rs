@@ -25,7 +25,7 @@ impl Delivery {
     async fn deliver(&self, command: CommandMessage) -> Result<ReplyMessage, Error> {
         let id = command.command_id.to_string();
         let outcome = decide(command.field("description")?);
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO deliveries (command_id, order_id, outcome, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (command_id) DO NOTHING",
         )
@@ -35,6 +35,9 @@ impl Delivery {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        if inserted.rows_affected() == 1 {
+            return Ok(ReplyMessage { outcome: outcome.into(), data: json!({ "delivery_id": id }) });
+        }
         let recorded = sqlx::query("SELECT outcome FROM deliveries WHERE command_id = $1")
             .bind(&id)
             .fetch_one(&self.pool)

@@ -29,13 +29,12 @@ impl Payment {
 
     async fn process(&self, command: CommandMessage) -> Result<ReplyMessage, Error> {
         let id = command.command_id.to_string();
-        if let Some(outcome) = self.recorded(&id).await? {
-            return Ok(answer(&outcome, &id));
-        }
         let description = command.field("description")?;
         let amount = command.field("amount")?;
         let outcome = decide(description, rand::random::<bool>());
-        sqlx::query(
+        // Record first, then answer: one round trip for a new command; a
+        // repeat (or a charge voided by an earlier refund) finds the row.
+        let inserted = sqlx::query(
             "INSERT INTO payments (command_id, order_id, amount, outcome, refunded, created_at) \
              VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (command_id) DO NOTHING",
         )
@@ -46,9 +45,11 @@ impl Payment {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
-        // Another replica may have won the insert; its answer is the answer.
-        let outcome = self.recorded(&id).await?.unwrap_or_else(|| outcome.to_string());
-        Ok(answer(&outcome, &id))
+        if inserted.rows_affected() == 1 {
+            return Ok(answer(outcome, &id));
+        }
+        let recorded = self.recorded(&id).await?.unwrap_or_else(|| outcome.to_string());
+        Ok(answer(&recorded, &id))
     }
 
     async fn refund(&self, command: CommandMessage) -> Result<ReplyMessage, Error> {
