@@ -63,7 +63,7 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) ->
                     }
                 }));
             }
-            Bus::Nats(nats)
+            Bus::Nats(Box::new(nats))
         }
     };
 

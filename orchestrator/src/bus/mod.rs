@@ -41,7 +41,7 @@ pub struct OutgoingEvent {
 
 #[derive(Clone)]
 pub enum Bus {
-    Nats(NatsBus),
+    Nats(Box<NatsBus>),
     Local(LocalBus),
 }
 
