@@ -32,6 +32,8 @@ enum Command {
         #[arg(value_enum)]
         name: ParticipantName,
     },
+    /// Load-test eso: throughput, latency, memory, and the machine's ceiling.
+    Bench(Box<orchestrator::bench::BenchArgs>),
 }
 
 #[derive(Subcommand)]
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
                     "eso-delivery",
                     |pool| Arc::new(participants::delivery::Delivery::new(pool)),
                 )),
+                Some(Command::Bench(args)) => runtime.block_on(orchestrator::bench::run(*args)),
                 _ => runtime.block_on(serve(cli.config)),
             };
             match result {
