@@ -160,14 +160,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .filter(|v| !v.is_empty());
     println!(
-        "machine: {} CPUs ({}), {} MiB, kernel {}; {}; {}; eso {} build",
+        "machine: {} CPUs ({}), {} MiB, kernel {}; {}; {}; eso {} build of {}",
         machine.nproc,
         machine.cpu_model,
         machine.memory_mib,
         machine.kernel,
         machine.postgres.as_ref().map_or("PostgreSQL: n/a".to_string(), |v| format!("{v} ({})", machine.postgres_settings.as_deref().unwrap_or_default())),
         machine.nats_server.as_deref().unwrap_or("nats-server: n/a"),
-        machine.eso_profile
+        machine.eso_profile,
+        machine.source.as_deref().unwrap_or("unknown source")
     );
     if machine.eso_profile == "debug" {
         println!("note: a debug build; for figures to publish use `cargo build --release -p orchestrator` and target/release/eso");

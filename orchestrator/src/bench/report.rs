@@ -30,6 +30,9 @@ pub struct Machine {
     pub memory_mib: u64,
     pub cpu_model: String,
     pub kernel: String,
+    /// `git describe`-like: the commit of the current directory's
+    /// repository, `+dirty` with uncommitted changes (best effort).
+    pub source: Option<String>,
     pub postgres: Option<String>,
     /// fsync, synchronous_commit, wal_sync_method, shared_buffers, max_connections.
     pub postgres_settings: Option<String>,
@@ -49,12 +52,27 @@ impl Machine {
             memory_mib: field(&meminfo, "MemTotal").and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok()).map_or(0, |kib| kib / 1024),
             cpu_model: field(&cpuinfo, "model name").unwrap_or_else(|| "unknown".into()),
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default(),
+            source: git_source(),
             postgres: None,
             postgres_settings: None,
             nats_server: None,
             eso_profile: if cfg!(debug_assertions) { "debug" } else { "release" },
         }
     }
+}
+
+fn git_source() -> Option<String> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"])?;
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(if dirty { format!("{commit}+dirty") } else { commit })
 }
 
 /// What this machine sustains without eso, measured in the same run.
