@@ -48,7 +48,9 @@ pub async fn serve_nats(
             drop(permit);
         });
     }
-    // Wait for the commands in hand so none is left half-answered.
+    // Leave the queue group first, so NATS routes new commands to the other
+    // replicas; then finish the commands in hand.
+    drop(messages);
     let _ = permits.acquire_many(MAX_IN_FLIGHT as u32).await;
     client.flush().await?;
     Ok(())

@@ -27,6 +27,14 @@ pub enum BusError {
     Other(String),
 }
 
+/// A publish that failed after the first `acked` events were stored.
+#[derive(Debug, thiserror::Error)]
+#[error("{error} (after {acked} acknowledged)")]
+pub struct PublishError {
+    pub acked: usize,
+    pub error: BusError,
+}
+
 /// An event on its way to the event stream.
 #[derive(Debug, Clone)]
 pub struct OutgoingEvent {
@@ -55,11 +63,12 @@ impl Bus {
     }
 
     /// Publishes events in order and returns once every one is stored
-    /// (acknowledged by JetStream).
-    pub async fn publish(&self, events: Vec<OutgoingEvent>) -> Result<(), BusError> {
+    /// (acknowledged by JetStream). On failure, says how many of the first
+    /// events were acknowledged.
+    pub async fn publish(&self, events: Vec<OutgoingEvent>) -> Result<(), PublishError> {
         match self {
             Bus::Nats(b) => b.publish(events).await,
-            Bus::Local(b) => b.publish(events),
+            Bus::Local(b) => b.publish(events).map_err(|error| PublishError { acked: 0, error }),
         }
     }
 

@@ -7,7 +7,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::{HeaderMap, client::RequestErrorKind};
 use bytes::Bytes;
 
-use super::{BusError, EVENT_STREAM, EVENT_SUBJECTS, OutgoingEvent};
+use super::{BusError, EVENT_STREAM, EVENT_SUBJECTS, OutgoingEvent, PublishError};
 
 #[derive(Clone)]
 pub struct NatsBus {
@@ -53,7 +53,7 @@ impl NatsBus {
         }
     }
 
-    pub(super) async fn publish(&self, events: Vec<OutgoingEvent>) -> Result<(), BusError> {
+    pub(super) async fn publish(&self, events: Vec<OutgoingEvent>) -> Result<(), PublishError> {
         // Send all, then wait for all acks: one round trip per batch, not per event.
         let mut acks = Vec::with_capacity(events.len());
         let mut spans = Vec::with_capacity(events.len());
@@ -61,11 +61,19 @@ impl NatsBus {
             spans.push(event.span);
             // Headers first: `headers()` replaces the map `message_id()` writes into.
             let publish = PublishMessage::build().headers(event.headers).payload(event.payload).message_id(event.message_id);
-            let ack = self.jetstream.send_publish(event.subject, publish).await.map_err(|e| BusError::Other(e.to_string()))?;
-            acks.push(ack);
+            match self.jetstream.send_publish(event.subject, publish).await {
+                Ok(ack) => acks.push(ack),
+                Err(e) => {
+                    acks.clear();
+                    return Err(PublishError { acked: 0, error: BusError::Other(e.to_string()) });
+                }
+            }
         }
-        for ack in acks {
-            ack.await.map_err(|e| BusError::Other(e.to_string()))?;
+        // Acks arrive in order for one stream; the acknowledged prefix is durable.
+        for (acked, ack) in acks.into_iter().enumerate() {
+            if let Err(e) = ack.await {
+                return Err(PublishError { acked, error: BusError::Other(e.to_string()) });
+            }
         }
         drop(spans);
         Ok(())

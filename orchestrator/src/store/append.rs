@@ -17,7 +17,7 @@ use std::sync::Arc;
 use sagas::{Event, Saga};
 use serde_json::json;
 use sqlx::{Any, AnyPool, Row, Transaction};
-use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{Store, StoreError};
@@ -67,7 +67,9 @@ impl Store {
     /// Appends atomically with the read models; returns once committed.
     pub async fn append(&self, append: Append) -> Result<Committed, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.committer.send((append, tx)).await.map_err(|_| StoreError::Closed)?;
+        let lane = (append.saga.id.as_u128() % self.committers.len().max(1) as u128) as usize;
+        let committer = self.committers.get(lane).ok_or(StoreError::Closed)?;
+        committer.send((append, tx)).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -77,48 +79,54 @@ impl Store {
     }
 }
 
-pub(super) fn spawn_committers(pool: AnyPool, count: usize, appended: Arc<Notify>) -> mpsc::Sender<Job> {
-    let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
-    let rx = Arc::new(Mutex::new(rx));
-    for _ in 0..count {
-        let (pool, rx, appended) = (pool.clone(), rx.clone(), appended.clone());
-        tokio::spawn(async move {
-            loop {
-                let batch = {
-                    let mut rx = rx.lock().await;
-                    let Some(first) = rx.recv().await else { return };
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(job) => batch.push(job),
-                            Err(_) => break,
-                        }
-                    }
-                    batch
-                };
-                metrics::histogram!("eso_commit_batch_size").record(batch.len() as f64);
-                let started = std::time::Instant::now();
-                let (appends, replies): (Vec<Append>, Vec<_>) = batch.into_iter().unzip();
-                match commit(&pool, &appends).await {
-                    Ok(results) => {
-                        for (reply, result) in replies.into_iter().zip(results) {
-                            let _ = reply.send(Ok(result));
-                        }
-                        appended.notify_waiters();
-                        appended.notify_one();
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, appends = appends.len(), "commit failed");
-                        for reply in replies {
-                            let _ = reply.send(Err(StoreError::Database(e.to_string())));
-                        }
-                    }
-                }
-                metrics::histogram!("eso_commit_seconds").record(started.elapsed().as_secs_f64());
+/// Starts `count` committers, each with its own queue. A saga always goes
+/// to the same committer (by its id), so two concurrent transactions never
+/// touch the same saga's rows and cannot deadlock on them.
+pub(super) fn spawn_committers(pool: AnyPool, count: usize, appended: Arc<Notify>) -> Vec<mpsc::Sender<Job>> {
+    (0..count.max(1))
+        .map(|_| {
+            let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
+            tokio::spawn(run_committer(pool.clone(), rx, appended.clone()));
+            tx
+        })
+        .collect()
+}
+
+async fn run_committer(pool: AnyPool, mut rx: mpsc::Receiver<Job>, appended: Arc<Notify>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
             }
-        });
+        }
+        metrics::histogram!("eso_commit_batch_size").record(batch.len() as f64);
+        let started = std::time::Instant::now();
+        let (appends, replies): (Vec<Append>, Vec<_>) = batch.into_iter().unzip();
+        let mut result = commit(&pool, &appends).await;
+        // Idempotency keys are shared across committers; a deadlock on
+        // them (or a serialization failure) is worth one more try.
+        if let Err(StoreError::Retryable(e)) = &result {
+            tracing::info!(error = %e, "commit retried");
+            result = commit(&pool, &appends).await;
+        }
+        match result {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+                appended.notify_one();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, appends = appends.len(), "commit failed");
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Database(e.to_string())));
+                }
+            }
+        }
+        metrics::histogram!("eso_commit_seconds").record(started.elapsed().as_secs_f64());
     }
-    tx
 }
 
 async fn commit(pool: &AnyPool, appends: &[Append]) -> Result<Vec<Committed>, StoreError> {

@@ -29,11 +29,18 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store is shutting down")]
     Closed,
+    /// A deadlock or serialization failure: the same work may succeed again.
+    #[error("database (retryable): {0}")]
+    Retryable(String),
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Database(e.to_string())
+        let code = e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned());
+        match code.as_deref() {
+            Some("40P01" | "40001") => StoreError::Retryable(e.to_string()),
+            _ => StoreError::Database(e.to_string()),
+        }
     }
 }
 
@@ -47,7 +54,8 @@ impl From<serde_json::Error> for StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    committer: mpsc::Sender<append::Job>,
+    /// One queue per committer; see `append.rs`.
+    committers: Vec<mpsc::Sender<append::Job>>,
     /// Woken after each commit so the relay publishes without polling delay.
     appended: Arc<Notify>,
 }
@@ -95,8 +103,8 @@ impl Store {
             Backend::Sqlite => 1,
             Backend::Postgres => 4,
         };
-        let committer = append::spawn_committers(pool.clone(), committers, appended.clone());
-        Store { pool, backend, committer, appended }
+        let committers = append::spawn_committers(pool.clone(), committers, appended.clone());
+        Store { pool, backend, committers, appended }
     }
 
     pub fn backend(&self) -> Backend {
@@ -136,7 +144,19 @@ impl Store {
             }
         };
         let rows = sqlx::query(sql).bind(now_ms + lease_ms).bind(now_ms).bind(limit).fetch_all(&self.pool).await?;
-        rows.iter().map(saga_row).collect()
+        // One unreadable row must not hold up the others; it comes due
+        // again after its lease and is counted until someone fixes it.
+        Ok(rows
+            .iter()
+            .filter_map(|r| match saga_row(r) {
+                Ok(row) => Some(row),
+                Err(e) => {
+                    tracing::error!(error = %e, "unreadable saga row skipped");
+                    metrics::counter!("eso_unreadable_sagas_total").increment(1);
+                    None
+                }
+            })
+            .collect())
     }
 
     pub async fn order(&self, id: Uuid) -> Result<Option<OrderRow>, StoreError> {
@@ -181,8 +201,10 @@ impl Store {
             .collect()
     }
 
-    /// Records a definition version; a no-op if it is already recorded.
-    pub async fn record_definition(&self, def: &sagas::Definition, source: &str) -> Result<(), StoreError> {
+    /// Records a definition version (a no-op if it is already recorded) and
+    /// returns the hash recorded for that version, which differs from the
+    /// definition's when another replica recorded other content first.
+    pub async fn record_definition(&self, def: &sagas::Definition, source: &str) -> Result<String, StoreError> {
         sqlx::query(
             "INSERT INTO saga_definitions (name, version, hash, source, loaded_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (name, version) DO NOTHING",
@@ -194,7 +216,12 @@ impl Store {
         .bind(crate::clock::now_us())
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(sqlx::query("SELECT hash FROM saga_definitions WHERE name = $1 AND version = $2")
+            .bind(&def.name)
+            .bind(i64::from(def.version))
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("hash")?)
     }
 
     /// Counts for `/metrics` gauges and tests: sagas not yet terminal.

@@ -31,17 +31,18 @@ const IDLE_POLL: Duration = Duration::from_millis(200);
 
 /// Runs until `shutdown`; then publishes what is committed and returns.
 pub async fn run_relay(store: Store, bus: Bus, shutdown: CancellationToken) {
-    sqlx::query("INSERT INTO outbox_cursor (relay, position) VALUES ($1, 0) ON CONFLICT (relay) DO NOTHING")
-        .bind(RELAY)
-        .execute(&store.pool)
-        .await
-        .ok();
     loop {
         if shutdown.is_cancelled() {
             return;
         }
         let lock = match store.backend {
-            Backend::Sqlite => None,
+            Backend::Sqlite => match ensure_cursor(&store.pool).await {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay cannot reach the store");
+                    tokio::select! { () = tokio::time::sleep(Duration::from_secs(1)) => continue, () = shutdown.cancelled() => return }
+                }
+            },
             Backend::Postgres => match try_lead(&store).await {
                 Ok(Some(conn)) => Some(conn),
                 Ok(None) => {
@@ -67,6 +68,7 @@ pub async fn run_relay(store: Store, bus: Bus, shutdown: CancellationToken) {
 
 async fn try_lead(store: &Store) -> Result<Option<PoolConnection<Any>>, StoreError> {
     let mut conn = store.pool.acquire().await?;
+    ensure_cursor(&mut *conn).await?;
     let locked: i64 = sqlx::query("SELECT CASE WHEN pg_try_advisory_lock($1) THEN 1 ELSE 0 END AS locked")
         .bind(RELAY_LOCK)
         .fetch_one(&mut *conn)
@@ -123,17 +125,22 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<Pool
             }
         };
         let events: Vec<StoredEvent> = rows.iter().map(super::stored_event).collect::<Result<_, _>>()?;
-        if let (Some(last), Some(row)) = (events.last(), rows.last()) {
-            let last_tx: String = row.try_get("tx")?;
+        if !events.is_empty() {
             let count = events.len();
-            bus.publish(events.iter().map(outgoing).collect()).await.map_err(|e| StoreError::Database(format!("publish: {e}")))?;
-            sqlx::query("UPDATE outbox_cursor SET tx = $2, position = $3 WHERE relay = $1")
-                .bind(RELAY)
-                .bind(&last_tx)
-                .bind(last.position)
-                .execute(&store.pool)
-                .await?;
-            metrics::counter!("eso_outbox_published_total").increment(count as u64);
+            let (acked, failure) = match bus.publish(events.iter().map(outgoing).collect()).await {
+                Ok(()) => (count, None),
+                Err(e) => (e.acked, Some(e.error)),
+            };
+            // Record what JetStream acknowledged even when the rest failed,
+            // so a long outage does not republish it past the dedup window.
+            if let (Some(last), Some(row)) = (acked.checked_sub(1).and_then(|i| events.get(i)), acked.checked_sub(1).and_then(|i| rows.get(i))) {
+                let last_tx: String = row.try_get("tx")?;
+                advance_cursor(store, lock, &last_tx, last.position).await?;
+                metrics::counter!("eso_outbox_published_total").increment(acked as u64);
+            }
+            if let Some(error) = failure {
+                return Err(StoreError::Database(format!("publish: {error}")));
+            }
             if count as i64 == BATCH {
                 continue;
             }
@@ -154,6 +161,29 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<Pool
             () = shutdown.cancelled() => stopping = true,
         }
     }
+}
+
+async fn ensure_cursor<'e, E: sqlx::Executor<'e, Database = Any>>(executor: E) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO outbox_cursor (relay, tx, position) VALUES ($1, '0', 0) ON CONFLICT (relay) DO NOTHING")
+        .bind(RELAY)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// Moves the cursor forward only, on the lock's connection when there is
+/// one: a relay that lost its lock cannot move the new leader's cursor back.
+async fn advance_cursor(store: &Store, lock: &mut Option<PoolConnection<Any>>, tx: &str, position: i64) -> Result<(), StoreError> {
+    let sql = match store.backend {
+        Backend::Postgres => "UPDATE outbox_cursor SET tx = $2, position = $3 WHERE relay = $1 AND (tx::xid8, position) < ($2::xid8, $3)",
+        Backend::Sqlite => "UPDATE outbox_cursor SET tx = $2, position = $3 WHERE relay = $1 AND position < $3",
+    };
+    let query = sqlx::query(sql).bind(RELAY).bind(tx).bind(position);
+    match lock {
+        Some(conn) => query.execute(&mut **conn).await?,
+        None => query.execute(&store.pool).await?,
+    };
+    Ok(())
 }
 
 /// The relay's position: `(transaction id as text, event position)`.
