@@ -66,7 +66,15 @@ pub async fn load(store: &Store, dir: &Path) -> anyhow::Result<Registry> {
     for (def, source) in sources {
         let id = def.id();
         registry.insert(def.clone())?;
-        store.record_definition(&def, &source).await?;
+        let recorded = store.record_definition(&def, &source).await?;
+        if recorded != def.hash() {
+            anyhow::bail!(
+                "saga `{}` version {} was recorded with other content (hash {recorded}) by another replica; \
+                 give the edited definition a new version",
+                def.name,
+                def.version
+            );
+        }
         tracing::info!(definition = %id, "saga definition loaded");
     }
     if registry.latest("order").is_none() {

@@ -44,6 +44,17 @@ pub enum RuntimeError {
     DefinitionNotLoaded(Uuid, sagas::DefinitionId),
     #[error("saga {0} kept changing under us; gave up after {MAX_CONFLICT_RETRIES} tries")]
     Contended(Uuid),
+    #[error("the step's task ended abnormally: {0}")]
+    Aborted(String),
+}
+
+/// What an input did to a saga.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stepped {
+    Applied,
+    /// Not applicable in the saga's state (duplicate, late, unknown event…).
+    Ignored(sagas::Ignored),
+    UnknownSaga,
 }
 
 /// Whether POST created an order or found one under the same idempotency key.
@@ -85,7 +96,15 @@ impl Runtime {
 
     /// Starts an order saga on the newest `order` definition. Returns once
     /// `order_created` is committed; the payment command goes out after.
+    /// The work runs in a task of its own, so a client that hangs up after
+    /// the commit cannot stop the first command from being sent.
     pub async fn start_order(&self, order: &NewOrder, idempotency_key: Option<String>) -> Result<Started, RuntimeError> {
+        let (runtime, order) = (self.clone(), order.clone());
+        let task = self.inner.tasks.spawn(async move { runtime.start_order_now(&order, idempotency_key).await }.instrument(tracing::Span::current()));
+        task.await.map_err(|e| RuntimeError::Aborted(e.to_string()))?
+    }
+
+    async fn start_order_now(&self, order: &NewOrder, idempotency_key: Option<String>) -> Result<Started, RuntimeError> {
         let def = self.inner.registry.latest("order").ok_or_else(|| RuntimeError::NoDefinition("order".into()))?.clone();
         let id = Uuid::new_v4();
         let row = NewOrderRow {
@@ -133,16 +152,24 @@ impl Runtime {
 
     /// Feeds `input` to saga `id`: load, step, append (retrying on
     /// conflicts), then send the commands the step decided.
-    pub async fn advance(&self, id: Uuid, input: Input, causation: String) -> Result<(), RuntimeError> {
-        let mut cached = self.cached(id);
+    pub async fn advance(&self, id: Uuid, input: Input, causation: String) -> Result<Stepped, RuntimeError> {
+        self.advance_from(id, self.cached(id), input, causation).await
+    }
+
+    /// [`Runtime::advance`] starting from `known`, a state of the saga
+    /// that may be stale: a conflict, or an input ignored on a state that
+    /// did not come from the store, makes it read the store and try again.
+    async fn advance_from(&self, id: Uuid, known: Option<SagaRow>, input: Input, causation: String) -> Result<Stepped, RuntimeError> {
+        let mut hint = known;
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let row = match cached.take() {
+            let from_hint = hint.is_some();
+            let row = match hint.take() {
                 Some(row) => row,
                 None => match self.inner.store.load(id).await? {
                     Some(row) => row,
                     None => {
                         tracing::warn!(saga.id = %id, "input for an unknown saga dropped");
-                        return Ok(());
+                        return Ok(Stepped::UnknownSaga);
                     }
                 },
             };
@@ -156,10 +183,14 @@ impl Runtime {
             let started = Instant::now();
             let decision = match sagas::step(&def, Some(&saga), &input, clock::now()) {
                 Ok(d) => d,
+                Err(_) if from_hint => {
+                    self.forget(id);
+                    continue;
+                }
                 Err(ignored) => {
                     tracing::debug!(saga.id = %id, reason = %ignored, "input ignored");
                     metrics::counter!("eso_inputs_ignored_total").increment(1);
-                    return Ok(());
+                    return Ok(Stepped::Ignored(ignored));
                 }
             };
             let span = tracing::info_span!(
@@ -197,7 +228,7 @@ impl Runtime {
             self.record_outcome(&def, &saga, &decision.saga, &decision.events, row.created_at);
             let _entered = span.enter();
             self.dispatch(decision.commands);
-            return Ok(());
+            return Ok(Stepped::Applied);
         }
         Err(RuntimeError::Contended(id))
     }
@@ -210,6 +241,10 @@ impl Runtime {
         if let Ok(mut cache) = self.inner.cache.lock() {
             if row.saga.terminal {
                 cache.remove(&row.saga.id);
+                return;
+            }
+            // Steps finishing out of order must not put an older state back.
+            if cache.get(&row.saga.id).is_some_and(|known| known.saga.version >= row.saga.version) {
                 return;
             }
             if cache.len() >= CACHE_LIMIT {
@@ -348,7 +383,9 @@ impl Runtime {
                     observability::propagation::set_parent_from_map(&span, &row.trace);
                     let runtime = self.clone();
                     async move {
-                        if let Err(e) = runtime.advance(row.saga.id, Input::Deadline, "timer".into()).await {
+                        let id = row.saga.id;
+                        // The claimed row is fresher than any cache entry.
+                        if let Err(e) = runtime.advance_from(id, Some(row), Input::Deadline, "timer".into()).await {
                             tracing::warn!(error = %e, "timer step failed; it will fire again after its lease");
                         }
                     }

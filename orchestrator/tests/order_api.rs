@@ -83,6 +83,17 @@ async fn history_saga_state_and_trace_ids_are_visible() {
         assert!(e["recorded_at"].as_str().is_some_and(|t| t.ends_with('Z')));
     }
 
+    // Events from outside: a finished saga refuses them, bad bodies are 400.
+    let event = |body: Value| app.http.post(format!("{}/sagas/{id}/events", app.url)).json(&body).send();
+    let r = event(json!({ "name": "cancel_requested" })).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status().as_u16(), 409);
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("finished")), "{body}");
+    let r = event(json!({ "data": 1 })).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status().as_u16(), 400);
+    let r = app.http.post(format!("{}/sagas/6f1c2b8e-0000-4000-8000-000000000000/events", app.url)).json(&json!({ "name": "x" })).send().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status().as_u16(), 404);
+
     let (_, saga) = app.get(&format!("/sagas/{id}")).await;
     assert_eq!(saga["state"], "delivered");
     assert_eq!(saga["definition"]["name"], "order");

@@ -34,6 +34,8 @@ pub struct Definition {
     pub initial: String,
     /// The event type recorded when a saga starts (e.g. `order_created`).
     pub started: String,
+    /// The data a saga must start with (empty: not declared, not checked).
+    pub inputs: Vec<String>,
     pub states: BTreeMap<String, State>,
     /// State names in the order the file lists them, for diagrams.
     #[serde(skip)]
@@ -100,9 +102,11 @@ impl fmt::Display for DefinitionId {
 }
 
 impl Definition {
-    /// Content hash of the meaning of the definition: comments, whitespace
-    /// and key order do not change it; any change to states, commands or
-    /// transitions does.
+    /// Content hash of the file's data (its TOML values with keys sorted):
+    /// comments, whitespace and key order do not change it; any change to a
+    /// value does. It depends only on the file, never on how this crate
+    /// represents a definition, so an upgrade of eso cannot change the hash
+    /// a running saga recorded.
     pub fn hash(&self) -> &str {
         &self.hash
     }
@@ -115,11 +119,12 @@ impl Definition {
         self.states.get(name)
     }
 
-    pub(crate) fn seal(mut self) -> Self {
-        let canonical = serde_json::to_vec(&self).unwrap_or_default();
-        self.hash = hex(&Sha256::digest(&canonical));
-        self
-    }
+}
+
+/// The hash of a definition file's data; see [`Definition::hash`].
+fn content_hash(source: &str) -> String {
+    let canonical = toml::from_str::<toml::Table>(source).ok().and_then(|table| serde_json::to_vec(&table).ok()).unwrap_or_default();
+    hex(&Sha256::digest(&canonical))
 }
 
 impl CommandSpec {
@@ -169,6 +174,8 @@ pub enum Problem {
     Duplicate(String),
     #[error("missing `initial`: say which state a new saga starts in")]
     MissingInitial,
+    #[error("the initial state `{0}` is terminal: a saga would end before it began")]
+    TerminalInitial(String),
     #[error("unknown state `{name}`{}", hint(.known))]
     UnknownState { name: String, known: Vec<String> },
     #[error("state `{0}` is unreachable from the initial state")]
@@ -199,6 +206,10 @@ pub enum Problem {
     NothingRecorded,
     #[error("{0}")]
     OutOfRange(String),
+    #[error("field `{field}` is neither an input nor a state's reply (inputs: {}; states: {})", .inputs.join(", "), .states.join(", "))]
+    UnknownField { field: String, inputs: Vec<String>, states: Vec<String> },
+    #[error("state `{0}` has the name of an input: its reply would replace that input")]
+    StateShadowsInput(String),
 }
 
 fn hint(known: &[String]) -> String {
@@ -216,6 +227,8 @@ pub(crate) struct RawDefinition {
     pub description: String,
     pub initial: Option<Spanned<String>>,
     pub started: Spanned<String>,
+    #[serde(default)]
+    pub inputs: Vec<Spanned<String>>,
     pub states: Spanned<BTreeMap<Spanned<String>, Spanned<RawState>>>,
 }
 
@@ -269,7 +282,7 @@ pub fn parse(file: &str, source: &str) -> Result<Definition, DefinitionErrors> {
         };
         DefinitionErrors(vec![at(span, problem)])
     })?;
-    validate::validate(raw, &at)
+    validate::validate(raw, content_hash(source), &at)
 }
 
 /// Turns a byte offset into a 1-based line and column (in characters).

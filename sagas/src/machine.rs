@@ -163,6 +163,8 @@ pub enum Ignored {
     NotStarted,
     #[error("the saga has already started")]
     AlreadyStarted,
+    #[error("the saga cannot start without its inputs: {}", .0.join(", "))]
+    MissingInputs(Vec<String>),
     #[error("the saga has finished in state `{0}`")]
     Finished(String),
     #[error("the saga runs on {saga}, not {given}")]
@@ -257,7 +259,13 @@ impl Saga {
 /// Decides what `input` does to `saga` (None before it starts) at `now`.
 pub fn step(def: &Definition, saga: Option<&Saga>, input: &Input, now: Millis) -> Result<Decision, Ignored> {
     let saga = match (saga, input) {
-        (None, Input::Start { id, data }) => return Ok(start(def, *id, data, now)),
+        (None, Input::Start { id, data }) => {
+            let missing: Vec<String> = def.inputs.iter().filter(|i| !data.contains_key(*i)).cloned().collect();
+            if !missing.is_empty() {
+                return Err(Ignored::MissingInputs(missing));
+            }
+            return Ok(start(def, *id, data, now));
+        }
         (None, _) => return Err(Ignored::NotStarted),
         (Some(_), Input::Start { .. }) => return Err(Ignored::AlreadyStarted),
         (Some(saga), _) => saga,

@@ -145,7 +145,7 @@ impl Checker<'_> {
     }
 }
 
-pub(crate) fn validate(raw: RawDefinition, at: &At<'_>) -> Result<Definition, DefinitionErrors> {
+pub(crate) fn validate(raw: RawDefinition, hash: String, at: &At<'_>) -> Result<Definition, DefinitionErrors> {
     let mut check = Checker { at, problems: Vec::new() };
     let name = check.name(&raw.name);
     let version = match u32::try_from(*raw.version.get_ref()) {
@@ -194,8 +194,33 @@ pub(crate) fn validate(raw: RawDefinition, at: &At<'_>) -> Result<Definition, De
             check.report(initial.span(), Problem::UnknownState { name: initial.get_ref().clone(), known });
             String::new()
         }
+        Some(initial) if raw.states.get_ref().get(initial.get_ref().as_str()).is_some_and(|s| s.get_ref().terminal) => {
+            check.report(initial.span(), Problem::TerminalInitial(initial.get_ref().clone()));
+            String::new()
+        }
         Some(initial) => initial.get_ref().clone(),
     };
+
+    // Command fields must name something the saga will have: an input, the
+    // saga id, or an earlier state's reply (`payment.payment_id`).
+    let inputs: Vec<String> = raw.inputs.iter().map(|i| check.name(i)).collect();
+    for key in &order {
+        if inputs.contains(key.get_ref()) || key.get_ref() == "saga_id" {
+            check.report(key.span(), Problem::StateShadowsInput(key.get_ref().clone()));
+        }
+    }
+    if !inputs.is_empty() {
+        for state in raw.states.get_ref().values() {
+            let Some(command) = &state.get_ref().command else { continue };
+            for field in &command.get_ref().fields {
+                let root = field.get_ref().split('.').next().unwrap_or_default();
+                if !inputs.iter().any(|i| i == root) && !names.contains(root) && root != "saga_id" {
+                    let states = names.iter().cloned().collect();
+                    check.report(field.span(), Problem::UnknownField { field: field.get_ref().clone(), inputs: inputs.clone(), states });
+                }
+            }
+        }
+    }
 
     // Graph checks only make sense once every name resolves.
     if check.problems.is_empty() {
@@ -224,11 +249,11 @@ pub(crate) fn validate(raw: RawDefinition, at: &At<'_>) -> Result<Definition, De
         description: raw.description,
         initial,
         started,
+        inputs,
         states,
         order,
-        hash: String::new(),
-    }
-    .seal())
+        hash,
+    })
 }
 
 /// The states a saga can move to directly from `state`.

@@ -198,3 +198,27 @@ fn command_ids_differ_between_steps_and_sagas() {
     let b = Run::start(order(), common::order_data("test"));
     assert_eq!(b.sent[0].id, payment, "same saga id, same step: same id (derived, not random)");
 }
+
+#[test]
+fn a_customer_cancelling_before_payment_answered_gets_a_refund_then_a_cancelled_order() {
+    let mut run = Run::order("a book");
+    let payment = run.pending_id();
+    let moved = run.try_input(Input::Event { name: "cancel_requested".into(), data: json!({ "reason": "changed my mind" }) });
+    assert_eq!(moved, Ok(vec!["order_cancel_requested".to_string()]));
+    assert_eq!(run.saga.state, "refund");
+    assert_eq!(run.sent.last().map(|c| c.payload["compensates"]["command_id"].clone()), Some(json!(payment.to_string())));
+    // The payment's late answer no longer matters.
+    let late = run.try_input(Input::Reply { command_id: payment, outcome: "confirmed".into(), data: json!({}) });
+    assert_eq!(late, Err(Ignored::StaleReply(payment)));
+    assert_eq!(run.reply("refunded"), ["payment_refunded", "order_cancelled"]);
+    assert_eq!(run.saga.status, "cancelled");
+    run.assert_replays();
+}
+
+#[test]
+fn cancelling_after_payment_is_not_a_transition_of_the_delivery_step() {
+    let mut run = Run::order("test");
+    run.reply("confirmed");
+    let r = run.try_input(Input::Event { name: "cancel_requested".into(), data: json!(null) });
+    assert!(matches!(r, Err(Ignored::UnknownEvent { .. })));
+}

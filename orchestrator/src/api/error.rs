@@ -17,6 +17,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
     #[error("content type must be application/json")]
@@ -38,6 +40,7 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::Fields(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -59,7 +62,7 @@ impl IntoResponse for ApiError {
 impl From<crate::runtime::RuntimeError> for ApiError {
     fn from(e: crate::runtime::RuntimeError) -> Self {
         match e {
-            crate::runtime::RuntimeError::Store(crate::store::StoreError::Database(detail)) => {
+            crate::runtime::RuntimeError::Store(crate::store::StoreError::Database(detail) | crate::store::StoreError::Retryable(detail)) => {
                 tracing::warn!(error = %detail, "store unavailable");
                 ApiError::Unavailable("the event store is unavailable; try again".into())
             }

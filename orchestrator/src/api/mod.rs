@@ -5,6 +5,7 @@
 mod error;
 mod health;
 mod orders;
+mod sagas;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,7 +40,8 @@ pub fn router(state: AppState) -> Router {
         .route("/orders", axum::routing::post(orders::create))
         .route("/orders/{id}", get(orders::get_by_path))
         .route("/orders/{id}/events", get(orders::events))
-        .route("/sagas/{id}", get(orders::saga))
+        .route("/sagas/{id}", get(sagas::saga))
+        .route("/sagas/{id}/events", axum::routing::post(sagas::send_event))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

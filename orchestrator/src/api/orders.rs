@@ -140,35 +140,7 @@ pub async fn events(State(state): State<AppState>, Path(id): Path<String>) -> Re
     Ok(Json(Value::Array(events)))
 }
 
-/// `GET /sagas/{id}`: where the saga is and what it waits for.
-pub async fn saga(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
-    let row = state.store.load(id).await?.ok_or_else(|| ApiError::NotFound(format!("saga {id} not found")))?;
-    let s = &row.saga;
-    let pending = s.pending.as_ref().map(|p| {
-        json!({
-            "command_id": p.command.id,
-            "subject": p.command.subject,
-            "attempt": p.attempt,
-            "phase": p.phase,
-        })
-    });
-    Ok(Json(json!({
-        "id": s.id,
-        "definition": { "name": s.definition.name, "version": s.definition.version, "hash": s.definition.hash },
-        "state": s.state,
-        "status": s.status,
-        "terminal": s.terminal,
-        "version": s.version,
-        "pending_command": pending,
-        "next_deadline": s.deadline().map(|d| rfc3339(d.0 * 1000)),
-        "data": s.data,
-        "created_at": rfc3339(row.created_at),
-        "updated_at": rfc3339(row.updated_at),
-    })))
-}
-
-fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::BadRequest(format!("id must be a UUID, not {:?}", truncate(id))))
 }
 
