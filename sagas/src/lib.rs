@@ -10,6 +10,7 @@ pub mod definition;
 pub mod graph;
 pub mod machine;
 pub mod registry;
+pub mod saga;
 mod validate;
 
 pub use definition::{Definition, DefinitionErrors, DefinitionId, Located, Problem, parse};

@@ -8,81 +8,17 @@
 //! saga id, the state and how often the saga has entered a state.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::definition::{Definition, DefinitionId, Transition};
+pub use crate::saga::{Cause, Change, Command, Event, FoldError, Millis, Pending, Phase, Saga};
 
 /// Recorded when one attempt of a command timed out and a retry is due after backoff.
 pub const ATTEMPT_TIMED_OUT: &str = "command_timed_out";
 /// Recorded when a command is sent again (same command id) after a timeout.
 pub const RETRIED: &str = "command_retried";
-
-/// Milliseconds since the Unix epoch; the only notion of time the machine has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Millis(pub i64);
-
-impl Millis {
-    pub fn after(self, d: Duration) -> Millis {
-        Millis(self.0.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
-    }
-}
-
-/// A saga instance, as folded from its events.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Saga {
-    pub id: Uuid,
-    pub definition: DefinitionId,
-    /// The data the saga started with, plus each reply's data under the
-    /// name of the state that received it.
-    pub data: Map<String, Value>,
-    pub state: String,
-    pub status: String,
-    pub terminal: bool,
-    /// The command the current state is waiting on, if any.
-    pub pending: Option<Pending>,
-    /// Last command id sent by each state, so compensations can name what they undo.
-    pub commands: BTreeMap<String, Uuid>,
-    /// How many times the saga has entered a state; names command ids.
-    pub visits: u32,
-    /// Number of events in the saga's stream.
-    pub version: u64,
-}
-
-/// A command in flight and the deadline that moves it on if no reply comes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Pending {
-    pub command: Command,
-    pub attempt: u32,
-    pub phase: Phase,
-    pub deadline: Millis,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Sent; waiting for a reply until the deadline.
-    AwaitingReply,
-    /// Timed out; the next attempt is sent at the deadline.
-    BackingOff,
-}
-
-/// A command to send to a participant. The id is the same on every retry, so
-/// participants can answer a repeat with what they answered first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Command {
-    pub id: Uuid,
-    pub saga_id: Uuid,
-    pub subject: String,
-    pub payload: Value,
-    pub attempt: u32,
-    /// How long this attempt waits for a reply.
-    pub timeout_ms: u64,
-}
 
 /// What happens to a saga.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,48 +30,6 @@ pub enum Input {
     /// The saga's deadline may have passed (a timer fired).
     Deadline,
     /// A named event from outside (e.g. a cancellation request).
-    Event { name: String, data: Value },
-}
-
-/// A recorded event: its type name as users see it, and what it changed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    pub event_type: String,
-    pub change: Change,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Change {
-    Started {
-        saga_id: Uuid,
-        definition: DefinitionId,
-        data: Map<String, Value>,
-        state: String,
-        status: String,
-        pending: Option<Pending>,
-    },
-    /// An event of a transition that precedes the one that moves the saga
-    /// (e.g. `payment_confirmed` before `order_confirmed`).
-    Noted { state: String, cause: Cause },
-    Moved {
-        from: String,
-        to: String,
-        status: String,
-        terminal: bool,
-        cause: Cause,
-        pending: Option<Pending>,
-    },
-    AttemptTimedOut { state: String, attempt: u32, pending: Pending },
-    Retried { state: String, attempt: u32, pending: Pending },
-}
-
-/// Why a transition was taken.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "by", rename_all = "snake_case")]
-pub enum Cause {
-    Reply { command_id: Uuid, outcome: String, data: Value },
-    Timeout { command_id: Uuid, attempts: u32 },
     Event { name: String, data: Value },
 }
 
@@ -181,79 +75,6 @@ pub enum Ignored {
     NotDue { deadline: Millis, now: Millis },
     #[error("state `{0}` is not in the definition")]
     UnknownState(String),
-}
-
-/// A stream that cannot be folded into a saga.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FoldError {
-    #[error("the stream does not begin with a start event")]
-    NotStarted,
-    #[error("the stream starts twice")]
-    StartedTwice,
-}
-
-impl Saga {
-    pub fn deadline(&self) -> Option<Millis> {
-        self.pending.as_ref().map(|p| p.deadline)
-    }
-
-    /// The saga a start event creates.
-    fn begin(saga_id: Uuid, definition: &DefinitionId, data: &Map<String, Value>, state: &str, status: &str, pending: &Option<Pending>) -> Saga {
-        let commands = pending.iter().map(|p| (state.to_string(), p.command.id)).collect();
-        Saga {
-            id: saga_id,
-            definition: definition.clone(),
-            data: data.clone(),
-            state: state.to_string(),
-            status: status.to_string(),
-            terminal: false,
-            pending: pending.clone(),
-            commands,
-            visits: 1,
-            version: 1,
-        }
-    }
-
-    /// Applies one recorded event. Used both by [`step`] and to rebuild a
-    /// saga from its stream.
-    pub fn apply(saga: Option<Saga>, event: &Event) -> Result<Saga, FoldError> {
-        let mut saga = match (saga, &event.change) {
-            (None, Change::Started { saga_id, definition, data, state, status, pending }) => {
-                return Ok(Saga::begin(*saga_id, definition, data, state, status, pending));
-            }
-            (None, _) => return Err(FoldError::NotStarted),
-            (Some(_), Change::Started { .. }) => return Err(FoldError::StartedTwice),
-            (Some(saga), _) => saga,
-        };
-        match &event.change {
-            Change::Started { .. } | Change::Noted { .. } => {}
-            Change::Moved { from, to, status, terminal, cause, pending } => {
-                if let Cause::Reply { data: reply @ Value::Object(fields), .. } = cause
-                    && !fields.is_empty()
-                {
-                    saga.data.insert(from.clone(), reply.clone());
-                }
-                saga.state = to.clone();
-                saga.status = status.clone();
-                saga.terminal = *terminal;
-                saga.pending = pending.clone();
-                saga.visits += 1;
-                if let Some(p) = pending {
-                    saga.commands.insert(to.clone(), p.command.id);
-                }
-            }
-            Change::AttemptTimedOut { pending, .. } | Change::Retried { pending, .. } => {
-                saga.pending = Some(pending.clone());
-            }
-        }
-        saga.version += 1;
-        Ok(saga)
-    }
-
-    /// Rebuilds a saga from its stream; `None` for an empty stream.
-    pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> Result<Option<Saga>, FoldError> {
-        events.into_iter().try_fold(None, |saga, e| Saga::apply(saga, e).map(Some))
-    }
 }
 
 /// Decides what `input` does to `saga` (None before it starts) at `now`.
@@ -430,16 +251,4 @@ fn decide(mut saga: Saga, events: Vec<Event>) -> Decision {
         }
     }
     Decision { events, commands, saga }
-}
-
-impl Change {
-    /// The command this change puts on the wire, if it sends one.
-    pub fn sends(&self) -> Option<&Command> {
-        match self {
-            Change::Started { pending: Some(p), .. }
-            | Change::Moved { pending: Some(p), .. }
-            | Change::Retried { pending: p, .. } => Some(&p.command),
-            _ => None,
-        }
-    }
 }
