@@ -23,9 +23,6 @@ use crate::clock::now_us;
 
 const TERMINAL: &[&str] = &["delivered", "cancelled", "failed"];
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Open loop: POSTs in flight at most. Past this the bench, not the server,
-/// would be the queue; latency still counts from when each POST was due.
-const MAX_OPEN_POSTS: usize = 4096;
 /// A closed-loop client whose POST failed waits this long before the next.
 const ERROR_PAUSE: Duration = Duration::from_millis(10);
 
@@ -172,7 +169,9 @@ impl Posts {
 
 /// Runs one point: the load, then waits up to `drain` for every accepted
 /// saga to be seen terminal.
-pub async fn run(client: &Client, shape: Shape, length: Length, poll: PollSettings, drain: Duration) -> Raw {
+/// Open loop: at most `max_posts` POSTs in flight (past that the bench, not
+/// the server, holds the queue; latency still counts from when each was due).
+pub async fn run(client: &Client, shape: Shape, length: Length, poll: PollSettings, drain: Duration, max_posts: usize) -> Raw {
     let tracker = Tracker::new(poll);
     let poller = tokio::spawn(tracker.clone().run(client.clone()));
     let posts = Arc::new(Mutex::new(Posts::default()));
@@ -180,7 +179,7 @@ pub async fn run(client: &Client, shape: Shape, length: Length, poll: PollSettin
     let started_wall_us = now_us();
     let attempted = match shape {
         Shape::Closed { concurrency } => closed(client, &tracker, &posts, concurrency, length, drain).await,
-        Shape::Open { rate } => open(client, &tracker, &posts, rate, length, started, started_wall_us).await,
+        Shape::Open { rate } => open(client, &tracker, &posts, (rate, max_posts), length, (started, started_wall_us)).await,
     };
     tracker.close();
     let poller_abort = poller.abort_handle();
@@ -237,8 +236,8 @@ async fn closed(client: &Client, tracker: &Arc<Tracker>, posts: &Arc<Mutex<Posts
 
 /// POST `i` is due at `i / rate` seconds, sent then whether or not earlier
 /// ones were answered.
-async fn open(client: &Client, tracker: &Arc<Tracker>, posts: &Arc<Mutex<Posts>>, rate: f64, length: Length, t0: Instant, wall0: i64) -> usize {
-    let in_flight = Arc::new(Semaphore::new(MAX_OPEN_POSTS));
+async fn open(client: &Client, tracker: &Arc<Tracker>, posts: &Arc<Mutex<Posts>>, (rate, max_posts): (f64, usize), length: Length, (t0, wall0): (Instant, i64)) -> usize {
+    let in_flight = Arc::new(Semaphore::new(max_posts.max(1)));
     let mut tasks = JoinSet::new();
     let mut i = 0usize;
     loop {

@@ -116,6 +116,11 @@ pub struct BenchArgs {
     /// GET /orders/{id} requests the poller has in flight at most.
     #[arg(long, default_value_t = 8)]
     pub poll_parallel: usize,
+    /// Open loop: POSTs in flight at most (each is a connection). A POST
+    /// due while this many are unanswered waits in the bench, and its
+    /// latency still counts from when it was due.
+    #[arg(long, default_value_t = 1024)]
+    pub max_posts: usize,
     /// How long a point waits for its last sagas before counting them unfinished.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -295,8 +300,9 @@ async fn run_target(
     let client = Client::new(&target.url, args.mix)?;
     let poll = PollSettings { min_interval: args.poll_interval, parallel: args.poll_parallel };
     if args.warmup > 0 {
-        let raw = load::run(&client, Shape::Closed { concurrency: 4 }, Length { sagas: Some(args.warmup), duration: None }, poll, args.drain_timeout).await;
-        if raw.seen.finished.is_empty() || raw.seen.unfinished > 0 {
+        let warmup = Length { sagas: Some(args.warmup), duration: None };
+        let raw = load::run(&client, Shape::Closed { concurrency: 4 }, warmup, poll, args.drain_timeout, args.max_posts).await;
+        if raw.seen.finished.is_empty() || !raw.seen.unfinished_accepted_wall_us.is_empty() {
             bail!(
                 "warm-up: {} of {} sagas finished ({} POST errors{}); is the server working?",
                 raw.seen.finished.len(),
@@ -338,7 +344,7 @@ async fn measure(
     let metrics_before = client.metrics().await.ok();
     let sampler = procfs::RssSampler::start(&procs);
 
-    let mut raw = load::run(client, shape, length, poll, args.drain_timeout).await;
+    let mut raw = load::run(client, shape, length, poll, args.drain_timeout, args.max_posts).await;
 
     let peaks = sampler.finish().await;
     let metrics_after = client.metrics().await.ok();
@@ -391,7 +397,7 @@ async fn measure(
         attempted: raw.attempted,
         accepted: raw.post_us.len(),
         completed,
-        unfinished: raw.seen.unfinished,
+        unfinished: raw.seen.unfinished_accepted_wall_us.len(),
         errors: Errors {
             post: raw.post_errors,
             poll: raw.seen.errors as usize,
@@ -403,7 +409,7 @@ async fn measure(
         latency_seen_ms: report::Latency::of(&mut seen),
         post_ms: report::Latency::of(&mut raw.post_us),
         outcomes,
-        peak_in_flight: raw.seen.peak_in_flight,
+        peak_in_flight: raw.seen.peak_in_flight(),
         poll: PollStats {
             gets: raw.seen.gets,
             gets_per_saga: if completed > 0 { raw.seen.gets as f64 / completed as f64 } else { 0.0 },

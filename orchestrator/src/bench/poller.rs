@@ -51,12 +51,15 @@ pub struct Finished {
     pub seen_us: u64,
     /// Terminal step committed → seen by the poller, µs.
     pub detect_us: u64,
+    /// When the POST was answered (µs since the epoch).
+    pub accepted_wall_us: i64,
     /// When the terminal step was committed (µs since the epoch).
     pub terminal_wall_us: i64,
 }
 
 struct Watch {
     sent_wall_us: i64,
+    accepted_wall_us: i64,
     done: Option<oneshot::Sender<()>>,
 }
 
@@ -71,7 +74,6 @@ struct State {
     errors: u64,
     first_error: Option<String>,
     mean_us: f64,
-    peak: usize,
     closed: bool,
 }
 
@@ -85,11 +87,35 @@ pub struct Tracker {
 /// What the poller saw over one point.
 pub struct Seen {
     pub finished: Vec<Finished>,
-    pub unfinished: usize,
+    /// When each saga never seen terminal was accepted.
+    pub unfinished_accepted_wall_us: Vec<i64>,
     pub gets: u64,
     pub errors: u64,
     pub first_error: Option<String>,
-    pub peak_in_flight: usize,
+}
+
+impl Seen {
+    /// Most sagas in flight at once, by the server's clock: accepted (POST
+    /// answered) and not yet terminal (the terminal step's `updated_at`).
+    /// Unlike counting what the poller has not seen yet, this does not
+    /// include detection delay.
+    pub fn peak_in_flight(&self) -> usize {
+        let mut changes: Vec<(i64, i32)> = Vec::with_capacity(2 * self.finished.len() + self.unfinished_accepted_wall_us.len());
+        for f in &self.finished {
+            // A saga can be recorded terminal before its POST's answer is read.
+            changes.push((f.accepted_wall_us.min(f.terminal_wall_us), 1));
+            changes.push((f.terminal_wall_us, -1));
+        }
+        changes.extend(self.unfinished_accepted_wall_us.iter().map(|&t| (t, 1)));
+        // At equal times, ends before starts: a saga ending as another starts is not overlap.
+        changes.sort_unstable();
+        let (mut now, mut peak) = (0i64, 0i64);
+        for (_, change) in changes {
+            now += i64::from(change);
+            peak = peak.max(now);
+        }
+        peak as usize
+    }
 }
 
 impl Tracker {
@@ -110,8 +136,7 @@ impl Tracker {
         s.seq += 1;
         let key = (due, s.seq);
         s.schedule.insert(key, id);
-        s.watches.insert(id, Watch { sent_wall_us, done: Some(tx) });
-        s.peak = s.peak.max(s.watches.len());
+        s.watches.insert(id, Watch { sent_wall_us, accepted_wall_us: crate::clock::now_us(), done: Some(tx) });
         drop(s);
         self.wake.notify_one();
         rx
@@ -128,11 +153,10 @@ impl Tracker {
         let mut s = self.lock();
         Seen {
             finished: std::mem::take(&mut s.finished),
-            unfinished: s.watches.len(),
+            unfinished_accepted_wall_us: s.watches.values().map(|w| w.accepted_wall_us).collect(),
             gets: s.gets,
             errors: s.errors,
             first_error: s.first_error.take(),
-            peak_in_flight: s.peak,
         }
     }
 
@@ -204,6 +228,7 @@ impl Tracker {
                     latency_us,
                     seen_us: (now_wall - watch.sent_wall_us).max(0) as u64,
                     detect_us: (now_wall - terminal_wall_us).max(0) as u64,
+                    accepted_wall_us: watch.accepted_wall_us,
                     terminal_wall_us,
                 });
                 if let Some(done) = watch.done.take() {
@@ -218,5 +243,29 @@ impl Tracker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(accepted: i64, terminal: i64) -> Finished {
+        Finished { status: "delivered".into(), latency_us: 0, seen_us: 0, detect_us: 0, accepted_wall_us: accepted, terminal_wall_us: terminal }
+    }
+
+    #[test]
+    fn peak_in_flight_counts_overlaps_by_server_time() {
+        let seen = Seen {
+            // [0,10) [5,15) [10,20) [12,13): at most three at once (12..13).
+            finished: vec![finished(0, 10), finished(5, 15), finished(10, 20), finished(12, 13)],
+            unfinished_accepted_wall_us: vec![],
+            gets: 0,
+            errors: 0,
+            first_error: None,
+        };
+        assert_eq!(seen.peak_in_flight(), 3);
+        let with_stuck = Seen { unfinished_accepted_wall_us: vec![1, 2], ..seen };
+        assert_eq!(with_stuck.peak_in_flight(), 5);
     }
 }

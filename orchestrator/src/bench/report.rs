@@ -134,7 +134,8 @@ pub struct Point {
     pub latency_seen_ms: Latency,
     pub post_ms: Latency,
     pub outcomes: BTreeMap<String, usize>,
-    /// Most sagas accepted and not yet seen terminal at once.
+    /// Most sagas accepted (POST answered) and not yet terminal at once, by
+    /// the server's clock (`updated_at`), so without the poller's delay.
     pub peak_in_flight: usize,
     pub poll: PollStats,
     pub processes: Vec<ProcessPoint>,
