@@ -34,6 +34,8 @@ def load(paths):
             sys.exit(f"{path}: format_version {version}, this script reads {FORMAT_VERSION}")
         label = data.get("label")
         for p in data["points"]:
+            if p.get("hold"):
+                continue  # paused participants: a memory test, not a load level
             name = p["mode"] + (f" ({label})" if label else (" (tracing on)" if p.get("tracing") else ""))
             points.append(dict(p, series=name))
         meta.append(data)

@@ -167,11 +167,24 @@ impl Posts {
     }
 }
 
-/// Runs one point: the load, then waits up to `drain` for every accepted
-/// saga to be seen terminal.
-/// Open loop: at most `max_posts` POSTs in flight (past that the bench, not
-/// the server, holds the queue; latency still counts from when each was due).
-pub async fn run(client: &Client, shape: Shape, length: Length, poll: PollSettings, drain: Duration, max_posts: usize) -> Raw {
+/// One point's load and how to wait for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub shape: Shape,
+    pub length: Length,
+    pub poll: PollSettings,
+    /// How long to wait for the last sagas once the load ends.
+    pub drain: Duration,
+    /// Open loop: POSTs in flight at most (past that the bench, not the
+    /// server, holds the queue; latency still counts from when each was due).
+    pub max_posts: usize,
+}
+
+/// Runs one point: the load; then `after_load` (e.g. resume paused
+/// participants); then waits up to `plan.drain` for every accepted saga to
+/// be seen terminal.
+pub async fn run(client: &Client, plan: Plan, after_load: impl FnOnce()) -> Raw {
+    let Plan { shape, length, poll, drain, max_posts } = plan;
     let tracker = Tracker::new(poll);
     let poller = tokio::spawn(tracker.clone().run(client.clone()));
     let posts = Arc::new(Mutex::new(Posts::default()));
@@ -181,6 +194,7 @@ pub async fn run(client: &Client, shape: Shape, length: Length, poll: PollSettin
         Shape::Closed { concurrency } => closed(client, &tracker, &posts, concurrency, length, drain).await,
         Shape::Open { rate } => open(client, &tracker, &posts, (rate, max_posts), length, (started, started_wall_us)).await,
     };
+    after_load();
     tracker.close();
     let poller_abort = poller.abort_handle();
     if tokio::time::timeout(drain, poller).await.is_err() {

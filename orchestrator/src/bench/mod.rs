@@ -32,7 +32,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 pub use load::Mix;
-use load::{Client, Length, Shape};
+use load::{Client, Length, Plan, Shape};
 use poller::PollSettings;
 use report::{Ceiling, Errors, Machine, Point, PollStats, ProcessMemory, ProcessPoint, Ratios, ServerStats, Summary, TargetSummary};
 pub use target::SpawnMode;
@@ -121,6 +121,11 @@ pub struct BenchArgs {
     /// latency still counts from when it was due.
     #[arg(long, default_value_t = 1024)]
     pub max_posts: usize,
+    /// Open-loop points with --spawn postgres: pause the participants
+    /// (SIGSTOP) while the POSTs go out and resume them after, so every
+    /// saga of the point is in flight at once (memory with a backlog).
+    #[arg(long)]
+    pub hold: bool,
     /// How long a point waits for its last sagas before counting them unfinished.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -144,6 +149,9 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let shapes = shapes(&args)?;
     let length = Length { sagas: args.sagas, duration: args.duration.or(if args.sagas.is_none() { Some(DEFAULT_DURATION) } else { None }) };
+    if args.hold && (args.spawn.contains(&SpawnMode::Embedded) || args.url.is_some()) {
+        bail!("--hold pauses participant processes: only with --spawn postgres");
+    }
     if args.url.is_some() && (args.otlp_endpoint.is_some() || args.with_receiver) {
         bail!("--otlp-endpoint and --with-receiver configure spawned processes; with --url, set OTEL_EXPORTER_OTLP_ENDPOINT on the server yourself");
     }
@@ -300,8 +308,14 @@ async fn run_target(
     let client = Client::new(&target.url, args.mix)?;
     let poll = PollSettings { min_interval: args.poll_interval, parallel: args.poll_parallel };
     if args.warmup > 0 {
-        let warmup = Length { sagas: Some(args.warmup), duration: None };
-        let raw = load::run(&client, Shape::Closed { concurrency: 4 }, warmup, poll, args.drain_timeout, args.max_posts).await;
+        let plan = Plan {
+            shape: Shape::Closed { concurrency: 4 },
+            length: Length { sagas: Some(args.warmup), duration: None },
+            poll,
+            drain: args.drain_timeout,
+            max_posts: args.max_posts,
+        };
+        let raw = load::run(&client, plan, || {}).await;
         if raw.seen.finished.is_empty() || !raw.seen.unfinished_accepted_wall_us.is_empty() {
             bail!(
                 "warm-up: {} of {} sagas finished ({} POST errors{}); is the server working?",
@@ -344,7 +358,18 @@ async fn measure(
     let metrics_before = client.metrics().await.ok();
     let sampler = procfs::RssSampler::start(&procs);
 
-    let mut raw = load::run(client, shape, length, poll, args.drain_timeout, args.max_posts).await;
+    let plan = Plan { shape, length, poll, drain: args.drain_timeout, max_posts: args.max_posts };
+    let hold = args.hold && matches!(shape, Shape::Open { .. });
+    let participants = target.participants();
+    if hold {
+        target::signal(&participants, "STOP");
+    }
+    let mut raw = load::run(client, plan, || {
+        if hold {
+            target::signal(&participants, "CONT");
+        }
+    })
+    .await;
 
     let peaks = sampler.finish().await;
     let metrics_after = client.metrics().await.ok();
@@ -392,6 +417,7 @@ async fn measure(
         mode: target.mode.clone(),
         tracing,
         kind,
+        hold,
         concurrency,
         rate,
         attempted: raw.attempted,

@@ -115,6 +115,8 @@ pub struct Point {
     pub tracing: bool,
     /// `closed` (fixed concurrency) or `open` (fixed arrival rate).
     pub kind: &'static str,
+    /// Participants were paused while the POSTs went out (`--hold`).
+    pub hold: bool,
     pub concurrency: Option<usize>,
     pub rate: Option<f64>,
     /// POSTs sent, accepted (2xx), finished (terminal seen), never finished.
@@ -252,6 +254,7 @@ pub fn print_row(p: &Point) {
         (_, Some(r)) => format!("r={r}"),
         _ => "-".into(),
     };
+    let kind = if p.hold { "hold" } else { p.kind };
     let rss: Vec<String> = p
         .processes
         .iter()
@@ -259,7 +262,7 @@ pub fn print_row(p: &Point) {
         .collect();
     println!(
         "  {:<6} {:>8} {:>7} {:>6} {:>8.1} {:>7.2} {:>7.2} {:>7.2} {:>8.1} {:>8.2} {:>8.2} {:>9}  {}",
-        p.kind,
+        kind,
         offered,
         p.completed,
         p.errors.post + p.errors.poll + p.unfinished,

@@ -197,6 +197,11 @@ impl Target {
         }
     }
 
+    /// Pids of participant processes we started.
+    pub fn participants(&self) -> Vec<u32> {
+        self.processes.iter().filter(|p| p.name.starts_with("eso participant")).map(|p| p.pid).collect()
+    }
+
     /// Whether every child is still running (a crash mid-run fails the bench).
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         for (name, child, log) in &mut self.children {
@@ -210,6 +215,8 @@ impl Target {
     /// SIGTERM to every child, SIGKILL after the grace period; drops the
     /// database and the temporary directory unless `--keep`.
     pub async fn stop(mut self) {
+        // A paused (--hold) process would not act on SIGTERM.
+        signal(&self.participants(), "CONT");
         for (_, child, _) in &self.children {
             if let Some(pid) = child.id() {
                 terminate(pid);
@@ -360,7 +367,19 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// SIGTERM through `kill(1)`, which saves a libc dependency; if it cannot
 /// run, the caller's SIGKILL after the grace period still stops the child.
 fn terminate(pid: u32) {
-    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).stderr(Stdio::null()).status();
+    signal(&[pid], "TERM");
+}
+
+/// Sends a signal (`TERM`, `STOP`, `CONT`) with `kill(1)`.
+pub fn signal(pids: &[u32], name: &str) {
+    if pids.is_empty() {
+        return;
+    }
+    let mut command = std::process::Command::new("kill");
+    command.arg(format!("-{name}")).args(pids.iter().map(u32::to_string)).stderr(Stdio::null());
+    if let Err(e) = command.status() {
+        eprintln!("kill -{name}: {e}");
+    }
 }
 
 fn tail(log: &Path) -> String {
