@@ -327,6 +327,11 @@ async fn run_target(
         }
         println!("warm-up: {} sagas", raw.seen.finished.len());
     }
+    if let Some(db) = &target.database
+        && let Err(e) = db.checkpoint().await
+    {
+        println!("note: CHECKPOINT before the points failed (not a superuser?): {e:#}");
+    }
     report::print_header();
     for &shape in shapes {
         target.check_alive()?;
@@ -356,6 +361,10 @@ async fn measure(
     let cpu_before: Vec<Option<f64>> = procs.iter().map(|p| procfs::cpu_seconds(p.pid)).collect();
     let others_before: Vec<Option<f64>> = others.iter().map(|o| o.cpu_seconds()).collect();
     let metrics_before = client.metrics().await.ok();
+    let checkpoints_before = match &target.database {
+        Some(db) => db.checkpoints().await,
+        None => None,
+    };
     let sampler = procfs::RssSampler::start(&procs);
 
     let plan = Plan { shape, length, poll, drain: args.drain_timeout, max_posts: args.max_posts };
@@ -373,6 +382,10 @@ async fn measure(
 
     let peaks = sampler.finish().await;
     let metrics_after = client.metrics().await.ok();
+    let checkpoints_after = match &target.database {
+        Some(db) => db.checkpoints().await,
+        None => None,
+    };
     let completed = raw.seen.finished.len();
     let per_saga = |delta: f64| if completed > 0 { delta * 1000.0 / completed as f64 } else { 0.0 };
     let processes = procs
@@ -443,6 +456,7 @@ async fn measure(
         },
         processes,
         other_cpu_ms_per_saga,
+        pg_checkpoints: checkpoints_before.zip(checkpoints_after).map(|(b, a)| a - b),
         server: metrics_before.zip(metrics_after).map(|(b, a)| server_stats(&b, &a, completed)),
         ratios: Ratios::of(completed_per_s, ceiling),
     })

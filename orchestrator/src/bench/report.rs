@@ -144,6 +144,9 @@ pub struct Point {
     /// CPU milliseconds per completed saga of processes that are not
     /// targets: `bench` (this process), `postgres` (all backends), `nats-server`.
     pub other_cpu_ms_per_saga: BTreeMap<String, f64>,
+    /// Postgres checkpoints that happened during the point (their writes
+    /// show in commit latency); with --spawn postgres only.
+    pub pg_checkpoints: Option<i64>,
     /// From the orchestrator's `/metrics`, over this point.
     pub server: Option<ServerStats>,
     pub ratios: Ratios,
@@ -292,6 +295,9 @@ pub fn print_row(p: &Point) {
         .filter_map(|q| q.cpu_ms_per_saga.map(|c| format!("{} {c:.2}", short_name(&q.name))))
         .chain(p.other_cpu_ms_per_saga.iter().map(|(k, v)| format!("{k} {v:.2}")))
         .collect();
+    if let Some(n) = p.pg_checkpoints.filter(|n| *n > 0) {
+        detail.push(format!("{n} Postgres checkpoint(s) during the point"));
+    }
     if !cpu.is_empty() {
         detail.push(format!("CPU ms/saga: {}", cpu.join(", ")));
     }

@@ -266,6 +266,32 @@ impl Database {
         Ok(Database { admin_url: admin_url.to_string(), url: database_url(admin_url, &name), name })
     }
 
+    /// Flushes dirty buffers now, so a checkpoint owed to earlier writes
+    /// (the ceiling's, a previous run's, `CREATE DATABASE`'s) does not land
+    /// in the middle of the first points.
+    pub async fn checkpoint(&self) -> anyhow::Result<()> {
+        let mut conn = admin_connection(&self.admin_url).await?;
+        sqlx::query("CHECKPOINT").execute(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Checkpoints the server has done since its statistics were reset
+    /// (timed and requested); a checkpoint's writes and fsyncs show up in
+    /// commit latency, so the report counts them per point.
+    pub async fn checkpoints(&self) -> Option<i64> {
+        let mut conn = admin_connection(&self.admin_url).await.ok()?;
+        for query in [
+            "SELECT checkpoints_timed + checkpoints_req AS n FROM pg_stat_bgwriter",
+            // PostgreSQL 17 moved them.
+            "SELECT num_timed + num_requested AS n FROM pg_stat_checkpointer",
+        ] {
+            if let Ok(row) = sqlx::query(query).fetch_one(&mut conn).await {
+                return sqlx::Row::try_get::<i64, _>(&row, "n").ok();
+            }
+        }
+        None
+    }
+
     pub async fn drop_database(&self) -> anyhow::Result<()> {
         let mut conn = admin_connection(&self.admin_url).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))).execute(&mut conn).await?;
