@@ -98,6 +98,16 @@ pub async fn nats_round_trips(url: &str, requesters: usize, seconds: Duration) -
             }
         }
     });
+    // `flush` only empties our socket buffer: the server may not have
+    // registered the subscription yet when another connection asks.
+    let probe_deadline = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = client.request(subject.clone(), PAYLOAD.into()).await {
+        if Instant::now() > probe_deadline {
+            echo.abort();
+            anyhow::bail!("the echo responder never answered: {e}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let round_trips = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + seconds;
