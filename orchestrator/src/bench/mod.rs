@@ -258,7 +258,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let summary = Summary {
         format_version: report::FORMAT_VERSION,
         started_at,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: std::env::args().map(|a| if a.contains(char::is_whitespace) { format!("{a:?}") } else { a }).collect::<Vec<_>>().join(" "),
         label: args.label.clone(),
         machine,
         ceiling,
@@ -419,9 +419,12 @@ async fn measure(
     let mut seen: Vec<u64> = raw.seen.finished.iter().map(|f| f.seen_us).collect();
     let mut detects: Vec<u64> = raw.seen.finished.iter().map(|f| f.detect_us).collect();
     let mut outcomes = BTreeMap::new();
+    let mut by_outcome: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for f in &raw.seen.finished {
         *outcomes.entry(f.status.clone()).or_insert(0) += 1;
+        by_outcome.entry(f.status.clone()).or_default().push(f.latency_us);
     }
+    let latency_by_outcome_ms = by_outcome.into_iter().map(|(status, mut l)| (status, report::Latency::of(&mut l))).collect();
     let (concurrency, rate, kind) = match shape {
         Shape::Closed { concurrency } => (Some(concurrency), None, "closed"),
         Shape::Open { rate } => (None, Some(rate), "open"),
@@ -448,6 +451,7 @@ async fn measure(
         latency_seen_ms: report::Latency::of(&mut seen),
         post_ms: report::Latency::of(&mut raw.post_us),
         outcomes,
+        latency_by_outcome_ms,
         peak_in_flight: raw.seen.peak_in_flight(),
         poll: PollStats {
             gets: raw.seen.gets,

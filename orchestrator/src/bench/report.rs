@@ -136,6 +136,9 @@ pub struct Point {
     pub latency_seen_ms: Latency,
     pub post_ms: Latency,
     pub outcomes: BTreeMap<String, usize>,
+    /// `latency_ms` of the sagas that ended in each status (`delivered`
+    /// takes one step more than a declined order's `cancelled`).
+    pub latency_by_outcome_ms: BTreeMap<String, Latency>,
     /// Most sagas accepted (POST answered) and not yet terminal at once, by
     /// the server's clock (`updated_at`), so without the poller's delay.
     pub peak_in_flight: usize,
