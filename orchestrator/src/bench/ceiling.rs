@@ -13,7 +13,9 @@ use anyhow::Context;
 use futures::StreamExt;
 use sqlx::Row;
 
-use super::target::Database;
+use super::args::BenchArgs;
+use super::report::Ceiling;
+use super::target::{self, Database};
 
 const PAYLOAD: &str = r#"{"type":"ceiling","data":{"amount":"10.50","description":"test ceiling"}}"#;
 
@@ -150,4 +152,59 @@ pub async fn postgres_version(admin_url: &str) -> anyhow::Result<(String, String
         .filter_map(|r| Some(format!("{}={}", r.try_get::<String, _>("name").ok()?, r.try_get::<String, _>("value").ok()?)))
         .collect();
     Ok((full.split(" on ").next().unwrap_or(&full).to_string(), settings.join(" ")))
+}
+
+/// Every ceiling, each for `--ceiling-duration`; a part that cannot run
+/// (no Postgres, no nats-server) becomes a note instead of failing the run.
+pub async fn measure(args: &BenchArgs, nats_server: &Path) -> Ceiling {
+    let seconds = args.ceiling_duration;
+    let mut c = Ceiling {
+        seconds: seconds.as_secs_f64(),
+        pg_connections: args.ceiling_pg_connections,
+        nats_requesters: args.ceiling_nats_requesters,
+        ..Ceiling::default()
+    };
+    println!("measuring the ceiling ({} s each: postgres, sqlite, nats)…", c.seconds);
+    match pg_inserts(&args.admin_url, args.ceiling_pg_connections, seconds).await {
+        Ok(rate) => c.pg_inserts_per_s = Some(rate),
+        Err(e) => c.notes.push(format!("postgres not measured: {e:#}")),
+    }
+    let dir = target::scratch_dir("ceiling");
+    let dir = match dir {
+        Ok(d) => d,
+        Err(e) => {
+            c.notes.push(format!("no scratch directory: {e:#}"));
+            return c;
+        }
+    };
+    match sqlite_inserts(&dir, seconds).await {
+        Ok(rate) => c.sqlite_inserts_per_s = Some(rate),
+        Err(e) => c.notes.push(format!("sqlite not measured: {e:#}")),
+    }
+    let mut private = None;
+    let url = match &args.nats_url {
+        Some(url) => Some(url.clone()),
+        None => match target::NatsServer::start(nats_server, &dir.join("nats")).await {
+            Ok(n) => {
+                let url = n.url.clone();
+                private = Some(n);
+                Some(url)
+            }
+            Err(e) => {
+                c.notes.push(format!("nats not measured: {e:#}"));
+                None
+            }
+        },
+    };
+    if let Some(url) = url {
+        match nats_round_trips(&url, args.ceiling_nats_requesters, seconds).await {
+            Ok((rate, _)) => c.nats_round_trips_per_s = Some(rate),
+            Err(e) => c.notes.push(format!("nats not measured: {e:#}")),
+        }
+    }
+    if let Some(mut n) = private {
+        n.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    c
 }
