@@ -52,7 +52,11 @@ pub async fn serve_nats(
     // replicas; then finish the commands in hand.
     drop(messages);
     let _ = permits.acquire_many(MAX_IN_FLIGHT as u32).await;
-    client.flush().await?;
+    // With NATS down a flush would wait for it forever; replies not flushed
+    // by then are lost like any reply in flight, and the orchestrator retries.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), client.flush()).await.is_err() {
+        tracing::warn!("NATS unreachable at shutdown; unflushed replies will be retried by the orchestrator");
+    }
     Ok(())
 }
 
