@@ -3,10 +3,10 @@
 
 use sagas::Millis;
 
+/// Microseconds since the Unix epoch (the participants' clock, so every
+/// `*_at` column shares one unit and one source).
 pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+    participants::now_us()
 }
 
 pub fn now() -> Millis {

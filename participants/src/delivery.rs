@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use serde_json::json;
 use sqlx::{AnyPool, Row};
 
-use crate::{CommandMessage, Error, Participant, ReplyMessage, now_ms};
+use crate::{CommandMessage, Error, Participant, ReplyMessage, now_us};
 
 pub const DELIVER: &str = "eso.cmd.delivery.deliver";
 
@@ -32,7 +32,7 @@ impl Delivery {
         .bind(&id)
         .bind(command.saga_id.to_string())
         .bind(outcome)
-        .bind(now_ms())
+        .bind(now_us())
         .execute(&self.pool)
         .await?;
         if inserted.rows_affected() == 1 {

@@ -37,9 +37,9 @@ pub enum Error {
     Database(#[from] sqlx::Error),
 }
 
-/// Milliseconds since the Unix epoch, for `created_at` columns.
-pub fn now_ms() -> i64 {
+/// Microseconds since the Unix epoch: the unit of every `*_at` column.
+pub fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }

@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use serde_json::json;
 use sqlx::{AnyPool, Row};
 
-use crate::{CommandMessage, Error, Participant, ReplyMessage, now_ms};
+use crate::{CommandMessage, Error, Participant, ReplyMessage, now_us};
 
 pub const PROCESS: &str = "eso.cmd.payment.process";
 pub const REFUND: &str = "eso.cmd.payment.refund";
@@ -42,7 +42,7 @@ impl Payment {
         .bind(command.saga_id.to_string())
         .bind(amount)
         .bind(outcome)
-        .bind(now_ms())
+        .bind(now_us())
         .execute(&self.pool)
         .await?;
         if inserted.rows_affected() == 1 {
@@ -60,7 +60,7 @@ impl Payment {
             .ok_or_else(|| Error::BadCommand("refund without compensates.command_id".into()))?
             .to_string();
         let amount = command.field("amount").unwrap_or("0.00");
-        let now = now_ms();
+        let now = now_us();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO payments (command_id, order_id, amount, outcome, refunded, created_at, refunded_at) \

@@ -7,10 +7,10 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, json_object, read_body};
 use crate::clock::rfc3339;
 use crate::domain::{Amount, Description, NewOrder};
 use crate::runtime::Started;
@@ -21,13 +21,7 @@ const MAX_KEY_LEN: usize = 200;
 
 /// `POST /`: `{"amount": 207.00, "description": "…"}` → `201 {"id": "…"}`.
 pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(state.max_body_bytes)
-        } else {
-            ApiError::BadRequest(format!("cannot read body: {rejection}"))
-        }
-    })?;
+    let body = read_body(body, state.max_body_bytes)?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -45,11 +39,7 @@ pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Res
 
 /// Turns the body into a [`NewOrder`], collecting every field's problems.
 fn parse_order(body: &[u8]) -> Result<NewOrder, ApiError> {
-    let fields: Map<String, Value> = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(fields)) => fields,
-        Ok(_) => return Err(ApiError::BadRequest("body must be a JSON object".into())),
-        Err(e) => return Err(ApiError::BadRequest(format!("malformed JSON: {e}"))),
-    };
+    let fields = json_object(body)?;
     let mut errors: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
     let amount = match fields.get("amount") {
         None | Some(Value::Null) => Err("is required".to_string()),

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::orders::parse_id;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, json_object, read_body};
 use crate::clock::rfc3339;
 use crate::runtime::Stepped;
 
@@ -46,12 +46,7 @@ pub async fn saga(State(state): State<AppState>, Path(id): Path<String>) -> Resu
 /// state has no transition for it (or has finished), `404` for no saga.
 pub async fn send_event(State(state): State<AppState>, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = parse_id(&id)?;
-    let body = body.map_err(|r| if r.status() == StatusCode::PAYLOAD_TOO_LARGE { ApiError::TooLarge(state.max_body_bytes) } else { ApiError::BadRequest(format!("cannot read body: {r}")) })?;
-    let fields = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(fields)) => fields,
-        Ok(_) => return Err(ApiError::BadRequest("body must be a JSON object".into())),
-        Err(e) => return Err(ApiError::BadRequest(format!("malformed JSON: {e}"))),
-    };
+    let fields = json_object(&read_body(body, state.max_body_bytes)?)?;
     let name = match fields.get("name") {
         Some(Value::String(name)) if !name.is_empty() && name.len() <= 100 => name.clone(),
         Some(Value::String(_)) => return Err(ApiError::field("name", "must be 1 to 100 characters")),

@@ -9,6 +9,12 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
+/// A small pool on `url`, for a test's own queries.
+pub async fn pool(url: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::any::AnyPoolOptions::new().max_connections(4).connect(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"))
+}
+
 /// A database of its own on the Postgres server at `DATABASE_URL`
 /// (default: the local server, user postgres).
 pub struct Postgres {
@@ -33,8 +39,7 @@ impl Postgres {
     }
 
     pub async fn pool(&self) -> sqlx::AnyPool {
-        sqlx::any::install_default_drivers();
-        sqlx::any::AnyPoolOptions::new().max_connections(4).connect(&self.url).await.unwrap_or_else(|e| panic!("connect {}: {e}", self.url))
+        pool(&self.url).await
     }
 }
 
@@ -98,8 +103,7 @@ impl PrivatePostgres {
     }
 
     pub async fn pool(&self) -> sqlx::AnyPool {
-        sqlx::any::install_default_drivers();
-        sqlx::any::AnyPoolOptions::new().max_connections(4).connect(&self.url).await.unwrap_or_else(|e| panic!("connect {}: {e}", self.url))
+        pool(&self.url).await
     }
 }
 
