@@ -73,3 +73,43 @@ pub fn redact(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+/// The type of one column of a [`recordset`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    Text,
+    BigInt,
+    /// A nested JSON value, kept as its JSON text (no string escaping on
+    /// the way in).
+    Json,
+}
+
+/// A table `r` made of the JSON array bound as `$1`, one row per element,
+/// with the named columns. Batched statements take all their rows in that
+/// one parameter, so their text does not depend on the batch size and
+/// each is prepared once per connection instead of once per size.
+pub fn recordset(backend: Backend, columns: &[(&str, Column)]) -> String {
+    let list = |f: &dyn Fn(&str, Column) -> String| columns.iter().map(|&(name, kind)| f(name, kind)).collect::<Vec<_>>().join(", ");
+    match backend {
+        Backend::Postgres => {
+            let defs = list(&|name, kind| match kind {
+                Column::Text => format!("{name} text"),
+                Column::BigInt => format!("{name} bigint"),
+                Column::Json => format!("{name} json"),
+            });
+            // Selecting from a subquery lets json columns come out as text.
+            let cols = list(&|name, kind| match kind {
+                Column::Json => format!("{name}::text AS {name}"),
+                _ => name.to_string(),
+            });
+            format!("(SELECT {cols} FROM json_to_recordset($1::json) AS x({defs})) AS r")
+        }
+        Backend::Sqlite => {
+            let cols = list(&|name, kind| match kind {
+                Column::Json => format!("value->'{name}' AS {name}"),
+                _ => format!("value->>'{name}' AS {name}"),
+            });
+            format!("(SELECT {cols} FROM json_each($1) ORDER BY key) AS r")
+        }
+    }
+}

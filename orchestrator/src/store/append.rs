@@ -11,12 +11,13 @@
 //! write them in one transaction, so one disk flush serves many sagas. An
 //! append returns only after its transaction committed: a 2xx means on disk.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use sagas::{Event, Saga};
-use serde_json::json;
-use sqlx::{Any, AnyPool, Row, Transaction};
+use participants::db::{Backend, Column, recordset};
+use sagas::{Change, Event, Saga};
+use serde::Serialize;
+use sqlx::{Any, AnyPool, AssertSqlSafe, Row, Transaction};
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -82,17 +83,18 @@ impl Store {
 /// Starts `count` committers, each with its own queue. A saga always goes
 /// to the same committer (by its id), so two concurrent transactions never
 /// touch the same saga's rows and cannot deadlock on them.
-pub(super) fn spawn_committers(pool: AnyPool, count: usize, appended: Arc<Notify>) -> Vec<mpsc::Sender<Job>> {
+pub(super) fn spawn_committers(pool: AnyPool, backend: Backend, count: usize, appended: Arc<Notify>) -> Vec<mpsc::Sender<Job>> {
+    let statements = Arc::new(Statements::new(backend));
     (0..count.max(1))
         .map(|_| {
             let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
-            tokio::spawn(run_committer(pool.clone(), rx, appended.clone()));
+            tokio::spawn(run_committer(pool.clone(), statements.clone(), rx, appended.clone()));
             tx
         })
         .collect()
 }
 
-async fn run_committer(pool: AnyPool, mut rx: mpsc::Receiver<Job>, appended: Arc<Notify>) {
+async fn run_committer(pool: AnyPool, sql: Arc<Statements>, mut rx: mpsc::Receiver<Job>, appended: Arc<Notify>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -104,12 +106,12 @@ async fn run_committer(pool: AnyPool, mut rx: mpsc::Receiver<Job>, appended: Arc
         metrics::histogram!("eso_commit_batch_size").record(batch.len() as f64);
         let started = std::time::Instant::now();
         let (appends, replies): (Vec<Append>, Vec<_>) = batch.into_iter().unzip();
-        let mut result = commit(&pool, &appends).await;
+        let mut result = commit(&pool, &sql, &appends).await;
         // Idempotency keys are shared across committers; a deadlock on
         // them (or a serialization failure) is worth one more try.
         if let Err(StoreError::Retryable(e)) = &result {
             tracing::info!(error = %e, "commit retried");
-            result = commit(&pool, &appends).await;
+            result = commit(&pool, &sql, &appends).await;
         }
         match result {
             Ok(results) => {
@@ -129,166 +131,293 @@ async fn run_committer(pool: AnyPool, mut rx: mpsc::Receiver<Job>, appended: Arc
     }
 }
 
-/// One event row, inserted with the rest of its batch in one statement.
-struct EventRow {
-    event_id: String,
-    stream_id: String,
-    version: i64,
-    event_type: String,
-    data: String,
-    metadata: String,
+/// The batch statements of one backend, built once per committer. Each
+/// takes all the rows of its kind as one JSON array (`$1`) and the commit
+/// time (`$2`): a commit is at most five statements whatever its size.
+pub(super) struct Statements {
+    insert_sagas: Arc<str>,
+    update_sagas: Arc<str>,
+    insert_orders: Arc<str>,
+    update_orders: Arc<str>,
+    insert_events: Arc<str>,
 }
 
-/// Rows per INSERT: 7 parameters each stays far below every driver's limit.
-const ROWS_PER_INSERT: usize = 500;
+impl Statements {
+    pub(super) fn new(backend: Backend) -> Statements {
+        use Column::{BigInt, Json, Text};
+        let rows = |columns: &[(&str, Column)]| recordset(backend, columns);
+        let new_sagas = rows(&[
+            ("id", Text),
+            ("definition", Text),
+            ("definition_version", BigInt),
+            ("state", Text),
+            ("status", Text),
+            ("terminal", BigInt),
+            ("version", BigInt),
+            ("deadline", BigInt),
+            ("snapshot", Json),
+            ("trace", Json),
+        ]);
+        let moved_sagas = rows(&[
+            ("id", Text),
+            ("state", Text),
+            ("status", Text),
+            ("terminal", BigInt),
+            ("version", BigInt),
+            ("deadline", BigInt),
+            ("snapshot", Json),
+            ("expected", BigInt),
+        ]);
+        let new_orders =
+            rows(&[("id", Text), ("amount_cents", BigInt), ("user_id", Text), ("payee_id", Text), ("description", Text), ("status", Text)]);
+        let moved_orders = rows(&[("id", Text), ("status", Text)]);
+        let events = rows(&[
+            ("n", BigInt),
+            ("event_id", Text),
+            ("stream_id", Text),
+            ("version", BigInt),
+            ("event_type", Text),
+            ("data", Json),
+            ("metadata", Json),
+        ]);
+        Statements {
+            // `WHERE true` keeps SQLite from reading ON CONFLICT as a join's ON.
+            insert_sagas: format!(
+                "INSERT INTO sagas (id, definition, definition_version, state, status, terminal, version, deadline, snapshot, trace, created_at, updated_at) \
+                 SELECT r.id, r.definition, r.definition_version, r.state, r.status, r.terminal, r.version, r.deadline, r.snapshot, r.trace, $2, $2 \
+                 FROM {new_sagas} WHERE true ON CONFLICT (id) DO NOTHING RETURNING id"
+            )
+            .into(),
+            // The version check is the optimistic concurrency: a saga that
+            // moved since its step was decided is not returned.
+            update_sagas: format!(
+                "UPDATE sagas SET state = r.state, status = r.status, terminal = r.terminal, version = r.version, deadline = r.deadline, \
+                 snapshot = r.snapshot, updated_at = $2 FROM {moved_sagas} WHERE sagas.id = r.id AND sagas.version = r.expected RETURNING sagas.id"
+            )
+            .into(),
+            insert_orders: format!(
+                "INSERT INTO orders (id, amount_cents, user_id, payee_id, description, status, created_at, updated_at) \
+                 SELECT r.id, r.amount_cents, r.user_id, r.payee_id, r.description, r.status, $2, $2 FROM {new_orders}"
+            )
+            .into(),
+            // Strictly after created_at even within one microsecond, so
+            // clients can tell an order has moved.
+            update_orders: format!(
+                "UPDATE orders SET status = r.status, updated_at = CASE WHEN $2 > orders.created_at THEN $2 ELSE orders.created_at + 1 END \
+                 FROM {moved_orders} WHERE orders.id = r.id"
+            )
+            .into(),
+            // In batch order, so a stream's events get ascending positions.
+            insert_events: format!(
+                "INSERT INTO events (event_id, stream_id, version, event_type, data, metadata, recorded_at) \
+                 SELECT r.event_id, r.stream_id, r.version, r.event_type, r.data, r.metadata, $2 FROM {events} ORDER BY r.n"
+            )
+            .into(),
+        }
+    }
+}
 
-async fn commit(pool: &AnyPool, appends: &[Append]) -> Result<Vec<Committed>, StoreError> {
+#[derive(Serialize)]
+struct NewSaga<'a> {
+    id: Uuid,
+    definition: &'a str,
+    definition_version: u32,
+    state: &'a str,
+    status: &'a str,
+    terminal: u8,
+    version: u64,
+    deadline: Option<i64>,
+    snapshot: &'a Saga,
+    trace: &'a BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct MovedSaga<'a> {
+    id: Uuid,
+    state: &'a str,
+    status: &'a str,
+    terminal: u8,
+    version: u64,
+    deadline: Option<i64>,
+    snapshot: &'a Saga,
+    expected: u64,
+}
+
+#[derive(Serialize)]
+struct NewOrder<'a> {
+    id: Uuid,
+    amount_cents: i64,
+    user_id: &'a str,
+    payee_id: &'a str,
+    description: &'a str,
+    status: &'a str,
+}
+
+#[derive(Serialize)]
+struct MovedOrder<'a> {
+    id: Uuid,
+    status: &'a str,
+}
+
+#[derive(Serialize)]
+struct EventRow<'a> {
+    n: usize,
+    event_id: Uuid,
+    stream_id: Uuid,
+    version: u64,
+    event_type: &'a str,
+    data: &'a Change,
+    metadata: &'a Metadata<'a>,
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    correlation_id: Uuid,
+    causation_id: &'a str,
+    definition: &'a sagas::DefinitionId,
+    trace: &'a BTreeMap<String, String>,
+}
+
+async fn commit(pool: &AnyPool, sql: &Statements, appends: &[Append]) -> Result<Vec<Committed>, StoreError> {
     let now = now_us();
     let mut tx = pool.begin().await?;
-    let mut results = Vec::with_capacity(appends.len());
+    let mut results = vec![Committed::Conflict; appends.len()];
+
+    // Two steps of one saga in one batch were decided on the same state
+    // (a step's successor is decided only after it commits), so at most
+    // one can win: the first is tried, the others retry as conflicts.
+    let mut seen = HashSet::new();
+    let mut tried = Vec::with_capacity(appends.len());
+    for (i, a) in appends.iter().enumerate() {
+        if !seen.insert(a.saga.id) {
+            continue;
+        }
+        if let Some(key) = &a.idempotency_key
+            && let Some(existing) = claim_key(&mut tx, key, a.saga.id, now).await?
+        {
+            results[i] = Committed::KeyTaken(existing);
+            continue;
+        }
+        tried.push(i);
+    }
+
+    let (new, moved): (Vec<usize>, Vec<usize>) = tried.into_iter().partition(|&i| appends[i].expected == 0);
+    let new_rows: Vec<NewSaga> = new
+        .iter()
+        .map(|&i| {
+            let (a, saga) = (&appends[i], &appends[i].saga);
+            NewSaga {
+                id: saga.id,
+                definition: &saga.definition.name,
+                definition_version: saga.definition.version,
+                state: &saga.state,
+                status: &saga.status,
+                terminal: u8::from(saga.terminal),
+                version: saga.version,
+                deadline: saga.deadline().map(|d| d.0),
+                snapshot: saga,
+                trace: &a.trace,
+            }
+        })
+        .collect();
+    let moved_rows: Vec<MovedSaga> = moved
+        .iter()
+        .map(|&i| {
+            let (a, saga) = (&appends[i], &appends[i].saga);
+            MovedSaga {
+                id: saga.id,
+                state: &saga.state,
+                status: &saga.status,
+                terminal: u8::from(saga.terminal),
+                version: saga.version,
+                deadline: saga.deadline().map(|d| d.0),
+                snapshot: saga,
+                expected: a.expected,
+            }
+        })
+        .collect();
+    let mut written = returned_ids(&mut tx, &sql.insert_sagas, &new_rows, now).await?;
+    written.extend(returned_ids(&mut tx, &sql.update_sagas, &moved_rows, now).await?);
+
+    let mut new_orders = Vec::new();
+    let mut moved_orders = Vec::new();
+    let mut metadata = Vec::new();
+    for (i, a) in appends.iter().enumerate() {
+        if !written.contains(&a.saga.id) || matches!(results[i], Committed::KeyTaken(_)) {
+            continue;
+        }
+        results[i] = Committed::Appended;
+        if let Some(order) = &a.new_order {
+            new_orders.push(NewOrder {
+                id: a.saga.id,
+                amount_cents: order.amount_cents,
+                user_id: &order.user_id,
+                payee_id: &order.payee_id,
+                description: &order.description,
+                status: &a.saga.status,
+            });
+        } else if a.status_changed {
+            moved_orders.push(MovedOrder { id: a.saga.id, status: &a.saga.status });
+        }
+        metadata.push((i, Metadata { correlation_id: a.saga.id, causation_id: &a.causation, definition: &a.saga.definition, trace: &a.trace }));
+    }
     let mut events = Vec::new();
-    for append in appends {
-        results.push(commit_one(&mut tx, append, now, &mut events).await?);
+    for (i, metadata) in &metadata {
+        let a = &appends[*i];
+        for (k, event) in a.events.iter().enumerate() {
+            events.push(EventRow {
+                n: events.len(),
+                event_id: Uuid::now_v7(),
+                stream_id: a.saga.id,
+                version: a.expected + k as u64 + 1,
+                event_type: &event.event_type,
+                data: &event.change,
+                metadata,
+            });
+        }
     }
-    for chunk in events.chunks(ROWS_PER_INSERT) {
-        insert_events(&mut tx, chunk, now).await?;
-    }
+    execute(&mut tx, &sql.insert_orders, &new_orders, now).await?;
+    execute(&mut tx, &sql.update_orders, &moved_orders, now).await?;
+    execute(&mut tx, &sql.insert_events, &events, now).await?;
     tx.commit().await?;
     Ok(results)
 }
 
-/// Inserts a batch's events in one statement: most of a commit's work was
-/// one round trip per event before.
-async fn insert_events(tx: &mut Transaction<'static, Any>, rows: &[EventRow], now: i64) -> Result<(), StoreError> {
-    let mut sql = String::from("INSERT INTO events (event_id, stream_id, version, event_type, data, metadata, recorded_at) VALUES ");
-    for i in 0..rows.len() {
-        let n = i * 7;
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!("(${}, ${}, ${}, ${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4, n + 5, n + 6, n + 7));
+/// Runs a batch statement over `rows`; nothing to do for no rows.
+async fn execute<T: Serialize>(tx: &mut Transaction<'static, Any>, sql: &Arc<str>, rows: &[T], now: i64) -> Result<(), StoreError> {
+    if !rows.is_empty() {
+        sqlx::query(AssertSqlSafe(sql.clone())).bind(serde_json::to_string(rows)?).bind(now).execute(&mut **tx).await?;
     }
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for row in rows {
-        query = query
-            .bind(&row.event_id)
-            .bind(&row.stream_id)
-            .bind(row.version)
-            .bind(&row.event_type)
-            .bind(&row.data)
-            .bind(&row.metadata)
-            .bind(now);
-    }
-    query.execute(&mut **tx).await?;
     Ok(())
 }
 
-async fn commit_one(tx: &mut Transaction<'static, Any>, a: &Append, now: i64, events: &mut Vec<EventRow>) -> Result<Committed, StoreError> {
-    let saga = &a.saga;
-    let id = saga.id.to_string();
-    if let Some(key) = &a.idempotency_key {
-        let inserted = sqlx::query("INSERT INTO idempotency_keys (key, saga_id, created_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING")
-            .bind(key)
-            .bind(&id)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-        if inserted.rows_affected() == 0 {
-            let existing: String = sqlx::query("SELECT saga_id FROM idempotency_keys WHERE key = $1")
-                .bind(key)
-                .fetch_one(&mut **tx)
-                .await?
-                .try_get("saga_id")?;
-            let existing = Uuid::parse_str(&existing).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            return Ok(Committed::KeyTaken(existing));
-        }
+/// Runs a batch statement that returns the ids of the sagas it wrote.
+async fn returned_ids<T: Serialize>(tx: &mut Transaction<'static, Any>, sql: &Arc<str>, rows: &[T], now: i64) -> Result<HashSet<Uuid>, StoreError> {
+    if rows.is_empty() {
+        return Ok(HashSet::new());
     }
+    let returned = sqlx::query(AssertSqlSafe(sql.clone())).bind(serde_json::to_string(rows)?).bind(now).fetch_all(&mut **tx).await?;
+    returned
+        .iter()
+        .map(|r| {
+            let id: String = r.try_get(0)?;
+            Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))
+        })
+        .collect()
+}
 
-    let snapshot = serde_json::to_string(saga)?;
-    let deadline = saga.deadline().map(|d| d.0);
-    let version = i64::try_from(saga.version).unwrap_or(i64::MAX);
-    let expected = i64::try_from(a.expected).unwrap_or(i64::MAX);
-    let moved = if a.expected == 0 {
-        sqlx::query(
-            "INSERT INTO sagas (id, definition, definition_version, state, status, terminal, version, deadline, snapshot, trace, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&id)
-        .bind(&saga.definition.name)
-        .bind(i64::from(saga.definition.version))
-        .bind(&saga.state)
-        .bind(&saga.status)
-        .bind(i64::from(saga.terminal))
-        .bind(version)
-        .bind(deadline)
-        .bind(&snapshot)
-        .bind(serde_json::to_string(&a.trace)?)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?
-    } else {
-        sqlx::query(
-            "UPDATE sagas SET state = $2, status = $3, terminal = $4, version = $5, deadline = $6, snapshot = $7, updated_at = $8 \
-             WHERE id = $1 AND version = $9",
-        )
-        .bind(&id)
-        .bind(&saga.state)
-        .bind(&saga.status)
-        .bind(i64::from(saga.terminal))
-        .bind(version)
-        .bind(deadline)
-        .bind(&snapshot)
-        .bind(now)
-        .bind(expected)
-        .execute(&mut **tx)
-        .await?
-    };
-    if moved.rows_affected() == 0 {
-        return Ok(Committed::Conflict);
-    }
-
-    let metadata = serde_json::to_string(&json!({
-        "correlation_id": id,
-        "causation_id": a.causation,
-        "definition": { "name": saga.definition.name, "version": saga.definition.version, "hash": saga.definition.hash },
-        "trace": a.trace,
-    }))?;
-    for (i, event) in a.events.iter().enumerate() {
-        events.push(EventRow {
-            event_id: Uuid::now_v7().to_string(),
-            stream_id: id.clone(),
-            version: expected + i as i64 + 1,
-            event_type: event.event_type.clone(),
-            data: serde_json::to_string(&event.change)?,
-            metadata: metadata.clone(),
-        });
-    }
-
-    if let Some(order) = &a.new_order {
-        sqlx::query(
-            "INSERT INTO orders (id, amount_cents, user_id, payee_id, description, status, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
-        )
-        .bind(&id)
-        .bind(order.amount_cents)
-        .bind(&order.user_id)
-        .bind(&order.payee_id)
-        .bind(&order.description)
-        .bind(&saga.status)
+/// Records an idempotency key for `saga`, or returns the saga it already names.
+async fn claim_key(tx: &mut Transaction<'static, Any>, key: &str, saga: Uuid, now: i64) -> Result<Option<Uuid>, StoreError> {
+    let inserted = sqlx::query("INSERT INTO idempotency_keys (key, saga_id, created_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING")
+        .bind(key)
+        .bind(saga.to_string())
         .bind(now)
         .execute(&mut **tx)
         .await?;
-    } else if a.status_changed {
-        // Strictly after created_at even within one microsecond, so clients
-        // can tell an order has moved.
-        sqlx::query(
-            "UPDATE orders SET status = $2, updated_at = CASE WHEN $3 > created_at THEN $3 ELSE created_at + 1 END WHERE id = $1",
-        )
-        .bind(&id)
-        .bind(&saga.status)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+    if inserted.rows_affected() == 1 {
+        return Ok(None);
     }
-    Ok(Committed::Appended)
+    let existing: String =
+        sqlx::query("SELECT saga_id FROM idempotency_keys WHERE key = $1").bind(key).fetch_one(&mut **tx).await?.try_get("saga_id")?;
+    Uuid::parse_str(&existing).map(Some).map_err(|e| StoreError::Corrupt(e.to_string()))
 }

@@ -103,7 +103,7 @@ impl Store {
             Backend::Sqlite => 1,
             Backend::Postgres => 4,
         };
-        let committers = append::spawn_committers(pool.clone(), committers, appended.clone());
+        let committers = append::spawn_committers(pool.clone(), backend, committers, appended.clone());
         Store { pool, backend, committers, appended }
     }
 
