@@ -132,14 +132,38 @@ async fn run_committer(pool: AnyPool, sql: Arc<Statements>, mut rx: mpsc::Receiv
 }
 
 /// The batch statements of one backend, built once per committer. Each
-/// takes all the rows of its kind as one JSON array (`$1`) and the commit
-/// time (`$2`): a commit is at most five statements whatever its size.
+/// takes all the rows of its kind as one JSON array (`$1`), the commit
+/// time (`$2`) and the row count (`$3`): a commit is at most five
+/// statements whatever its size.
 pub(super) struct Statements {
-    insert_sagas: Arc<str>,
-    update_sagas: Arc<str>,
-    insert_orders: Arc<str>,
-    update_orders: Arc<str>,
-    insert_events: Arc<str>,
+    insert_sagas: Statement,
+    update_sagas: Statement,
+    insert_orders: Statement,
+    insert_events: Statement,
+    update_orders: Statement,
+}
+
+struct Statement {
+    sql: Arc<str>,
+    /// Whether the plan may be cached. A join of the batch with a table
+    /// is planned each time, with the batch's real size: a plan cached
+    /// while the table was small (Postgres settles on one after five runs)
+    /// scans the whole table on every later commit until the next ANALYZE.
+    prepared: bool,
+}
+
+impl Statement {
+    fn cached(sql: String) -> Statement {
+        Statement { sql: sql.into(), prepared: true }
+    }
+
+    fn planned_each_time(sql: String) -> Statement {
+        Statement { sql: sql.into(), prepared: false }
+    }
+
+    fn query(&self) -> sqlx::query::Query<'static, Any, sqlx::any::AnyArguments> {
+        sqlx::query(AssertSqlSafe(self.sql.clone())).persistent(self.prepared)
+    }
 }
 
 impl Statements {
@@ -182,37 +206,32 @@ impl Statements {
         ]);
         Statements {
             // `WHERE true` keeps SQLite from reading ON CONFLICT as a join's ON.
-            insert_sagas: format!(
+            insert_sagas: Statement::cached(format!(
                 "INSERT INTO sagas (id, definition, definition_version, state, status, terminal, version, deadline, snapshot, trace, created_at, updated_at) \
                  SELECT r.id, r.definition, r.definition_version, r.state, r.status, r.terminal, r.version, r.deadline, r.snapshot, r.trace, $2, $2 \
                  FROM {new_sagas} WHERE true ON CONFLICT (id) DO NOTHING RETURNING id"
-            )
-            .into(),
+            )),
             // The version check is the optimistic concurrency: a saga that
             // moved since its step was decided is not returned.
-            update_sagas: format!(
+            update_sagas: Statement::planned_each_time(format!(
                 "UPDATE sagas SET state = r.state, status = r.status, terminal = r.terminal, version = r.version, deadline = r.deadline, \
                  snapshot = r.snapshot, updated_at = $2 FROM {moved_sagas} WHERE sagas.id = r.id AND sagas.version = r.expected RETURNING sagas.id"
-            )
-            .into(),
-            insert_orders: format!(
+            )),
+            insert_orders: Statement::cached(format!(
                 "INSERT INTO orders (id, amount_cents, user_id, payee_id, description, status, created_at, updated_at) \
                  SELECT r.id, r.amount_cents, r.user_id, r.payee_id, r.description, r.status, $2, $2 FROM {new_orders}"
-            )
-            .into(),
+            )),
             // Strictly after created_at even within one microsecond, so
             // clients can tell an order has moved.
-            update_orders: format!(
+            update_orders: Statement::planned_each_time(format!(
                 "UPDATE orders SET status = r.status, updated_at = CASE WHEN $2 > orders.created_at THEN $2 ELSE orders.created_at + 1 END \
                  FROM {moved_orders} WHERE orders.id = r.id"
-            )
-            .into(),
+            )),
             // In batch order, so a stream's events get ascending positions.
-            insert_events: format!(
+            insert_events: Statement::cached(format!(
                 "INSERT INTO events (event_id, stream_id, version, event_type, data, metadata, recorded_at) \
                  SELECT r.event_id, r.stream_id, r.version, r.event_type, r.data, r.metadata, $2 FROM {events} ORDER BY r.n"
-            )
-            .into(),
+            )),
         }
     }
 }
@@ -384,19 +403,19 @@ async fn commit(pool: &AnyPool, sql: &Statements, appends: &[Append]) -> Result<
 }
 
 /// Runs a batch statement over `rows`; nothing to do for no rows.
-async fn execute<T: Serialize>(tx: &mut Transaction<'static, Any>, sql: &Arc<str>, rows: &[T], now: i64) -> Result<(), StoreError> {
+async fn execute<T: Serialize>(tx: &mut Transaction<'static, Any>, sql: &Statement, rows: &[T], now: i64) -> Result<(), StoreError> {
     if !rows.is_empty() {
-        sqlx::query(AssertSqlSafe(sql.clone())).bind(serde_json::to_string(rows)?).bind(now).execute(&mut **tx).await?;
+        sql.query().bind(serde_json::to_string(rows)?).bind(now).bind(rows.len() as i64).execute(&mut **tx).await?;
     }
     Ok(())
 }
 
 /// Runs a batch statement that returns the ids of the sagas it wrote.
-async fn returned_ids<T: Serialize>(tx: &mut Transaction<'static, Any>, sql: &Arc<str>, rows: &[T], now: i64) -> Result<HashSet<Uuid>, StoreError> {
+async fn returned_ids<T: Serialize>(tx: &mut Transaction<'static, Any>, sql: &Statement, rows: &[T], now: i64) -> Result<HashSet<Uuid>, StoreError> {
     if rows.is_empty() {
         return Ok(HashSet::new());
     }
-    let returned = sqlx::query(AssertSqlSafe(sql.clone())).bind(serde_json::to_string(rows)?).bind(now).fetch_all(&mut **tx).await?;
+    let returned = sql.query().bind(serde_json::to_string(rows)?).bind(now).bind(rows.len() as i64).fetch_all(&mut **tx).await?;
     returned
         .iter()
         .map(|r| {

@@ -148,12 +148,18 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<Pool
         if stopping {
             return Ok(());
         }
-        let pending: i64 = sqlx::query("SELECT COUNT(*) AS n FROM events WHERE position > $1")
-            .bind(events.last().map_or(position, |e| e.position))
-            .fetch_one(&store.pool)
+        // Positions, not a count: the gap to the newest event is one index
+        // lookup, where counting the rows behind the cursor scanned them
+        // (and a plan cached while the table was small scanned it whole).
+        // Rolled-back inserts leave holes, so this can overstate the lag.
+        let newest: i64 = sqlx::query("SELECT position FROM events ORDER BY position DESC LIMIT 1")
+            .fetch_optional(&store.pool)
             .await?
-            .try_get("n")?;
-        metrics::gauge!("eso_outbox_lag_events").set(pending as f64);
+            .map(|r| r.try_get("position"))
+            .transpose()?
+            .unwrap_or(0);
+        let published = events.last().map_or(position, |e| e.position);
+        metrics::gauge!("eso_outbox_lag_events").set((newest - published).max(0) as f64);
         tokio::select! {
             () = store.appended().notified() => {}
             () = tokio::time::sleep(IDLE_POLL) => {}
