@@ -45,7 +45,7 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) ->
     let store = Store::new(pool.clone(), backend);
 
     let embedded: Vec<Arc<dyn Participant>> = if config.embed_participants() {
-        vec![Arc::new(Payment::new(pool.clone())), Arc::new(Delivery::new(pool.clone()))]
+        vec![Arc::new(Payment::new(pool.clone(), backend)), Arc::new(Delivery::new(pool.clone(), backend))]
     } else {
         vec![]
     };

@@ -74,11 +74,11 @@ fn main() -> ExitCode {
             let result = match other {
                 Some(Command::Participant { name: ParticipantName::Payment }) => runtime.block_on(participants::serve::run_binary(
                     "eso-payment",
-                    |pool| Arc::new(participants::payment::Payment::new(pool)),
+                    |pool, backend| Arc::new(participants::payment::Payment::new(pool, backend)),
                 )),
                 Some(Command::Participant { name: ParticipantName::Delivery }) => runtime.block_on(participants::serve::run_binary(
                     "eso-delivery",
-                    |pool| Arc::new(participants::delivery::Delivery::new(pool)),
+                    |pool, backend| Arc::new(participants::delivery::Delivery::new(pool, backend)),
                 )),
                 Some(Command::Bench(args)) => runtime.block_on(orchestrator::bench::run(*args)),
                 _ => runtime.block_on(serve(cli.config)),

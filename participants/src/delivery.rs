@@ -6,43 +6,33 @@
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use serde_json::json;
-use sqlx::{AnyPool, Row};
+use serde_json::{Map, json};
+use sqlx::AnyPool;
 
-use crate::{CommandMessage, Error, Participant, ReplyMessage, now_us};
+use crate::db::Backend;
+use crate::db::Column::Text;
+use crate::record::Recorder;
+use crate::{CommandMessage, Error, Participant, ReplyMessage};
 
 pub const DELIVER: &str = "eso.cmd.delivery.deliver";
 
 pub struct Delivery {
-    pool: AnyPool,
+    deliveries: Recorder,
 }
 
 impl Delivery {
-    pub fn new(pool: AnyPool) -> Self {
-        Delivery { pool }
+    pub fn new(pool: AnyPool, backend: Backend) -> Self {
+        let columns = [("command_id", Text), ("order_id", Text), ("outcome", Text)];
+        Delivery { deliveries: Recorder::spawn(pool, backend, "deliveries", &columns) }
     }
 
     async fn deliver(&self, command: CommandMessage) -> Result<ReplyMessage, Error> {
         let id = command.command_id.to_string();
-        let outcome = decide(command.field("description")?);
-        let inserted = sqlx::query(
-            "INSERT INTO deliveries (command_id, order_id, outcome, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (command_id) DO NOTHING",
-        )
-        .bind(&id)
-        .bind(command.saga_id.to_string())
-        .bind(outcome)
-        .bind(now_us())
-        .execute(&self.pool)
-        .await?;
-        if inserted.rows_affected() == 1 {
-            return Ok(ReplyMessage { outcome: outcome.into(), data: json!({ "delivery_id": id }) });
-        }
-        let recorded = sqlx::query("SELECT outcome FROM deliveries WHERE command_id = $1")
-            .bind(&id)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get::<String, _>("outcome")?;
+        let mut row = Map::new();
+        row.insert("command_id".into(), id.clone().into());
+        row.insert("order_id".into(), command.saga_id.to_string().into());
+        row.insert("outcome".into(), decide(command.field("description")?).into());
+        let recorded = self.deliveries.record(row).await?;
         Ok(ReplyMessage { outcome: recorded, data: json!({ "delivery_id": id }) })
     }
 }

@@ -10,6 +10,7 @@ pub mod db;
 pub mod delivery;
 pub mod payment;
 pub mod protocol;
+pub mod record;
 pub mod serve;
 
 use futures::future::BoxFuture;
@@ -35,6 +36,10 @@ pub enum Error {
     BadCommand(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("recording the answer failed: {0}")]
+    Record(String),
+    #[error("the participant is shutting down")]
+    Stopped,
 }
 
 /// Microseconds since the Unix epoch: the unit of every `*_at` column.

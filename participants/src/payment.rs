@@ -10,9 +10,12 @@
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use serde_json::json;
+use serde_json::{Map, json};
 use sqlx::{AnyPool, Row};
 
+use crate::db::Backend;
+use crate::db::Column::{BigInt, Text};
+use crate::record::Recorder;
 use crate::{CommandMessage, Error, Participant, ReplyMessage, now_us};
 
 pub const PROCESS: &str = "eso.cmd.payment.process";
@@ -20,11 +23,14 @@ pub const REFUND: &str = "eso.cmd.payment.refund";
 
 pub struct Payment {
     pool: AnyPool,
+    charges: Recorder,
 }
 
 impl Payment {
-    pub fn new(pool: AnyPool) -> Self {
-        Payment { pool }
+    pub fn new(pool: AnyPool, backend: Backend) -> Self {
+        let columns = [("command_id", Text), ("order_id", Text), ("amount", Text), ("outcome", Text), ("refunded", BigInt)];
+        let charges = Recorder::spawn(pool.clone(), backend, "payments", &columns);
+        Payment { pool, charges }
     }
 
     async fn process(&self, command: CommandMessage) -> Result<ReplyMessage, Error> {
@@ -32,23 +38,15 @@ impl Payment {
         let description = command.field("description")?;
         let amount = command.field("amount")?;
         let outcome = decide(description, rand::random::<bool>());
-        // Record first, then answer: one round trip for a new command; a
-        // repeat (or a charge voided by an earlier refund) finds the row.
-        let inserted = sqlx::query(
-            "INSERT INTO payments (command_id, order_id, amount, outcome, refunded, created_at) \
-             VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (command_id) DO NOTHING",
-        )
-        .bind(&id)
-        .bind(command.saga_id.to_string())
-        .bind(amount)
-        .bind(outcome)
-        .bind(now_us())
-        .execute(&self.pool)
-        .await?;
-        if inserted.rows_affected() == 1 {
-            return Ok(answer(outcome, &id));
-        }
-        let recorded = self.recorded(&id).await?.unwrap_or_else(|| outcome.to_string());
+        // Record first, then answer. A repeat (or a charge voided by an
+        // earlier refund) gets the outcome recorded first.
+        let mut row = Map::new();
+        row.insert("command_id".into(), id.clone().into());
+        row.insert("order_id".into(), command.saga_id.to_string().into());
+        row.insert("amount".into(), amount.into());
+        row.insert("outcome".into(), outcome.into());
+        row.insert("refunded".into(), 0.into());
+        let recorded = self.charges.record(row).await?;
         Ok(answer(&recorded, &id))
     }
 
@@ -85,14 +83,6 @@ impl Payment {
         tx.commit().await?;
         // Only a confirmed charge moved money back; say which it was.
         Ok(ReplyMessage { outcome: "refunded".into(), data: json!({ "charge": charge, "charge_outcome": charged }) })
-    }
-
-    async fn recorded(&self, command_id: &str) -> Result<Option<String>, Error> {
-        let row = sqlx::query("SELECT outcome FROM payments WHERE command_id = $1")
-            .bind(command_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get::<String, _>("outcome")).transpose()?)
     }
 }
 

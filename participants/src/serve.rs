@@ -155,7 +155,7 @@ struct Health {
 /// environment, migrations, health server, NATS responder, clean shutdown.
 pub async fn run_binary(
     service: &'static str,
-    make: fn(sqlx::AnyPool) -> Arc<dyn Participant>,
+    make: fn(sqlx::AnyPool, db::Backend) -> Arc<dyn Participant>,
 ) -> anyhow::Result<()> {
     let telemetry = Arc::new(observability::init(service)?);
     let result = run(telemetry.clone(), make).await;
@@ -166,7 +166,7 @@ pub async fn run_binary(
     result
 }
 
-async fn run(telemetry: Arc<observability::Telemetry>, make: fn(sqlx::AnyPool) -> Arc<dyn Participant>) -> anyhow::Result<()> {
+async fn run(telemetry: Arc<observability::Telemetry>, make: fn(sqlx::AnyPool, db::Backend) -> Arc<dyn Participant>) -> anyhow::Result<()> {
     let database_url = std::env::var("DATABASE_URL").map_err(|_| anyhow::anyhow!("DATABASE_URL must be set (postgres://…)"))?;
     let nats_url = std::env::var("NATS_URL").map_err(|_| anyhow::anyhow!("NATS_URL must be set (nats://…)"))?;
     let port: u16 = match std::env::var("PORT") {
@@ -184,7 +184,7 @@ async fn run(telemetry: Arc<observability::Telemetry>, make: fn(sqlx::AnyPool) -
         .retry_on_initial_connect()
         .connect(&nats_url)
         .await?;
-    let participant = make(pool.clone());
+    let participant = make(pool.clone(), backend);
     tracing::info!(participant = participant.name(), database = %db::redact(&database_url), nats = %nats_url, port, "starting");
 
     let health = Health { pool, client: client.clone(), telemetry };

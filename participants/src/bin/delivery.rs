@@ -4,5 +4,5 @@ use std::sync::Arc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    participants::serve::run_binary("eso-delivery", |pool| Arc::new(participants::delivery::Delivery::new(pool))).await
+    participants::serve::run_binary("eso-delivery", |pool, backend| Arc::new(participants::delivery::Delivery::new(pool, backend))).await
 }

@@ -4,5 +4,5 @@ use std::sync::Arc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    participants::serve::run_binary("eso-payment", |pool| Arc::new(participants::payment::Payment::new(pool))).await
+    participants::serve::run_binary("eso-payment", |pool, backend| Arc::new(participants::payment::Payment::new(pool, backend))).await
 }
