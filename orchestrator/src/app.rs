@@ -42,7 +42,8 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) ->
     tracing::info!(config = %config.describe(), "eso starting");
     let (pool, backend) = participants::db::connect(&config.database_url(), config.db_pool).await?;
     participants::db::migrate(&pool, backend).await?;
-    let store = Store::new(pool.clone(), backend);
+    let readers = participants::db::readers(&config.database_url(), &pool, backend, 4).await?;
+    let store = Store::new(pool.clone(), readers, backend);
 
     let embedded: Vec<Arc<dyn Participant>> = if config.embed_participants() {
         vec![Arc::new(Payment::new(pool.clone(), backend)), Arc::new(Delivery::new(pool.clone(), backend))]
@@ -107,7 +108,7 @@ impl Running {
         }
         self.stop_relay.cancel();
         let _ = self.relay.await;
-        self.store.pool().close().await;
+        self.store.close().await;
         tracing::info!("eso stopped");
     }
 }

@@ -50,6 +50,31 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<(AnyPool
     Ok((pool, backend))
 }
 
+/// A pool for reads. SQLite in WAL mode lets readers run beside its one
+/// writer, so reads (order lookups, saga loads) get connections of their
+/// own instead of queueing behind group commits on the writer's; on
+/// Postgres every connection can do both, so this is the same pool.
+pub async fn readers(url: &str, pool: &AnyPool, backend: Backend, max_connections: u32) -> anyhow::Result<AnyPool> {
+    match backend {
+        Backend::Postgres => Ok(pool.clone()),
+        Backend::Sqlite => {
+            let options = sqlx::any::AnyConnectOptions::from_str(url)?;
+            AnyPoolOptions::new()
+                .max_connections(max_connections.max(1))
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;").await?;
+                        Ok(())
+                    })
+                })
+                .acquire_timeout(std::time::Duration::from_secs(10))
+                .connect_with(options)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open readers on {}: {e}", redact(url)))
+        }
+    }
+}
+
 /// Runs the embedded migrations. On Postgres the migrator takes an advisory
 /// lock, so replicas starting together do not race.
 pub async fn migrate(pool: &AnyPool, backend: Backend) -> anyhow::Result<()> {

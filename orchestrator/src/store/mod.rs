@@ -53,6 +53,8 @@ impl From<serde_json::Error> for StoreError {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// For plain reads; see `participants::db::readers`.
+    readers: AnyPool,
     backend: Backend,
     /// One queue per committer; see `append.rs`.
     committers: Vec<mpsc::Sender<append::Job>>,
@@ -97,22 +99,23 @@ pub struct SagaRow {
 
 impl Store {
     /// Wraps a migrated pool and starts the committers.
-    pub fn new(pool: AnyPool, backend: Backend) -> Store {
+    pub fn new(pool: AnyPool, readers: AnyPool, backend: Backend) -> Store {
         let appended = Arc::new(Notify::new());
         let committers = match backend {
             Backend::Sqlite => 1,
             Backend::Postgres => 4,
         };
         let committers = append::spawn_committers(pool.clone(), backend, committers, appended.clone());
-        Store { pool, backend, committers, appended }
+        Store { pool, readers, backend, committers, appended }
+    }
+
+    pub async fn close(&self) {
+        self.readers.close().await;
+        self.pool.close().await;
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
-    }
-
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
     }
 
     pub async fn ping(&self) -> bool {
@@ -123,7 +126,7 @@ impl Store {
     pub async fn load(&self, id: Uuid) -> Result<Option<SagaRow>, StoreError> {
         let row = sqlx::query("SELECT snapshot, trace, created_at, updated_at FROM sagas WHERE id = $1")
             .bind(id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await?;
         row.map(|r| saga_row(&r)).transpose()
     }
@@ -164,7 +167,7 @@ impl Store {
             "SELECT id, amount_cents, user_id, payee_id, description, status, created_at, updated_at FROM orders WHERE id = $1",
         )
         .bind(id.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.readers)
         .await?;
         let Some(r) = row else { return Ok(None) };
         Ok(Some(OrderRow {
@@ -186,7 +189,7 @@ impl Store {
              FROM events WHERE stream_id = $1 ORDER BY version",
         )
         .bind(id.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         rows.iter().map(stored_event).collect()
     }
@@ -226,7 +229,7 @@ impl Store {
 
     /// Counts for `/metrics` gauges and tests: sagas not yet terminal.
     pub async fn in_flight(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query("SELECT COUNT(*) AS n FROM sagas WHERE terminal = 0").fetch_one(&self.pool).await?.try_get("n")?)
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM sagas WHERE terminal = 0").fetch_one(&self.readers).await?.try_get("n")?)
     }
 }
 
