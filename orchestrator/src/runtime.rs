@@ -354,7 +354,10 @@ impl Runtime {
         };
         span.record("outcome", reply.outcome.as_str());
         let input = Input::Reply { command_id: command.id, outcome: reply.outcome, data: reply.data };
-        if let Err(e) = self.advance(command.saga_id, input, format!("reply:{}", command.id)).await {
+        // Boxed: a task waits on its request far longer than it steps, and
+        // inline, the step's state would size every waiting task's future.
+        let step = Box::pin(self.advance(command.saga_id, input, format!("reply:{}", command.id)));
+        if let Err(e) = step.await {
             tracing::warn!(error = %e, "reply not recorded; the saga's deadline will retry");
         }
     }
