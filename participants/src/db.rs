@@ -109,12 +109,13 @@ pub enum Column {
     Json,
 }
 
-/// A table `r` made of the JSON array bound as `$1`, one row per element,
-/// with the named columns, and `$3` bound to the number of elements.
-/// Batched statements take all their rows in that one parameter, so their
-/// text does not depend on the batch size. The `LIMIT $3` is for the
-/// planner: Postgres costs a JSON recordset at 100 rows and would rather
-/// hash-join it against a whole table than look up a few keys.
+/// A table `r` made of the JSON array bound as `$1`, one row per element
+/// in array order, with the named columns plus `n`, the element's ordinal;
+/// `$3` is bound to the number of elements. Batched statements take all
+/// their rows in that one parameter, so their text does not depend on the
+/// batch size. The `LIMIT $3` is for the planner: Postgres costs a JSON
+/// recordset at 100 rows and would rather hash-join it against a whole
+/// table than look up a few keys.
 pub fn recordset(backend: Backend, columns: &[(&str, Column)]) -> String {
     let list = |f: &dyn Fn(&str, Column) -> String| columns.iter().map(|&(name, kind)| f(name, kind)).collect::<Vec<_>>().join(", ");
     match backend {
@@ -124,19 +125,38 @@ pub fn recordset(backend: Backend, columns: &[(&str, Column)]) -> String {
                 Column::BigInt => format!("{name} bigint"),
                 Column::Json => format!("{name} json"),
             });
+            let names = list(&|name, _| name.to_string());
             // Selecting from a subquery lets json columns come out as text.
             let cols = list(&|name, kind| match kind {
                 Column::Json => format!("{name}::text AS {name}"),
                 _ => name.to_string(),
             });
-            format!("(SELECT {cols} FROM json_to_recordset($1::json) AS x({defs}) LIMIT $3) AS r")
+            format!(
+                "(SELECT {cols}, n FROM ROWS FROM (json_to_recordset($1::json) AS ({defs})) WITH ORDINALITY AS x({names}, n) \
+                 ORDER BY n LIMIT $3) AS r"
+            )
         }
         Backend::Sqlite => {
             let cols = list(&|name, kind| match kind {
                 Column::Json => format!("value->'{name}' AS {name}"),
                 _ => format!("value->>'{name}' AS {name}"),
             });
-            format!("(SELECT {cols} FROM json_each($1) ORDER BY key LIMIT $3) AS r")
+            format!("(SELECT {cols}, key AS n FROM json_each($1) ORDER BY key LIMIT $3) AS r")
         }
     }
+}
+
+/// Inserts the rows of a [`recordset`] into `table`, in array order, with
+/// each `stamped` column set to `$2`. Ends in a `WHERE`, so an `ON
+/// CONFLICT` may follow (SQLite would read one right after `FROM` as a
+/// join's `ON`).
+pub fn insert_rows(backend: Backend, table: &str, columns: &[(&str, Column)], stamped: &[&str]) -> String {
+    let names = columns.iter().map(|(name, _)| *name).chain(stamped.iter().copied()).collect::<Vec<_>>();
+    let values = columns.iter().map(|(name, _)| format!("r.{name}")).chain(stamped.iter().map(|_| "$2".to_string())).collect::<Vec<_>>();
+    format!(
+        "INSERT INTO {table} ({}) SELECT {} FROM {} WHERE true ORDER BY r.n",
+        names.join(", "),
+        values.join(", "),
+        recordset(backend, columns)
+    )
 }

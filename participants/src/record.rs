@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{Backend, Column, recordset};
+use crate::db::{Backend, Column, insert_rows};
 use crate::{Error, now_us};
 
 /// Most answers in one statement.
@@ -32,13 +32,9 @@ impl Recorder {
     /// sets besides `created_at` (stamped by the recorder) and must include
     /// `command_id` and `outcome`.
     pub fn spawn(pool: AnyPool, backend: Backend, table: &str, columns: &[(&str, Column)]) -> Recorder {
-        let names = columns.iter().map(|(name, _)| *name).collect::<Vec<_>>();
         let insert = format!(
-            "INSERT INTO {table} ({}, created_at) SELECT {}, $2 FROM {} WHERE true \
-             ON CONFLICT (command_id) DO NOTHING RETURNING command_id",
-            names.join(", "),
-            names.iter().map(|n| format!("r.{n}")).collect::<Vec<_>>().join(", "),
-            recordset(backend, columns),
+            "{} ON CONFLICT (command_id) DO NOTHING RETURNING command_id",
+            insert_rows(backend, table, columns, &["created_at"])
         );
         let recorded = format!("SELECT outcome FROM {table} WHERE command_id = $1");
         let (jobs, rx) = mpsc::channel(MAX_BATCH * 8);
@@ -56,13 +52,10 @@ impl Recorder {
 }
 
 async fn run(pool: AnyPool, insert: String, recorded: String, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+    loop {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
         }
         // A repeat of a command in the same batch (a retry that overtook
         // the first try) must get the first try's answer, not its own.

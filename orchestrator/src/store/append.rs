@@ -14,7 +14,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use participants::db::{Backend, Column, recordset};
+use participants::db::Column::{BigInt, Json, Text};
+use participants::db::{Backend, Column, insert_rows, recordset};
 use sagas::{Change, Event, Saga};
 use serde::Serialize;
 use sqlx::{Any, AnyPool, AssertSqlSafe, Row, Transaction};
@@ -95,13 +96,11 @@ pub(super) fn spawn_committers(pool: AnyPool, backend: Backend, count: usize, ap
 }
 
 async fn run_committer(pool: AnyPool, sql: Arc<Statements>, mut rx: mpsc::Receiver<Job>, appended: Arc<Notify>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+    loop {
+        // Everything waiting, up to MAX_BATCH: one transaction for all.
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
         }
         metrics::histogram!("eso_commit_batch_size").record(batch.len() as f64);
         let started = std::time::Instant::now();
@@ -166,72 +165,40 @@ impl Statement {
     }
 }
 
+/// What a step changes in a saga's row, on insert and on update alike.
+const SAGA_STATE: [(&str, Column); 6] =
+    [("state", Text), ("status", Text), ("terminal", BigInt), ("version", BigInt), ("deadline", BigInt), ("snapshot", Json)];
+
 impl Statements {
     pub(super) fn new(backend: Backend) -> Statements {
-        use Column::{BigInt, Json, Text};
-        let rows = |columns: &[(&str, Column)]| recordset(backend, columns);
-        let new_sagas = rows(&[
-            ("id", Text),
-            ("definition", Text),
-            ("definition_version", BigInt),
-            ("state", Text),
-            ("status", Text),
-            ("terminal", BigInt),
-            ("version", BigInt),
-            ("deadline", BigInt),
-            ("snapshot", Json),
-            ("trace", Json),
-        ]);
-        let moved_sagas = rows(&[
-            ("id", Text),
-            ("state", Text),
-            ("status", Text),
-            ("terminal", BigInt),
-            ("version", BigInt),
-            ("deadline", BigInt),
-            ("snapshot", Json),
-            ("expected", BigInt),
-        ]);
-        let new_orders =
-            rows(&[("id", Text), ("amount_cents", BigInt), ("user_id", Text), ("payee_id", Text), ("description", Text), ("status", Text)]);
-        let moved_orders = rows(&[("id", Text), ("status", Text)]);
-        let events = rows(&[
-            ("n", BigInt),
-            ("event_id", Text),
-            ("stream_id", Text),
-            ("version", BigInt),
-            ("event_type", Text),
-            ("data", Json),
-            ("metadata", Json),
-        ]);
+        let new_sagas: Vec<_> =
+            [("id", Text), ("definition", Text), ("definition_version", BigInt)].into_iter().chain(SAGA_STATE).chain([("trace", Json)]).collect();
+        let moved_sagas: Vec<_> = [("id", Text)].into_iter().chain(SAGA_STATE).chain([("expected", BigInt)]).collect();
+        let set_state = SAGA_STATE.iter().map(|(name, _)| format!("{name} = r.{name}")).collect::<Vec<_>>().join(", ");
+        let new_orders = [("id", Text), ("amount_cents", BigInt), ("user_id", Text), ("payee_id", Text), ("description", Text), ("status", Text)];
+        let events =
+            [("event_id", Text), ("stream_id", Text), ("version", BigInt), ("event_type", Text), ("data", Json), ("metadata", Json)];
         Statements {
-            // `WHERE true` keeps SQLite from reading ON CONFLICT as a join's ON.
             insert_sagas: Statement::cached(format!(
-                "INSERT INTO sagas (id, definition, definition_version, state, status, terminal, version, deadline, snapshot, trace, created_at, updated_at) \
-                 SELECT r.id, r.definition, r.definition_version, r.state, r.status, r.terminal, r.version, r.deadline, r.snapshot, r.trace, $2, $2 \
-                 FROM {new_sagas} WHERE true ON CONFLICT (id) DO NOTHING RETURNING id"
+                "{} ON CONFLICT (id) DO NOTHING RETURNING id",
+                insert_rows(backend, "sagas", &new_sagas, &["created_at", "updated_at"])
             )),
             // The version check is the optimistic concurrency: a saga that
             // moved since its step was decided is not returned.
             update_sagas: Statement::planned_each_time(format!(
-                "UPDATE sagas SET state = r.state, status = r.status, terminal = r.terminal, version = r.version, deadline = r.deadline, \
-                 snapshot = r.snapshot, updated_at = $2 FROM {moved_sagas} WHERE sagas.id = r.id AND sagas.version = r.expected RETURNING sagas.id"
+                "UPDATE sagas SET {set_state}, updated_at = $2 FROM {} WHERE sagas.id = r.id AND sagas.version = r.expected RETURNING sagas.id",
+                recordset(backend, &moved_sagas)
             )),
-            insert_orders: Statement::cached(format!(
-                "INSERT INTO orders (id, amount_cents, user_id, payee_id, description, status, created_at, updated_at) \
-                 SELECT r.id, r.amount_cents, r.user_id, r.payee_id, r.description, r.status, $2, $2 FROM {new_orders}"
-            )),
+            insert_orders: Statement::cached(insert_rows(backend, "orders", &new_orders, &["created_at", "updated_at"])),
             // Strictly after created_at even within one microsecond, so
             // clients can tell an order has moved.
             update_orders: Statement::planned_each_time(format!(
                 "UPDATE orders SET status = r.status, updated_at = CASE WHEN $2 > orders.created_at THEN $2 ELSE orders.created_at + 1 END \
-                 FROM {moved_orders} WHERE orders.id = r.id"
+                 FROM {} WHERE orders.id = r.id",
+                recordset(backend, &[("id", Text), ("status", Text)])
             )),
             // In batch order, so a stream's events get ascending positions.
-            insert_events: Statement::cached(format!(
-                "INSERT INTO events (event_id, stream_id, version, event_type, data, metadata, recorded_at) \
-                 SELECT r.event_id, r.stream_id, r.version, r.event_type, r.data, r.metadata, $2 FROM {events} ORDER BY r.n"
-            )),
+            insert_events: Statement::cached(insert_rows(backend, "events", &events, &["recorded_at"])),
         }
     }
 }
@@ -280,7 +247,6 @@ struct MovedOrder<'a> {
 
 #[derive(Serialize)]
 struct EventRow<'a> {
-    n: usize,
     event_id: Uuid,
     stream_id: Uuid,
     version: u64,
@@ -385,7 +351,6 @@ async fn commit(pool: &AnyPool, sql: &Statements, appends: &[Append]) -> Result<
         let a = &appends[*i];
         for (k, event) in a.events.iter().enumerate() {
             events.push(EventRow {
-                n: events.len(),
                 event_id: Uuid::now_v7(),
                 stream_id: a.saga.id,
                 version: a.expected + k as u64 + 1,
