@@ -203,29 +203,45 @@ impl Statements {
     }
 }
 
+/// The columns of [`SAGA_STATE`], from the saga after its step.
 #[derive(Serialize)]
-struct NewSaga<'a> {
-    id: Uuid,
-    definition: &'a str,
-    definition_version: u32,
+struct SagaState<'a> {
     state: &'a str,
     status: &'a str,
     terminal: u8,
     version: u64,
     deadline: Option<i64>,
     snapshot: &'a Saga,
+}
+
+impl<'a> SagaState<'a> {
+    fn of(saga: &'a Saga) -> Self {
+        SagaState {
+            state: &saga.state,
+            status: &saga.status,
+            terminal: u8::from(saga.terminal),
+            version: saga.version,
+            deadline: saga.deadline().map(|d| d.0),
+            snapshot: saga,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct NewSaga<'a> {
+    id: Uuid,
+    definition: &'a str,
+    definition_version: u32,
+    #[serde(flatten)]
+    state: SagaState<'a>,
     trace: &'a BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
 struct MovedSaga<'a> {
     id: Uuid,
-    state: &'a str,
-    status: &'a str,
-    terminal: u8,
-    version: u64,
-    deadline: Option<i64>,
-    snapshot: &'a Saga,
+    #[serde(flatten)]
+    state: SagaState<'a>,
     expected: u64,
 }
 
@@ -295,12 +311,7 @@ async fn commit(pool: &AnyPool, sql: &Statements, appends: &[Append]) -> Result<
                 id: saga.id,
                 definition: &saga.definition.name,
                 definition_version: saga.definition.version,
-                state: &saga.state,
-                status: &saga.status,
-                terminal: u8::from(saga.terminal),
-                version: saga.version,
-                deadline: saga.deadline().map(|d| d.0),
-                snapshot: saga,
+                state: SagaState::of(saga),
                 trace: &a.trace,
             }
         })
@@ -308,17 +319,8 @@ async fn commit(pool: &AnyPool, sql: &Statements, appends: &[Append]) -> Result<
     let moved_rows: Vec<MovedSaga> = moved
         .iter()
         .map(|&i| {
-            let (a, saga) = (&appends[i], &appends[i].saga);
-            MovedSaga {
-                id: saga.id,
-                state: &saga.state,
-                status: &saga.status,
-                terminal: u8::from(saga.terminal),
-                version: saga.version,
-                deadline: saga.deadline().map(|d| d.0),
-                snapshot: saga,
-                expected: a.expected,
-            }
+            let a = &appends[i];
+            MovedSaga { id: a.saga.id, state: SagaState::of(&a.saga), expected: a.expected }
         })
         .collect();
     let mut written = returned_ids(&mut tx, &sql.insert_sagas, &new_rows, now).await?;
