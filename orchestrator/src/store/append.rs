@@ -302,7 +302,7 @@ async fn commit(pool: &AnyPool, sql: &Statements, appends: &[Append]) -> Result<
         tried.push(i);
     }
 
-    let (new, moved): (Vec<usize>, Vec<usize>) = tried.into_iter().partition(|&i| appends[i].expected == 0);
+    let (new, moved): (Vec<usize>, Vec<usize>) = tried.iter().partition(|&&i| appends[i].expected == 0);
     let new_rows: Vec<NewSaga> = new
         .iter()
         .map(|&i| {
@@ -329,8 +329,9 @@ async fn commit(pool: &AnyPool, sql: &Statements, appends: &[Append]) -> Result<
     let mut new_orders = Vec::new();
     let mut moved_orders = Vec::new();
     let mut metadata = Vec::new();
-    for (i, a) in appends.iter().enumerate() {
-        if !written.contains(&a.saga.id) || matches!(results[i], Committed::KeyTaken(_)) {
+    for &i in &tried {
+        let a = &appends[i];
+        if !written.contains(&a.saga.id) {
             continue;
         }
         results[i] = Committed::Appended;
