@@ -7,9 +7,12 @@
 //! conflict never loses or doubles a transition, and one conflicting saga
 //! does not fail the others in its batch.
 //!
-//! Group commit: committers take every append waiting in the queue and
-//! write them in one transaction, so one disk flush serves many sagas. An
-//! append returns only after its transaction committed: a 2xx means on disk.
+//! Group commit: one committer per process takes every append waiting in
+//! its queue and writes them in one transaction, so one disk flush serves
+//! many sagas. An append returns only after its transaction committed: a
+//! 2xx means on disk. One committer beat four on Postgres (docs/benchmarks.md):
+//! while a commit is in flight the next batch gathers, and fewer, larger
+//! transactions leave more of a small machine's CPU for everything else.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -69,9 +72,7 @@ impl Store {
     /// Appends atomically with the read models; returns once committed.
     pub async fn append(&self, append: Append) -> Result<Committed, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let lane = (append.saga.id.as_u128() % self.committers.len().max(1) as u128) as usize;
-        let committer = self.committers.get(lane).ok_or(StoreError::Closed)?;
-        committer.send((append, tx)).await.map_err(|_| StoreError::Closed)?;
+        self.committer.send((append, tx)).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -81,21 +82,14 @@ impl Store {
     }
 }
 
-/// Starts `count` committers, each with its own queue. A saga always goes
-/// to the same committer (by its id), so two concurrent transactions never
-/// touch the same saga's rows and cannot deadlock on them.
-pub(super) fn spawn_committers(pool: AnyPool, backend: Backend, count: usize, appended: Arc<Notify>) -> Vec<mpsc::Sender<Job>> {
-    let statements = Arc::new(Statements::new(backend));
-    (0..count.max(1))
-        .map(|_| {
-            let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
-            tokio::spawn(run_committer(pool.clone(), statements.clone(), rx, appended.clone()));
-            tx
-        })
-        .collect()
+/// Starts the committer and returns its queue.
+pub(super) fn spawn_committer(pool: AnyPool, backend: Backend, appended: Arc<Notify>) -> mpsc::Sender<Job> {
+    let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
+    tokio::spawn(run_committer(pool, Statements::new(backend), rx, appended));
+    tx
 }
 
-async fn run_committer(pool: AnyPool, sql: Arc<Statements>, mut rx: mpsc::Receiver<Job>, appended: Arc<Notify>) {
+async fn run_committer(pool: AnyPool, sql: Statements, mut rx: mpsc::Receiver<Job>, appended: Arc<Notify>) {
     loop {
         // Everything waiting, up to MAX_BATCH: one transaction for all.
         let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -106,8 +100,8 @@ async fn run_committer(pool: AnyPool, sql: Arc<Statements>, mut rx: mpsc::Receiv
         let started = std::time::Instant::now();
         let (appends, replies): (Vec<Append>, Vec<_>) = batch.into_iter().unzip();
         let mut result = commit(&pool, &sql, &appends).await;
-        // Idempotency keys are shared across committers; a deadlock on
-        // them (or a serialization failure) is worth one more try.
+        // Replicas share idempotency keys and may race on a saga; a
+        // deadlock or serialization failure is worth one more try.
         if let Err(StoreError::Retryable(e)) = &result {
             tracing::info!(error = %e, "commit retried");
             result = commit(&pool, &sql, &appends).await;
@@ -301,6 +295,9 @@ async fn commit(pool: &AnyPool, sql: &Statements, appends: &[Append]) -> Result<
         }
         tried.push(i);
     }
+    // In id order: replicas committing at once lock shared sagas' rows in
+    // the same order, so they wait for each other instead of deadlocking.
+    tried.sort_by_key(|&i| appends[i].saga.id);
 
     let (new, moved): (Vec<usize>, Vec<usize>) = tried.iter().partition(|&&i| appends[i].expected == 0);
     let new_rows: Vec<NewSaga> = new

@@ -56,8 +56,8 @@ pub struct Store {
     /// For plain reads; see `participants::db::readers`.
     readers: AnyPool,
     backend: Backend,
-    /// One queue per committer; see `append.rs`.
-    committers: Vec<mpsc::Sender<append::Job>>,
+    /// The group committer's queue; see `append.rs`.
+    committer: mpsc::Sender<append::Job>,
     /// Woken after each commit so the relay publishes without polling delay.
     appended: Arc<Notify>,
 }
@@ -98,15 +98,11 @@ pub struct SagaRow {
 }
 
 impl Store {
-    /// Wraps a migrated pool and starts the committers.
+    /// Wraps a migrated pool and starts the committer.
     pub fn new(pool: AnyPool, readers: AnyPool, backend: Backend) -> Store {
         let appended = Arc::new(Notify::new());
-        let committers = match backend {
-            Backend::Sqlite => 1,
-            Backend::Postgres => 4,
-        };
-        let committers = append::spawn_committers(pool.clone(), backend, committers, appended.clone());
-        Store { pool, readers, backend, committers, appended }
+        let committer = append::spawn_committer(pool.clone(), backend, appended.clone());
+        Store { pool, readers, backend, committer, appended }
     }
 
     pub async fn close(&self) {
