@@ -26,28 +26,18 @@ impl Backend {
 
 /// Connects with a pool sized for the backend. SQLite gets one connection:
 /// it has a single writer anyway, and one connection avoids busy errors;
-/// the orchestrator batches writes so this is not the bottleneck.
+/// the orchestrator batches its writes, and reads go to [`readers`].
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<(AnyPool, Backend)> {
     sqlx::any::install_default_drivers();
     let backend = Backend::of(url)?;
-    let options = sqlx::any::AnyConnectOptions::from_str(url)?;
     let pool = match backend {
         Backend::Postgres => AnyPoolOptions::new().max_connections(max_connections),
-        Backend::Sqlite => AnyPoolOptions::new().max_connections(1).after_connect(|conn, _| {
-            Box::pin(async move {
-                // WAL lets readers of the file (e.g. sqlite3 CLI) run beside
-                // us; FULL makes every commit durable before we answer 2xx.
-                conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;").await?;
-                Ok(())
-            })
-        }),
+        // WAL lets readers of the file (our own [`readers`], the sqlite3
+        // CLI) run beside the writer; FULL makes every commit durable
+        // before we answer 2xx.
+        Backend::Sqlite => sqlite(1, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;"),
     };
-    let pool = pool
-        .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect_with(options)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", redact(url)))?;
-    Ok((pool, backend))
+    Ok((open(pool, url).await?, backend))
 }
 
 /// A pool for reads. SQLite in WAL mode lets readers run beside its one
@@ -57,22 +47,26 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<(AnyPool
 pub async fn readers(url: &str, pool: &AnyPool, backend: Backend, max_connections: u32) -> anyhow::Result<AnyPool> {
     match backend {
         Backend::Postgres => Ok(pool.clone()),
-        Backend::Sqlite => {
-            let options = sqlx::any::AnyConnectOptions::from_str(url)?;
-            AnyPoolOptions::new()
-                .max_connections(max_connections.max(1))
-                .after_connect(|conn, _| {
-                    Box::pin(async move {
-                        conn.execute("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;").await?;
-                        Ok(())
-                    })
-                })
-                .acquire_timeout(std::time::Duration::from_secs(10))
-                .connect_with(options)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot open readers on {}: {e}", redact(url)))
-        }
+        Backend::Sqlite => open(sqlite(max_connections.max(1), "PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;"), url).await,
     }
+}
+
+/// Pool options for SQLite connections that each run `pragmas` first.
+fn sqlite(max_connections: u32, pragmas: &'static str) -> AnyPoolOptions {
+    AnyPoolOptions::new().max_connections(max_connections).after_connect(move |conn, _| {
+        Box::pin(async move {
+            conn.execute(pragmas).await?;
+            Ok(())
+        })
+    })
+}
+
+async fn open(pool: AnyPoolOptions, url: &str) -> anyhow::Result<AnyPool> {
+    let options = sqlx::any::AnyConnectOptions::from_str(url)?;
+    pool.acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", redact(url)))
 }
 
 /// Runs the embedded migrations. On Postgres the migrator takes an advisory
@@ -147,9 +141,8 @@ pub fn recordset(backend: Backend, columns: &[(&str, Column)]) -> String {
 }
 
 /// Inserts the rows of a [`recordset`] into `table`, in array order, with
-/// each `stamped` column set to `$2`. Ends in a `WHERE`, so an `ON
-/// CONFLICT` may follow (SQLite would read one right after `FROM` as a
-/// join's `ON`).
+/// each `stamped` column set to `$2`. An `ON CONFLICT` may follow: the
+/// `WHERE true` keeps SQLite from reading it as a join's `ON`.
 pub fn insert_rows(backend: Backend, table: &str, columns: &[(&str, Column)], stamped: &[&str]) -> String {
     let names = columns.iter().map(|(name, _)| *name).chain(stamped.iter().copied()).collect::<Vec<_>>();
     let values = columns.iter().map(|(name, _)| format!("r.{name}")).chain(stamped.iter().map(|_| "$2".to_string())).collect::<Vec<_>>();
