@@ -18,6 +18,7 @@ use participants::db::Backend;
 use serde_json::json;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, Row};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Store, StoreError, StoredEvent};
@@ -28,6 +29,8 @@ const RELAY: &str = "main";
 const RELAY_LOCK: i64 = 0x0e50_0e50;
 const BATCH: i64 = 512;
 const IDLE_POLL: Duration = Duration::from_millis(200);
+/// How long a stopping relay waits for events held above the horizon.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 
 /// Runs until `shutdown`; then publishes what is committed and returns.
 pub async fn run_relay(store: Store, bus: Bus, shutdown: CancellationToken) {
@@ -93,6 +96,7 @@ async fn relay(store: &Store, bus: &Bus, lock: Option<PoolConnection<Any>>, shut
 
 async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<PoolConnection<Any>>, shutdown: &CancellationToken) -> Result<(), StoreError> {
     let mut stopping = false;
+    let mut give_up = Instant::now();
     loop {
         // Reading the cursor on the lock's own connection proves we still
         // hold the lock: if that connection died, so did the lock.
@@ -146,7 +150,15 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<Pool
             }
         }
         if stopping {
-            return Ok(());
+            // Our own commits are all done by now, but on Postgres the
+            // newest events may sit above the horizon while a transaction
+            // anywhere on the server is still open. Wait for it, briefly,
+            // rather than leave them for the next start.
+            if Instant::now() >= give_up || !unpublished(store, lock).await? {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
         }
         // Positions, not a count: the gap to the newest event is one index
         // lookup, where counting the rows behind the cursor scanned them
@@ -163,8 +175,11 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<Pool
         tokio::select! {
             () = store.appended().notified() => {}
             () = tokio::time::sleep(IDLE_POLL) => {}
-            // One more pass publishes what was committed before shutdown.
-            () = shutdown.cancelled() => stopping = true,
+            // More passes publish what was committed before shutdown.
+            () = shutdown.cancelled() => {
+                stopping = true;
+                give_up = Instant::now() + SHUTDOWN_FLUSH;
+            }
         }
     }
 }
@@ -190,6 +205,19 @@ async fn advance_cursor(store: &Store, lock: &mut Option<PoolConnection<Any>>, t
         None => query.execute(&store.pool).await?,
     };
     Ok(())
+}
+
+/// Whether any committed event lies past the cursor, horizon or not.
+async fn unpublished(store: &Store, lock: &mut Option<PoolConnection<Any>>) -> Result<bool, StoreError> {
+    let (tx, position) = match lock {
+        Some(conn) => cursor(&mut **conn).await?,
+        None => cursor(&store.pool).await?,
+    };
+    let query = match store.backend {
+        Backend::Postgres => sqlx::query("SELECT 1 AS pending FROM events WHERE (tx_id, position) > ($1::xid8, $2) LIMIT 1").bind(tx).bind(position),
+        Backend::Sqlite => sqlx::query("SELECT 1 AS pending FROM events WHERE position > $1 LIMIT 1").bind(position),
+    };
+    Ok(query.fetch_optional(&store.pool).await?.is_some())
 }
 
 /// The relay's position: `(transaction id as text, event position)`.
