@@ -10,5 +10,6 @@ pub mod clock;
 pub mod config;
 pub mod definitions;
 pub mod domain;
+pub mod finishes;
 pub mod runtime;
 pub mod store;

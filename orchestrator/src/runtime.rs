@@ -25,6 +25,7 @@ use uuid::Uuid;
 use crate::bus::{Bus, BusError};
 use crate::clock;
 use crate::domain::NewOrder;
+use crate::finishes::{Finishes, Watch};
 use crate::store::{Append, Committed, NewOrderRow, SagaRow, Store, StoreError};
 
 /// Steps of one saga racing each other resolve by retrying on the newer
@@ -80,6 +81,8 @@ struct Inner {
     /// replica moved the saga) fails the append's version check, and the
     /// saga is then read from the store.
     cache: Mutex<HashMap<Uuid, SagaRow>>,
+    /// Requests waiting for a saga of this replica to finish.
+    finishes: Arc<Finishes>,
 }
 
 /// Entries beyond this are dropped wholesale; they are only hints.
@@ -87,11 +90,16 @@ const CACHE_LIMIT: usize = 100_000;
 
 impl Runtime {
     pub fn new(store: Store, bus: Bus, registry: Registry) -> Self {
-        Runtime { inner: Arc::new(Inner { store, bus, registry, tasks: TaskTracker::new(), cache: Mutex::new(HashMap::new()) }) }
+        Runtime { inner: Arc::new(Inner { store, bus, registry, tasks: TaskTracker::new(), cache: Mutex::new(HashMap::new()), finishes: Arc::default() }) }
     }
 
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+
+    /// Wakes when saga `id` finishes on this replica (see [`Finishes`]).
+    pub fn watch(&self, id: Uuid) -> Watch {
+        self.inner.finishes.watch(id)
     }
 
     /// Starts an order saga on the newest `order` definition. Returns once
@@ -223,6 +231,9 @@ impl Runtime {
                 Committed::KeyTaken(_) | Committed::Appended => {}
             }
             self.remember(SagaRow { saga: decision.saga.clone(), ..row.clone() });
+            if decision.saga.terminal {
+                self.inner.finishes.finished(id);
+            }
             metrics::histogram!("eso_step_seconds", "definition" => def.name.clone(), "state" => saga.state.clone())
                 .record(started.elapsed().as_secs_f64());
             self.record_outcome(&def, &saga, &decision.saga, &decision.events, row.created_at);

@@ -58,6 +58,38 @@ async fn an_undeliverable_order_is_refunded_then_cancelled() {
     }
 }
 
+/// `?wait=` holds a read until the saga has finished: one request gives
+/// the outcome, on both read endpoints and in both modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_read_answers_once_the_saga_has_finished() {
+    for mode in [Mode::Embedded, Mode::Production] {
+        let mut app = TestApp::start(mode).await;
+        let test = app.order("test").await;
+        let xxx = app.order("xxx").await;
+        let (status, body) = app.get(&format!("/orders/{test}?wait=10s")).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("delivered")), "{mode:?}: {body}");
+        let (status, body) = app.get(&format!("/?id={xxx}&wait=10s")).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("cancelled")), "{mode:?}: {body}");
+        app.stop().await;
+    }
+}
+
+/// A saga that cannot finish (nobody answers its payment command): the read
+/// answers when its wait is up, with the status so far.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_read_answers_when_its_wait_is_up() {
+    for mode in [Mode::Embedded, Mode::Production] {
+        let mut app = TestApp::start_without_participants(mode).await;
+        let id = app.order("test").await;
+        let started = Instant::now();
+        let (status, body) = app.get(&format!("/orders/{id}?wait=600ms")).await;
+        let waited = started.elapsed();
+        assert_eq!((status, body["status"].as_str()), (200, Some("created")), "{mode:?}: {body}");
+        assert!(waited >= Duration::from_millis(600), "{mode:?}: answered after {waited:?}, before its wait was up");
+        app.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_saga_state_and_trace_ids_are_visible() {
     let mut app = TestApp::start(Mode::Embedded).await;
@@ -194,6 +226,10 @@ async fn bad_input_gets_a_clear_error() {
         ("/orders/123", 400, "id must be a UUID"),
         ("/orders/6f1c2b8e-0000-4000-8000-000000000000", 404, "not found"),
         ("/orders/6f1c2b8e-0000-4000-8000-000000000000/events", 404, "not found"),
+        ("/orders/6f1c2b8e-0000-4000-8000-000000000000?wait=30s", 404, "not found"),
+        ("/orders/6f1c2b8e-0000-4000-8000-000000000000?wait=soon", 400, "wait must be a duration such as 5s"),
+        ("/?id=6f1c2b8e-0000-4000-8000-000000000000&wait=-1s", 400, "wait must be a duration such as 5s"),
+        ("/orders/6f1c2b8e-0000-4000-8000-000000000000?wait=31s", 400, "wait must be at most 30s"),
         ("/sagas/6f1c2b8e-0000-4000-8000-000000000000", 404, "not found"),
         ("/nowhere", 404, "no such route"),
     ] {

@@ -1,6 +1,7 @@
 //! Orders: create (starting the order saga), read, history, saga state.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -18,6 +19,11 @@ use crate::store::OrderRow;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_KEY_LEN: usize = 200;
+/// Longest `?wait=`: a waiting request holds a connection and a task.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+/// How often a waiting request re-reads the order anyway: a saga finished
+/// by another replica wakes nobody here.
+const RECHECK: Duration = Duration::from_millis(250);
 
 /// `POST /`: `{"amount": 207.00, "description": "…"}` → `201 {"id": "…"}`.
 pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -79,16 +85,40 @@ pub async fn get_by_query(State(state): State<AppState>, Query(params): Query<Ha
     if id.is_empty() {
         return Err(ApiError::BadRequest("id param must not be empty".into()));
     }
-    order(&state, parse_id(id)?).await
+    order(&state, parse_id(id)?, wait(&params)?).await
 }
 
-pub async fn get_by_path(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    order(&state, parse_id(&id)?).await
+pub async fn get_by_path(State(state): State<AppState>, Path(id): Path<String>, Query(params): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+    order(&state, parse_id(&id)?, wait(&params)?).await
 }
 
-async fn order(state: &AppState, id: Uuid) -> Result<Json<Value>, ApiError> {
-    let row = state.store.order(id).await?.ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))?;
-    Ok(Json(order_json(&row)))
+/// `?wait=5s`: answer once the saga has finished, or when the wait is up,
+/// whichever comes first (the status says which).
+fn wait(params: &HashMap<String, String>) -> Result<Duration, ApiError> {
+    let Some(raw) = params.get("wait") else { return Ok(Duration::ZERO) };
+    let wait = humantime::parse_duration(raw.trim())
+        .map_err(|_| ApiError::BadRequest(format!("wait must be a duration such as 5s or 250ms, not {:?}", truncate(raw))))?;
+    if wait > MAX_WAIT {
+        return Err(ApiError::BadRequest(format!("wait must be at most {}", humantime::format_duration(MAX_WAIT))));
+    }
+    Ok(wait)
+}
+
+async fn order(state: &AppState, id: Uuid, wait: Duration) -> Result<Json<Value>, ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let watch = (!wait.is_zero()).then(|| state.runtime.watch(id));
+    loop {
+        let woken = watch.as_ref().map(|w| w.notified());
+        let row = state.store.order(id).await?.ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))?;
+        let now = tokio::time::Instant::now();
+        let Some(woken) = woken.filter(|_| !row.finished && now < deadline) else {
+            return Ok(Json(order_json(&row)));
+        };
+        tokio::select! {
+            () = woken => {}
+            () = tokio::time::sleep_until(deadline.min(now + RECHECK)) => {}
+        }
+    }
 }
 
 fn order_json(o: &OrderRow) -> Value {

@@ -73,6 +73,8 @@ pub struct OrderRow {
     pub status: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The order's saga has reached a terminal state: its status is final.
+    pub finished: bool,
 }
 
 /// One recorded event.
@@ -160,7 +162,8 @@ impl Store {
 
     pub async fn order(&self, id: Uuid) -> Result<Option<OrderRow>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, amount_cents, user_id, payee_id, description, status, created_at, updated_at FROM orders WHERE id = $1",
+            "SELECT o.id, o.amount_cents, o.user_id, o.payee_id, o.description, o.status, o.created_at, o.updated_at, s.terminal \
+             FROM orders o JOIN sagas s ON s.id = o.id WHERE o.id = $1",
         )
         .bind(id.to_string())
         .fetch_optional(&self.readers)
@@ -175,6 +178,7 @@ impl Store {
             status: r.try_get("status")?,
             created_at: r.try_get("created_at")?,
             updated_at: r.try_get("updated_at")?,
+            finished: r.try_get::<i64, _>("terminal")? != 0,
         }))
     }
 

@@ -54,12 +54,22 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn start(mode: Mode) -> TestApp {
+        TestApp::start_with(mode, true).await
+    }
+
+    /// With no participant answering: sagas wait on their first command.
+    pub async fn start_without_participants(mode: Mode) -> TestApp {
+        TestApp::start_with(mode, false).await
+    }
+
+    async fn start_with(mode: Mode, participants: bool) -> TestApp {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let (postgres, nats) = match mode {
             Mode::Embedded => (None, None),
             Mode::Production => (Some(Postgres::fresh().await), Some(Nats::start().await)),
         };
-        let config = config(postgres.as_ref().map(|p| p.url.clone()), nats.as_ref().map(|n| n.url.clone()), dir.path().join("eso.db"));
+        let mut config = config(postgres.as_ref().map(|p| p.url.clone()), nats.as_ref().map(|n| n.url.clone()), dir.path().join("eso.db"));
+        config.embed_participants = Some(participants);
         let running = orchestrator::app::start(&config, telemetry()).await.unwrap_or_else(|e| panic!("start: {e:#}"));
         let url = running.url();
         TestApp { running: Some(running), url, http: reqwest::Client::new(), postgres, nats, _dir: dir }

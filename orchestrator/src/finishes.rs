@@ -1,0 +1,114 @@
+//! Wake-ups for requests that wait for a saga to finish
+//! (`GET /orders/{id}?wait=5s`), so a client learns the outcome with one
+//! request instead of polling.
+//!
+//! Only a wake-up: the waiting request then reads the order from the store,
+//! which stays the one source of truth. A saga finished by another replica
+//! sends no wake-up to this one, so waiting requests also re-read the store
+//! at a slow interval (see the API).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
+use uuid::Uuid;
+
+#[derive(Default)]
+pub struct Finishes {
+    waiting: Mutex<HashMap<Uuid, Arc<Notify>>>,
+}
+
+/// Interest in one saga's finish; dropping it (the client hung up, or the
+/// wait ended) forgets the saga once no other request waits for it.
+pub struct Watch {
+    id: Uuid,
+    notify: Arc<Notify>,
+    owner: Arc<Finishes>,
+}
+
+impl Finishes {
+    pub fn watch(self: &Arc<Self>, id: Uuid) -> Watch {
+        let notify = self.lock().entry(id).or_default().clone();
+        metrics::gauge!("eso_http_waiting_requests").increment(1.0);
+        Watch { id, notify, owner: self.clone() }
+    }
+
+    /// Called once the saga's terminal step is committed.
+    pub fn finished(&self, id: Uuid) {
+        if let Some(notify) = self.lock().remove(&id) {
+            notify.notify_waiters();
+        }
+    }
+
+    /// Sagas waited for.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Notify>>> {
+        // A panic elsewhere cannot leave the map half-changed: each change is one call.
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Watch {
+    /// A future that completes at the saga's finish. Take it *before*
+    /// reading the store: a finish committed between the read and the
+    /// wait then still wakes it.
+    pub fn notified(&self) -> Notified<'_> {
+        self.notify.notified()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        metrics::gauge!("eso_http_waiting_requests").decrement(1.0);
+        let mut waiting = self.owner.lock();
+        // One reference is the map's and one this watch's: no other request waits.
+        if waiting.get(&self.id).is_some_and(|n| Arc::ptr_eq(n, &self.notify)) && Arc::strong_count(&self.notify) == 2 {
+            waiting.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_finish_wakes_every_watch_taken_before_it() {
+        let finishes = Arc::new(Finishes::default());
+        let id = Uuid::new_v4();
+        let (a, b) = (finishes.watch(id), finishes.watch(id));
+        let (wake_a, wake_b) = (a.notified(), b.notified());
+        // Not polled yet when the finish comes: it must still count.
+        finishes.finished(id);
+        tokio::time::timeout(Duration::from_secs(1), async { tokio::join!(wake_a, wake_b) }).await.expect("both woken");
+    }
+
+    #[tokio::test]
+    async fn other_sagas_do_not_wake_it() {
+        let finishes = Arc::new(Finishes::default());
+        let watch = finishes.watch(Uuid::new_v4());
+        let wake = watch.notified();
+        finishes.finished(Uuid::new_v4());
+        assert!(tokio::time::timeout(Duration::from_millis(50), wake).await.is_err());
+    }
+
+    #[test]
+    fn the_last_watch_dropped_forgets_the_saga() {
+        let finishes = Arc::new(Finishes::default());
+        let id = Uuid::new_v4();
+        let first = finishes.watch(id);
+        let second = finishes.watch(id);
+        assert_eq!(finishes.len(), 1);
+        drop(first);
+        assert_eq!(finishes.len(), 1, "another request still waits");
+        drop(second);
+        assert_eq!(finishes.len(), 0);
+    }
+}
