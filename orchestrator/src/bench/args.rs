@@ -79,11 +79,16 @@ pub struct BenchArgs {
     /// Sagas run (at concurrency 4) before the first point, not reported.
     #[arg(long, default_value_t = 100)]
     pub warmup: usize,
-    /// Shortest time between two looks at one saga.
+    /// How long the server may hold each `GET /orders/{id}?wait=` while
+    /// the saga runs (at most 30s).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub poll_wait: Duration,
+    /// Between a GET that found the saga still running and the next.
     #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
-    /// GET /orders/{id} requests the poller has in flight at most.
-    #[arg(long, default_value_t = 8)]
+    /// GET /orders/{id} requests the poller has in flight at most (each
+    /// holds a connection while the server waits).
+    #[arg(long, default_value_t = 256)]
     pub poll_parallel: usize,
     /// Open loop: POSTs in flight at most (each is a connection). A POST
     /// due while this many are unanswered waits in the bench, and its

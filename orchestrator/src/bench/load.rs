@@ -95,8 +95,9 @@ impl Client {
         answer["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).with_context(|| format!("no id in {text:?}"))
     }
 
-    pub async fn order(&self, id: Uuid) -> anyhow::Result<OrderView> {
-        let response = self.http.get(format!("{}/orders/{id}", self.base)).send().await?;
+    /// `GET /orders/{id}`, held by the server up to `wait` while the saga runs.
+    pub async fn order(&self, id: Uuid, wait: Duration) -> anyhow::Result<OrderView> {
+        let response = self.http.get(format!("{}/orders/{id}?wait={}ms", self.base, wait.as_millis())).send().await?;
         let status = response.status();
         if !status.is_success() {
             bail!("answered {status}");
@@ -232,7 +233,7 @@ async fn closed(client: &Client, tracker: &Arc<Tracker>, posts: &Arc<Mutex<Posts
                 Posts::record(&posts, &result, sent);
                 match result {
                     Ok(id) => {
-                        let done = tracker.watch(id, sent_wall, sent);
+                        let done = tracker.watch(id, sent_wall);
                         // Not terminal in time: counted as unfinished; go on.
                         let _ = tokio::time::timeout(saga_timeout, done).await;
                     }
@@ -270,7 +271,7 @@ async fn open(client: &Client, tracker: &Arc<Tracker>, posts: &Arc<Mutex<Posts>>
             let result = client.create(i).await;
             Posts::record(&posts, &result, due);
             if let Ok(id) = result {
-                drop(tracker.watch(id, due_wall, due));
+                drop(tracker.watch(id, due_wall));
             }
             drop(permit);
         });

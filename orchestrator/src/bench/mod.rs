@@ -191,7 +191,7 @@ async fn run_target(
     points: &mut Vec<Point>,
 ) -> anyhow::Result<()> {
     let client = Client::new(&target.url, args.mix)?;
-    let poll = PollSettings { min_interval: args.poll_interval, parallel: args.poll_parallel };
+    let poll = PollSettings { wait: args.poll_wait, min_interval: args.poll_interval, parallel: args.poll_parallel };
     if args.warmup > 0 {
         let plan = Plan {
             shape: Shape::Closed { concurrency: 4 },

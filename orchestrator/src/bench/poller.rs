@@ -1,23 +1,20 @@
 //! Knowing when each saga finished, without loading the server much.
 //!
-//! One poller task re-checks the sagas still in flight in rounds, with
-//! `GET /orders/{id}` (at most `parallel` at once). The latency it reports
-//! hardly depends on how often it polls: a terminal order's `updated_at`
-//! is stamped by the group commit that records the terminal step, just
-//! before that transaction begins, so POST→terminal is `updated_at − POST
-//! sent`, short of the terminal commit's own duration (the report gives
-//! the mean commit time, and also the latency to when the poller saw the
-//! saga terminal, an upper bound). Same clock: the bench runs on the
-//! server's machine; against a remote `--url`, clock skew adds in. Polling
-//! only has to be frequent enough for closed-loop clients to learn early
-//! that their saga ended, and rare enough not to matter to the server:
+//! One poller task asks about each accepted saga with a long poll,
+//! `GET /orders/{id}?wait=…`: the server answers when the saga finishes (or
+//! the wait is up, and the poller asks again), so a saga costs about one
+//! GET and its finish is seen as soon as it is committed. At most
+//! `parallel` GETs are out at once (each holds a connection); sagas beyond
+//! that queue in the order they were accepted.
 //!
-//! - the first check of a saga is due at ¾ of the recent mean latency
-//!   (an exponentially weighted mean of finished sagas), so most sagas
-//!   are found terminal at the first or second look;
-//! - then every ¼ of that mean, at least `min_interval`, at most 50 ms.
-//!
-//! The report gives the GETs per saga and the median delay between the
+//! The latency reported does not depend on the poller: a terminal order's
+//! `updated_at` is stamped by the group commit that records the terminal
+//! step, just before that transaction begins, so POST→terminal is
+//! `updated_at − POST sent`, short of the terminal commit's own duration
+//! (the report gives the mean commit time, and also the latency to when the
+//! poller saw the saga terminal, an upper bound). Same clock: the bench
+//! runs on the server's machine; against a remote `--url`, clock skew adds
+//! in. The report gives the GETs per saga and the median delay between the
 //! terminal commit and its detection, so the poller's cost is on record.
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,18 +22,20 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{Notify, oneshot};
 use uuid::Uuid;
 
 use super::load::{Client, OrderView};
 
-const MAX_INTERVAL: Duration = Duration::from_millis(50);
-/// Sagas looked at per round at most (the rest stay due for the next round).
-const ROUND: usize = 256;
-const INITIAL_MEAN_US: f64 = 5_000.0;
+/// How long the poller sleeps with nothing to do (a new saga wakes it sooner).
+const IDLE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy)]
 pub struct PollSettings {
+    /// How long the server may hold each GET (`?wait=`).
+    pub wait: Duration,
+    /// Between a GET that found the saga running and the next one.
     pub min_interval: Duration,
     pub parallel: usize,
 }
@@ -73,7 +72,6 @@ struct State {
     gets: u64,
     errors: u64,
     first_error: Option<String>,
-    mean_us: f64,
     closed: bool,
 }
 
@@ -120,7 +118,7 @@ impl Seen {
 
 impl Tracker {
     pub fn new(settings: PollSettings) -> Arc<Tracker> {
-        Arc::new(Tracker { state: Mutex::new(State { mean_us: INITIAL_MEAN_US, ..State::default() }), wake: Notify::new(), settings })
+        Arc::new(Tracker { state: Mutex::new(State::default()), wake: Notify::new(), settings })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -128,13 +126,11 @@ impl Tracker {
     }
 
     /// Follows an accepted saga; the receiver fires when it is seen terminal.
-    pub fn watch(&self, id: Uuid, sent_wall_us: i64, sent: Instant) -> oneshot::Receiver<()> {
+    pub fn watch(&self, id: Uuid, sent_wall_us: i64) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
         let mut s = self.lock();
-        let first = Duration::from_micros((s.mean_us * 0.75) as u64).max(self.settings.min_interval);
-        let due = (sent + first).max(Instant::now());
         s.seq += 1;
-        let key = (due, s.seq);
+        let key = (Instant::now(), s.seq);
         s.schedule.insert(key, id);
         s.watches.insert(id, Watch { sent_wall_us, accepted_wall_us: crate::clock::now_us(), done: Some(tx) });
         drop(s);
@@ -162,39 +158,34 @@ impl Tracker {
 
     /// The poller: runs until closed and every watched saga is terminal.
     pub async fn run(self: Arc<Self>, client: Client) {
+        let parallel = self.settings.parallel.max(1);
+        let client = &client;
+        let wait = self.settings.wait;
+        let mut out = FuturesUnordered::new();
         loop {
-            let (batch, next) = {
+            let next_due = {
                 let mut s = self.lock();
-                if s.closed && s.watches.is_empty() {
+                if s.closed && s.watches.is_empty() && out.is_empty() {
                     return;
                 }
                 let now = Instant::now();
-                let mut batch = Vec::new();
-                while batch.len() < ROUND {
+                while out.len() < parallel {
                     match s.schedule.first_key_value() {
                         Some((key, _)) if key.0 <= now => {
                             if let Some((_, id)) = s.schedule.pop_first() {
-                                batch.push(id);
+                                out.push(async move { (id, client.order(id, wait).await) });
                             }
                         }
                         _ => break,
                     }
                 }
-                (batch, s.schedule.first_key_value().map(|(k, _)| k.0))
+                s.schedule.first_key_value().map(|(k, _)| k.0)
             };
-            if batch.is_empty() {
-                let until = next.unwrap_or_else(|| Instant::now() + MAX_INTERVAL);
-                tokio::select! {
-                    () = tokio::time::sleep_until(until.into()) => {}
-                    () = self.wake.notified() => {}
-                }
-                continue;
-            }
-            let client = &client;
-            let answers = futures::stream::iter(batch).map(|id| async move { (id, client.order(id).await) });
-            let mut answers = std::pin::pin!(answers.buffer_unordered(self.settings.parallel.max(1)));
-            while let Some((id, answer)) = answers.next().await {
-                self.record(id, answer);
+            let until = next_due.unwrap_or_else(|| Instant::now() + IDLE);
+            tokio::select! {
+                Some((id, answer)) = out.next(), if !out.is_empty() => self.record(id, answer),
+                () = tokio::time::sleep_until(until.into()), if out.len() < parallel => {}
+                () = self.wake.notified() => {}
             }
         }
     }
@@ -222,7 +213,6 @@ impl Tracker {
                 // Without a readable updated_at, the time it was seen is the bound.
                 let terminal_wall_us = view.updated_at_us().unwrap_or(now_wall);
                 let latency_us = (terminal_wall_us - watch.sent_wall_us).max(0) as u64;
-                s.mean_us = 0.9 * s.mean_us + 0.1 * latency_us as f64;
                 s.finished.push(Finished {
                     status: view.status,
                     latency_us,
@@ -236,10 +226,9 @@ impl Tracker {
                 }
             }
             None => {
-                let interval = Duration::from_micros((s.mean_us / 4.0) as u64).clamp(self.settings.min_interval, MAX_INTERVAL.max(self.settings.min_interval));
                 s.seq += 1;
                 if s.watches.contains_key(&id) {
-                    s.schedule.insert((now + interval, s.seq), id);
+                    s.schedule.insert((now + self.settings.min_interval, s.seq), id);
                 }
             }
         }
