@@ -53,6 +53,19 @@ pub fn set_parent_from_map(span: &tracing::Span, map: &BTreeMap<String, String>)
     set_parent(span, &MapExtractor(map));
 }
 
+/// Make `span` a child of `parent` in the trace only, not in `tracing`'s
+/// span tree (create `span` with `parent: None`). `parent` can then end and
+/// be freed while `span` lives on: a command waiting seconds for its reply
+/// would otherwise keep every ancestor span in memory until it ends.
+pub fn follow(span: &tracing::Span, parent: &tracing::Span) {
+    let cx = parent.context();
+    if cx.span().span_context().is_valid()
+        && let Err(error) = span.set_parent(cx)
+    {
+        tracing::debug!(%error, "could not set the parent of a span");
+    }
+}
+
 /// Hex trace id (32 chars) of the span, None if invalid/not sampled context.
 ///
 /// Not-sampled traces are not exported, so showing their id to a user would

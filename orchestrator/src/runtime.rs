@@ -312,10 +312,13 @@ impl Runtime {
     }
 
     /// Sends each command in its own task (its reply steps the saga). The
-    /// request span is a child of the current span: one trace per saga.
+    /// request span is a child of the current span in the trace (one trace
+    /// per saga), but not in memory: see [`observability::propagation::follow`].
     fn dispatch(&self, commands: Vec<Command>) {
+        let parent = tracing::Span::current();
         for command in commands {
             let span = tracing::info_span!(
+                parent: None,
                 "command.send",
                 otel.name = %format!("{} request", command.subject),
                 otel.kind = "client",
@@ -328,6 +331,7 @@ impl Runtime {
                 order.id = %command.saga_id,
                 outcome = tracing::field::Empty,
             );
+            observability::propagation::follow(&span, &parent);
             let runtime = self.clone();
             self.inner.tasks.spawn(async move { runtime.send(command).await }.instrument(span));
         }
@@ -335,14 +339,16 @@ impl Runtime {
 
     async fn send(&self, command: Command) {
         let span = tracing::Span::current();
+        let Command { id, saga_id, subject, payload, attempt, timeout_ms } = command;
         let mut headers = HeaderMap::new();
         observability::propagation::inject_nats(&span, &mut headers);
-        headers.insert(HEADER_COMMAND_ID, command.id.to_string().as_str());
-        headers.insert(HEADER_SAGA_ID, command.saga_id.to_string().as_str());
-        let message = CommandMessage { command_id: command.id, saga_id: command.saga_id, attempt: command.attempt, payload: command.payload };
-        let body = Bytes::from(serde_json::to_vec(&message).unwrap_or_default());
-        let timeout = Duration::from_millis(command.timeout_ms);
-        let reply = match self.inner.bus.request(&command.subject, headers, body, timeout).await {
+        headers.insert(HEADER_COMMAND_ID, id.to_string().as_str());
+        headers.insert(HEADER_SAGA_ID, saga_id.to_string().as_str());
+        // The payload is serialised and dropped here, not kept while the
+        // task waits for its reply: thousands of commands can be waiting.
+        let body = Bytes::from(serde_json::to_vec(&CommandMessage { command_id: id, saga_id, attempt, payload }).unwrap_or_default());
+        let timeout = Duration::from_millis(timeout_ms);
+        let reply = match self.inner.bus.request(&subject, headers, body, timeout).await {
             Ok(reply) => reply,
             Err(e) => {
                 // The saga's deadline retries it; nothing to do here.
@@ -364,10 +370,10 @@ impl Runtime {
             }
         };
         span.record("outcome", reply.outcome.as_str());
-        let input = Input::Reply { command_id: command.id, outcome: reply.outcome, data: reply.data };
+        let input = Input::Reply { command_id: id, outcome: reply.outcome, data: reply.data };
         // Boxed: a task waits on its request far longer than it steps, and
         // inline, the step's state would size every waiting task's future.
-        let step = Box::pin(self.advance(command.saga_id, input, format!("reply:{}", command.id)));
+        let step = Box::pin(self.advance(saga_id, input, format!("reply:{id}")));
         if let Err(e) = step.await {
             tracing::warn!(error = %e, "reply not recorded; the saga's deadline will retry");
         }
