@@ -7,11 +7,17 @@
 //! attributes. It speaks the real protocol the real exporter speaks, so a
 //! passing test means Jaeger would have received the same spans.
 //!
+//! [`OtlpReceiver::counting`] keeps no spans, only their number: the
+//! benchmark's stand-in for a collector that runs elsewhere, so decoding
+//! and storing hundreds of thousands of spans does not take CPU from the
+//! processes being measured on the same cores.
+//!
 //! Compiled only with the `test-receiver` feature; enable it from
 //! `[dev-dependencies]`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -60,6 +66,7 @@ type Store = Arc<Mutex<Vec<ReceivedSpan>>>;
 pub struct OtlpReceiver {
     addr: SocketAddr,
     spans: Store,
+    received: Arc<AtomicUsize>,
     server: JoinHandle<()>,
 }
 
@@ -70,13 +77,27 @@ impl OtlpReceiver {
     /// # Errors
     /// If the port cannot be bound.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::serve(true).await
+    }
+
+    /// A receiver that only counts the spans (see [`OtlpReceiver::received`]).
+    ///
+    /// # Errors
+    /// If the port cannot be bound.
+    pub async fn counting() -> anyhow::Result<Self> {
+        Self::serve(false).await
+    }
+
+    async fn serve(keep: bool) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the OTLP test receiver")?;
         let addr = listener.local_addr()?;
         let spans = Store::default();
+        let received = Arc::new(AtomicUsize::new(0));
         let service = TraceServiceServer::new(Collector {
-            spans: Arc::clone(&spans),
+            spans: keep.then(|| Arc::clone(&spans)),
+            received: Arc::clone(&received),
         });
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         let server = tokio::spawn(async move {
@@ -90,6 +111,7 @@ impl OtlpReceiver {
         Ok(Self {
             addr,
             spans,
+            received,
             server,
         })
     }
@@ -99,7 +121,12 @@ impl OtlpReceiver {
         format!("http://{}", self.addr)
     }
 
-    /// Every span received so far, in arrival order.
+    /// How many spans arrived so far.
+    pub fn received(&self) -> usize {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Every span received so far, in arrival order (none when counting).
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.spans
             .lock()
@@ -133,7 +160,9 @@ impl Drop for OtlpReceiver {
 }
 
 struct Collector {
-    spans: Store,
+    /// `None` when only counting.
+    spans: Option<Store>,
+    received: Arc<AtomicUsize>,
 }
 
 #[tonic::async_trait]
@@ -142,11 +171,20 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let received = flatten(request.into_inner());
-        self.spans
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(received);
+        let request = request.into_inner();
+        let count = request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.received.fetch_add(count, Ordering::Relaxed);
+        if let Some(spans) = &self.spans {
+            spans
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(flatten(request));
+        }
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))

@@ -31,6 +31,8 @@ fn child_process_entry() -> anyhow::Result<()> {
                 saga.definition = "order",
             );
             let command = tracing::info_span!(parent: &saga, "command", otel.kind = "client");
+            let follower = tracing::info_span!(parent: None, "follower");
+            observability::propagation::follow(&follower, &saga);
             let mut headers = async_nats::HeaderMap::new();
             observability::propagation::inject_nats(&command, &mut headers);
             let _entered = saga.enter();
@@ -129,7 +131,7 @@ async fn init_exports_spans_logs_json_and_renders_metrics() -> anyhow::Result<()
 
     // The child shut down (flushed) before exiting, so the spans are here.
     let spans = receiver
-        .wait_for(|s| s.len() >= 2, Duration::from_secs(10))
+        .wait_for(|s| s.len() >= 3, Duration::from_secs(10))
         .await;
     let saga = spans
         .iter()
@@ -150,6 +152,26 @@ async fn init_exports_spans_logs_json_and_renders_metrics() -> anyhow::Result<()
         Some(saga.span_id.as_str())
     );
     assert_eq!(command.kind, "client");
+    // Not the saga's child in `tracing`, but in the trace.
+    let follower = spans
+        .iter()
+        .find(|s| s.name == "follower")
+        .unwrap_or_else(|| panic!("follower span missing: {spans:#?}"));
+    assert_eq!(
+        (follower.trace_id.as_str(), follower.parent_span_id.as_deref()),
+        (trace_id, Some(saga.span_id.as_str()))
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counting_receiver_counts_the_spans_and_keeps_none() -> anyhow::Result<()> {
+    let receiver = OtlpReceiver::counting().await?;
+    let endpoint = receiver.endpoint();
+    run_child(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())]).await?;
+    // The child flushed its three spans before it exited.
+    assert_eq!(receiver.received(), 3);
+    assert!(receiver.spans().is_empty());
     Ok(())
 }
 
