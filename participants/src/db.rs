@@ -4,7 +4,7 @@
 use std::str::FromStr;
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -61,9 +61,25 @@ fn sqlite(max_connections: u32, pragmas: &'static str) -> AnyPoolOptions {
     })
 }
 
+const PING_WHEN_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn open(pool: AnyPoolOptions, url: &str) -> anyhow::Result<AnyPool> {
     let options = sqlx::any::AnyConnectOptions::from_str(url)?;
+    // sqlx pings every connection it hands out: a round trip per query, an
+    // eighth of eso's CPU under load. Only a connection idle for a while
+    // (the likeliest to have died with a Postgres restart) is pinged now;
+    // a busy one that died fails the one query that finds out, and every
+    // caller already treats a failed query as "retry later".
     pool.acquire_timeout(std::time::Duration::from_secs(10))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", redact(url)))
