@@ -12,4 +12,5 @@ pub mod definitions;
 pub mod domain;
 pub mod finishes;
 pub mod runtime;
+mod saga_cache;
 pub mod store;

@@ -7,8 +7,7 @@
 //! at any point leaves a saga that its deadline will wake up (on this or
 //! another replica) and move on, resending the same command id.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -26,6 +25,7 @@ use crate::bus::{Bus, BusError};
 use crate::clock;
 use crate::domain::NewOrder;
 use crate::finishes::{Finishes, Watch};
+use crate::saga_cache::SagaCache;
 use crate::store::{Append, Committed, NewOrderRow, SagaRow, Store, StoreError};
 
 /// Steps of one saga racing each other resolve by retrying on the newer
@@ -76,21 +76,23 @@ struct Inner {
     registry: Registry,
     /// Command round trips in flight, awaited on shutdown.
     tasks: TaskTracker,
-    /// The last state this replica wrote for each running saga, so a reply
-    /// needs no read before its step. Only a hint: a stale entry (another
-    /// replica moved the saga) fails the append's version check, and the
-    /// saga is then read from the store.
-    cache: Mutex<HashMap<Uuid, SagaRow>>,
+    cache: SagaCache,
     /// Requests waiting for a saga of this replica to finish.
     finishes: Arc<Finishes>,
+    /// Permits for stepping replies (see [`MAX_REPLY_STEPS`]).
+    reply_steps: tokio::sync::Semaphore,
 }
 
-/// Entries beyond this are dropped wholesale; they are only hints.
-const CACHE_LIMIT: usize = 100_000;
+/// Replies stepped at once. A participant coming back after an outage
+/// answers thousands of waiting commands together; stepped all at once,
+/// each step holds copies of its saga while it waits for the commit (the
+/// memory peak of the backlog). Past two full group commits, more steps
+/// at once only queue for the committer.
+const MAX_REPLY_STEPS: usize = 2 * crate::store::MAX_BATCH;
 
 impl Runtime {
     pub fn new(store: Store, bus: Bus, registry: Registry) -> Self {
-        Runtime { inner: Arc::new(Inner { store, bus, registry, tasks: TaskTracker::new(), cache: Mutex::new(HashMap::new()), finishes: Arc::default() }) }
+        Runtime { inner: Arc::new(Inner { store, bus, registry, tasks: TaskTracker::new(), cache: SagaCache::default(), finishes: Arc::default(), reply_steps: tokio::sync::Semaphore::new(MAX_REPLY_STEPS) }) }
     }
 
     pub fn registry(&self) -> &Registry {
@@ -245,30 +247,15 @@ impl Runtime {
     }
 
     fn cached(&self, id: Uuid) -> Option<SagaRow> {
-        self.inner.cache.lock().ok().and_then(|c| c.get(&id).cloned())
+        self.inner.cache.get(id)
     }
 
     fn remember(&self, row: SagaRow) {
-        if let Ok(mut cache) = self.inner.cache.lock() {
-            if row.saga.terminal {
-                cache.remove(&row.saga.id);
-                return;
-            }
-            // Steps finishing out of order must not put an older state back.
-            if cache.get(&row.saga.id).is_some_and(|known| known.saga.version >= row.saga.version) {
-                return;
-            }
-            if cache.len() >= CACHE_LIMIT {
-                cache.clear();
-            }
-            cache.insert(row.saga.id, row);
-        }
+        self.inner.cache.remember(&row);
     }
 
     fn forget(&self, id: Uuid) {
-        if let Ok(mut cache) = self.inner.cache.lock() {
-            cache.remove(&id);
-        }
+        self.inner.cache.forget(id);
     }
 
     async fn append(&self, def: &Definition, before: Option<&Saga>, append: Append) -> Result<Committed, RuntimeError> {
@@ -361,6 +348,9 @@ impl Runtime {
                 return;
             }
         };
+        // Waits with the reply still in bytes. Never closed, so this cannot
+        // fail; without a permit, step anyway.
+        let _permit = self.inner.reply_steps.acquire().await.ok();
         let reply: ReplyMessage = match serde_json::from_slice(&reply) {
             Ok(r) => r,
             Err(_) => {

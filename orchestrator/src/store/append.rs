@@ -29,7 +29,7 @@ use super::{Store, StoreError};
 use crate::clock::now_us;
 
 /// Most appends in one transaction; bigger batches add latency for little gain.
-const MAX_BATCH: usize = 256;
+pub const MAX_BATCH: usize = 256;
 
 /// Events and read-model changes of one step of one saga.
 #[derive(Debug, Clone)]

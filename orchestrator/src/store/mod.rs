@@ -18,7 +18,7 @@ use sqlx::{AnyPool, Row};
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
-pub use append::{Append, Committed, NewOrderRow};
+pub use append::{Append, Committed, MAX_BATCH, NewOrderRow};
 pub use relay::run_relay;
 
 #[derive(Debug, thiserror::Error)]
