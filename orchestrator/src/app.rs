@@ -82,6 +82,7 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) ->
         bus: bus.clone(),
         telemetry,
         max_body_bytes: config.max_body_bytes,
+        stopping: stop_intake.clone(),
     });
     let stop = stop_intake.clone();
     let server = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });

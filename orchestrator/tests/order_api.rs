@@ -90,6 +90,29 @@ async fn a_waiting_read_answers_when_its_wait_is_up() {
     }
 }
 
+/// A stopping server answers its waiting reads at once instead of letting
+/// them hold up the shutdown for the rest of their wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_read_answers_when_the_server_stops() {
+    let mut app = TestApp::start_without_participants(Mode::Embedded).await;
+    let id = app.order("test").await;
+    let read = tokio::spawn(app.http.get(format!("{}/orders/{id}?wait=30s", app.url)).send());
+    // Long enough for the read to be waiting; nothing finishes the saga.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let stopping = tokio::spawn(async move {
+        app.stop().await;
+        app
+    });
+    let response = read.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("GET: {e}"));
+    let answered = started.elapsed();
+    assert!(answered < Duration::from_secs(10), "the read was answered {answered:?} after the stop began");
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.unwrap_or_default();
+    assert_eq!(body["status"], "created", "{body}");
+    drop(stopping.await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_saga_state_and_trace_ids_are_visible() {
     let mut app = TestApp::start(Mode::Embedded).await;

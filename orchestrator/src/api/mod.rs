@@ -34,6 +34,9 @@ pub struct AppState {
     pub bus: Bus,
     pub telemetry: Arc<observability::Telemetry>,
     pub max_body_bytes: usize,
+    /// Cancelled when the server stops taking requests: reads waiting for
+    /// a saga answer then, so they do not hold up the shutdown.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -93,7 +93,7 @@ pub async fn get_by_path(State(state): State<AppState>, Path(id): Path<String>, 
 }
 
 /// `?wait=5s`: answer once the saga has finished, or when the wait is up,
-/// whichever comes first (the status says which).
+/// or when the server stops, whichever comes first (the status says which).
 fn wait(params: &HashMap<String, String>) -> Result<Duration, ApiError> {
     let Some(raw) = params.get("wait") else { return Ok(Duration::ZERO) };
     let wait = humantime::parse_duration(raw.trim())
@@ -111,12 +111,13 @@ async fn order(state: &AppState, id: Uuid, wait: Duration) -> Result<Json<Value>
         let woken = watch.as_ref().map(|w| w.notified());
         let row = state.store.order(id).await?.ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))?;
         let now = tokio::time::Instant::now();
-        let Some(woken) = woken.filter(|_| !row.finished && now < deadline) else {
+        let Some(woken) = woken.filter(|_| !row.finished && now < deadline && !state.stopping.is_cancelled()) else {
             return Ok(Json(order_json(&row)));
         };
         tokio::select! {
             () = woken => {}
             () = tokio::time::sleep_until(deadline.min(now + RECHECK)) => {}
+            () = state.stopping.cancelled() => {}
         }
     }
 }
