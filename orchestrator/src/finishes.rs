@@ -16,7 +16,15 @@ use uuid::Uuid;
 
 #[derive(Default)]
 pub struct Finishes {
-    waiting: Mutex<HashMap<Uuid, Arc<Notify>>>,
+    waiting: Mutex<HashMap<Uuid, Waiting>>,
+}
+
+/// The wake-up for one saga and how many watches share it. Counted under
+/// the lock, not read off the `Arc`: two watches dropped at once would each
+/// see the other's reference and neither would remove the entry.
+struct Waiting {
+    notify: Arc<Notify>,
+    watches: usize,
 }
 
 /// Interest in one saga's finish; dropping it (the client hung up, or the
@@ -29,15 +37,21 @@ pub struct Watch {
 
 impl Finishes {
     pub fn watch(self: &Arc<Self>, id: Uuid) -> Watch {
-        let notify = self.lock().entry(id).or_default().clone();
+        let notify = {
+            let mut waiting = self.lock();
+            let entry = waiting.entry(id).or_insert_with(|| Waiting { notify: Arc::default(), watches: 0 });
+            entry.watches += 1;
+            entry.notify.clone()
+        };
         metrics::gauge!("eso_http_waiting_requests").increment(1.0);
         Watch { id, notify, owner: self.clone() }
     }
 
     /// Called once the saga's terminal step is committed.
     pub fn finished(&self, id: Uuid) {
-        if let Some(notify) = self.lock().remove(&id) {
-            notify.notify_waiters();
+        let finished = self.lock().remove(&id);
+        if let Some(waiting) = finished {
+            waiting.notify.notify_waiters();
         }
     }
 
@@ -47,7 +61,7 @@ impl Finishes {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Notify>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Waiting>> {
         // A panic elsewhere cannot leave the map half-changed: each change is one call.
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -66,9 +80,15 @@ impl Drop for Watch {
     fn drop(&mut self) {
         metrics::gauge!("eso_http_waiting_requests").decrement(1.0);
         let mut waiting = self.owner.lock();
-        // One reference is the map's and one this watch's: no other request waits.
-        if waiting.get(&self.id).is_some_and(|n| Arc::ptr_eq(n, &self.notify)) && Arc::strong_count(&self.notify) == 2 {
-            waiting.remove(&self.id);
+        // The entry may be gone (finished) or a newer one (watched again
+        // after that): only this watch's own entry is counted down.
+        if let Some(entry) = waiting.get_mut(&self.id)
+            && Arc::ptr_eq(&entry.notify, &self.notify)
+        {
+            entry.watches -= 1;
+            if entry.watches == 0 {
+                waiting.remove(&self.id);
+            }
         }
     }
 }
@@ -97,6 +117,26 @@ mod tests {
         let wake = watch.notified();
         finishes.finished(Uuid::new_v4());
         assert!(tokio::time::timeout(Duration::from_millis(50), wake).await.is_err());
+    }
+
+    #[test]
+    fn watches_dropped_at_once_on_two_threads_leave_nothing_behind() {
+        let finishes = Arc::new(Finishes::default());
+        let ids: Vec<Uuid> = (0..20_000).map(|_| Uuid::new_v4()).collect();
+        let both_watching = std::sync::Barrier::new(2);
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    for &id in &ids {
+                        let watch = finishes.watch(id);
+                        // Both threads hold a watch on `id`, then drop it together.
+                        both_watching.wait();
+                        drop(watch);
+                    }
+                });
+            }
+        });
+        assert_eq!(finishes.len(), 0);
     }
 
     #[test]
