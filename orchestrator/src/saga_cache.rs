@@ -9,7 +9,7 @@
 //! microseconds, once per reply.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use uuid::Uuid;
 
@@ -23,18 +23,19 @@ pub struct SagaCache {
     entries: Mutex<HashMap<Uuid, Entry>>,
 }
 
+#[derive(Clone)]
 struct Entry {
     version: u64,
-    saga: Box<str>,
-    trace: Box<str>,
+    saga: Arc<str>,
+    trace: Arc<str>,
     created_at: i64,
     updated_at: i64,
 }
 
 impl SagaCache {
     pub fn get(&self, id: Uuid) -> Option<SagaRow> {
-        let entries = self.lock();
-        let entry = entries.get(&id)?;
+        // Parsed outside the lock: every reply of the replica goes through it.
+        let entry = self.lock().get(&id).cloned()?;
         Some(SagaRow {
             saga: serde_json::from_str(&entry.saga).ok()?,
             trace: serde_json::from_str::<BTreeMap<String, String>>(&entry.trace).ok()?,
