@@ -97,7 +97,7 @@ impl Client {
 
     /// `GET /orders/{id}`, held by the server up to `wait` while the saga runs.
     pub async fn order(&self, id: Uuid, wait: Duration) -> anyhow::Result<OrderView> {
-        let response = self.http.get(format!("{}/orders/{id}?wait={}ms", self.base, wait.as_millis())).send().await?;
+        let response = self.http.get(format!("{}/orders/{id}?wait={}ms", self.base, wait.as_millis())).timeout(wait + REQUEST_TIMEOUT).send().await?;
         let status = response.status();
         if !status.is_success() {
             bail!("answered {status}");

@@ -52,6 +52,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.hold && (args.spawn.contains(&SpawnMode::Embedded) || args.url.is_some()) {
         bail!("--hold pauses participant processes: only with --spawn postgres");
     }
+    if args.poll_wait > crate::api::MAX_WAIT || args.poll_wait.is_zero() {
+        bail!("--poll-wait must be more than 0 and at most {} (the server's limit for ?wait=)", humantime::format_duration(crate::api::MAX_WAIT));
+    }
     if args.url.is_some() && (args.otlp_endpoint.is_some() || args.with_receiver) {
         bail!("--otlp-endpoint and --with-receiver configure spawned processes; with --url, set OTEL_EXPORTER_OTLP_ENDPOINT on the server yourself");
     }

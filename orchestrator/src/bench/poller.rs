@@ -30,6 +30,8 @@ use super::load::{Client, OrderView};
 
 /// How long the poller sleeps with nothing to do (a new saga wakes it sooner).
 const IDLE: Duration = Duration::from_millis(50);
+/// Before asking again about a saga whose GET failed.
+const ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy)]
 pub struct PollSettings {
@@ -196,6 +198,7 @@ impl Tracker {
         let mut guard = self.lock();
         let s = &mut *guard;
         s.gets += 1;
+        let failed = answer.is_err();
         let terminal = match answer {
             Ok(view) if view.is_terminal() => Some(view),
             Ok(_) => None,
@@ -226,9 +229,12 @@ impl Tracker {
                 }
             }
             None => {
+                // A failed GET (or a server that answers without waiting)
+                // must not turn into a tight loop of retries.
+                let after = if failed { ERROR_BACKOFF } else { self.settings.min_interval };
                 s.seq += 1;
                 if s.watches.contains_key(&id) {
-                    s.schedule.insert((now + self.settings.min_interval, s.seq), id);
+                    s.schedule.insert((now + after, s.seq), id);
                 }
             }
         }
