@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 use tracing::Instrument;
 
 pub use error::ApiError;
+pub use orders::MAX_WAIT;
 
 use crate::bus::Bus;
 use crate::runtime::Runtime;
@@ -81,6 +82,10 @@ pub(crate) fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 /// The server span and metrics of each request.
 async fn observe(request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_string();
+    // A read held by `?wait=` lasts as long as its saga: kept apart in the
+    // metrics, it does not hide how fast plain reads are.
+    let waits = request.uri().query().is_some_and(|q| q.split('&').any(|pair| pair.starts_with("wait=")));
+    let metric_route = if waits { format!("{route}?wait") } else { route.clone() };
     let method = request.method().to_string();
     let span = tracing::info_span!(
         "http.request",
@@ -103,7 +108,7 @@ async fn observe(request: Request, next: Next) -> Response {
     {
         response.headers_mut().insert("x-trace-id", value);
     }
-    let labels = [("method", method), ("route", route), ("status", status.to_string())];
+    let labels = [("method", method), ("route", metric_route), ("status", status.to_string())];
     metrics::counter!("eso_http_requests_total", &labels).increment(1);
     metrics::histogram!("eso_http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
     response

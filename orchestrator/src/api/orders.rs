@@ -20,10 +20,11 @@ use crate::store::OrderRow;
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_KEY_LEN: usize = 200;
 /// Longest `?wait=`: a waiting request holds a connection and a task.
-const MAX_WAIT: Duration = Duration::from_secs(30);
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// How often a waiting request re-reads the order anyway: a saga finished
-/// by another replica wakes nobody here.
-const RECHECK: Duration = Duration::from_millis(250);
+/// by another replica wakes nobody here. Every waiting read costs a query
+/// this often, so not much more often than a replica's client would notice.
+const RECHECK: Duration = Duration::from_millis(500);
 
 /// `POST /`: `{"amount": 207.00, "description": "…"}` → `201 {"id": "…"}`.
 pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<(StatusCode, Json<Value>), ApiError> {
