@@ -8,15 +8,22 @@
 //! at a slow interval (see the API).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 use uuid::Uuid;
 
+/// Reads waiting at once, at most. Each holds a connection and re-reads
+/// the store now and then; past this, a read answers at once instead.
+pub const MAX_WATCHES: usize = 10_000;
+
 #[derive(Default)]
 pub struct Finishes {
     waiting: Mutex<HashMap<Uuid, Waiting>>,
+    /// Live watches, of every saga.
+    live: AtomicUsize,
 }
 
 /// The wake-up for one saga and how many watches share it. Counted under
@@ -36,7 +43,9 @@ pub struct Watch {
 }
 
 impl Finishes {
-    pub fn watch(self: &Arc<Self>, id: Uuid) -> Watch {
+    /// `None` when [`MAX_WATCHES`] reads already wait.
+    pub fn watch(self: &Arc<Self>, id: Uuid) -> Option<Watch> {
+        self.live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_WATCHES).then_some(n + 1)).ok()?;
         let notify = {
             let mut waiting = self.lock();
             let entry = waiting.entry(id).or_insert_with(|| Waiting { notify: Arc::default(), watches: 0 });
@@ -44,7 +53,7 @@ impl Finishes {
             entry.notify.clone()
         };
         metrics::gauge!("eso_http_waiting_requests").increment(1.0);
-        Watch { id, notify, owner: self.clone() }
+        Some(Watch { id, notify, owner: self.clone() })
     }
 
     /// Called once the saga's terminal step is committed.
@@ -79,6 +88,7 @@ impl Watch {
 impl Drop for Watch {
     fn drop(&mut self) {
         metrics::gauge!("eso_http_waiting_requests").decrement(1.0);
+        self.owner.live.fetch_sub(1, Ordering::AcqRel);
         let mut waiting = self.owner.lock();
         // The entry may be gone (finished) or a newer one (watched again
         // after that): only this watch's own entry is counted down.
@@ -99,11 +109,24 @@ mod tests {
 
     use super::*;
 
+    fn watch(finishes: &Arc<Finishes>, id: Uuid) -> Watch {
+        finishes.watch(id).unwrap_or_else(|| panic!("no room to watch {id}"))
+    }
+
+    #[test]
+    fn past_the_cap_a_read_does_not_wait() {
+        let finishes = Arc::new(Finishes::default());
+        let watches: Vec<Watch> = (0..MAX_WATCHES).map(|_| watch(&finishes, Uuid::new_v4())).collect();
+        assert!(finishes.watch(Uuid::new_v4()).is_none());
+        drop(watches);
+        assert!(finishes.watch(Uuid::new_v4()).is_some());
+    }
+
     #[tokio::test]
     async fn a_finish_wakes_every_watch_taken_before_it() {
         let finishes = Arc::new(Finishes::default());
         let id = Uuid::new_v4();
-        let (a, b) = (finishes.watch(id), finishes.watch(id));
+        let (a, b) = (watch(&finishes, id), watch(&finishes, id));
         let (wake_a, wake_b) = (a.notified(), b.notified());
         // Not polled yet when the finish comes: it must still count.
         finishes.finished(id);
@@ -113,8 +136,8 @@ mod tests {
     #[tokio::test]
     async fn other_sagas_do_not_wake_it() {
         let finishes = Arc::new(Finishes::default());
-        let watch = finishes.watch(Uuid::new_v4());
-        let wake = watch.notified();
+        let watching = watch(&finishes, Uuid::new_v4());
+        let wake = watching.notified();
         finishes.finished(Uuid::new_v4());
         assert!(tokio::time::timeout(Duration::from_millis(50), wake).await.is_err());
     }
@@ -128,10 +151,10 @@ mod tests {
             for _ in 0..2 {
                 scope.spawn(|| {
                     for &id in &ids {
-                        let watch = finishes.watch(id);
+                        let watching = watch(&finishes, id);
                         // Both threads hold a watch on `id`, then drop it together.
                         both_watching.wait();
-                        drop(watch);
+                        drop(watching);
                     }
                 });
             }
@@ -143,8 +166,8 @@ mod tests {
     fn the_last_watch_dropped_forgets_the_saga() {
         let finishes = Arc::new(Finishes::default());
         let id = Uuid::new_v4();
-        let first = finishes.watch(id);
-        let second = finishes.watch(id);
+        let first = watch(&finishes, id);
+        let second = watch(&finishes, id);
         assert_eq!(finishes.len(), 1);
         drop(first);
         assert_eq!(finishes.len(), 1, "another request still waits");

@@ -99,8 +99,9 @@ impl Runtime {
         &self.inner.registry
     }
 
-    /// Wakes when saga `id` finishes on this replica (see [`Finishes`]).
-    pub fn watch(&self, id: Uuid) -> Watch {
+    /// Wakes when saga `id` finishes on this replica (see [`Finishes`]);
+    /// `None` when too many reads wait already.
+    pub fn watch(&self, id: Uuid) -> Option<Watch> {
         self.inner.finishes.watch(id)
     }
 

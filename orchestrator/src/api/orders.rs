@@ -107,7 +107,8 @@ fn wait(params: &HashMap<String, String>) -> Result<Duration, ApiError> {
 
 async fn order(state: &AppState, id: Uuid, wait: Duration) -> Result<Json<Value>, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
-    let watch = (!wait.is_zero()).then(|| state.runtime.watch(id));
+    // With no room to wait (see `finishes::MAX_WATCHES`), answer at once.
+    let watch = if wait.is_zero() { None } else { state.runtime.watch(id) };
     loop {
         let woken = watch.as_ref().map(|w| w.notified());
         let row = state.store.order(id).await?.ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))?;
