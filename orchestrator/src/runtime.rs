@@ -154,7 +154,7 @@ impl Runtime {
             Committed::Appended => {}
         }
         let now = clock::now_us();
-        self.remember(SagaRow { saga: decision.saga.clone(), trace, created_at: now, updated_at: now });
+        self.inner.cache.remember(&decision.saga, &trace, now, now);
         metrics::counter!("eso_sagas_started_total", "definition" => def.name.clone()).increment(1);
         tracing::info!(saga.id = %id, definition = %def.id(), "saga started");
         self.dispatch(decision.commands);
@@ -164,7 +164,7 @@ impl Runtime {
     /// Feeds `input` to saga `id`: load, step, append (retrying on
     /// conflicts), then send the commands the step decided.
     pub async fn advance(&self, id: Uuid, input: Input, causation: String) -> Result<Stepped, RuntimeError> {
-        self.advance_from(id, self.cached(id), input, causation).await
+        self.advance_from(id, self.inner.cache.get(id), input, causation).await
     }
 
     /// [`Runtime::advance`] starting from `known`, a state of the saga
@@ -195,7 +195,7 @@ impl Runtime {
             let decision = match sagas::step(&def, Some(&saga), &input, clock::now()) {
                 Ok(d) => d,
                 Err(_) if from_hint => {
-                    self.forget(id);
+                    self.inner.cache.forget(id);
                     continue;
                 }
                 Err(ignored) => {
@@ -228,12 +228,12 @@ impl Runtime {
             match self.append(&def, Some(&saga), append).instrument(span.clone()).await? {
                 Committed::Conflict => {
                     metrics::counter!("eso_append_conflicts_total").increment(1);
-                    self.forget(id);
+                    self.inner.cache.forget(id);
                     continue;
                 }
                 Committed::KeyTaken(_) | Committed::Appended => {}
             }
-            self.remember(SagaRow { saga: decision.saga.clone(), ..row.clone() });
+            self.inner.cache.remember(&decision.saga, &row.trace, row.created_at, row.updated_at);
             if decision.saga.terminal {
                 self.inner.finishes.finished(id);
             }
@@ -245,18 +245,6 @@ impl Runtime {
             return Ok(Stepped::Applied);
         }
         Err(RuntimeError::Contended(id))
-    }
-
-    fn cached(&self, id: Uuid) -> Option<SagaRow> {
-        self.inner.cache.get(id)
-    }
-
-    fn remember(&self, row: SagaRow) {
-        self.inner.cache.remember(&row);
-    }
-
-    fn forget(&self, id: Uuid) {
-        self.inner.cache.forget(id);
     }
 
     async fn append(&self, def: &Definition, before: Option<&Saga>, append: Append) -> Result<Committed, RuntimeError> {

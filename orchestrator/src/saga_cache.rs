@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use sagas::Saga;
 use uuid::Uuid;
 
 use crate::store::SagaRow;
@@ -44,26 +45,27 @@ impl SagaCache {
         })
     }
 
-    pub fn remember(&self, row: &SagaRow) {
-        let id = row.saga.id;
-        if row.saga.terminal {
-            self.forget(id);
+    /// Keeps `saga` (as it is after a step) with the trace and timestamps
+    /// of its row; a terminal saga is forgotten instead.
+    pub fn remember(&self, saga: &Saga, trace: &BTreeMap<String, String>, created_at: i64, updated_at: i64) {
+        if saga.terminal {
+            self.forget(saga.id);
             return;
         }
-        let (Ok(saga), Ok(trace)) = (serde_json::to_string(&row.saga), serde_json::to_string(&row.trace)) else {
-            self.forget(id);
+        let (Ok(json), Ok(trace)) = (serde_json::to_string(saga), serde_json::to_string(trace)) else {
+            self.forget(saga.id);
             return;
         };
-        let entry = Entry { version: row.saga.version, saga: saga.into(), trace: trace.into(), created_at: row.created_at, updated_at: row.updated_at };
+        let entry = Entry { version: saga.version, saga: json.into(), trace: trace.into(), created_at, updated_at };
         let mut entries = self.lock();
         // Steps finishing out of order must not put an older state back.
-        if entries.get(&id).is_some_and(|known| known.version >= entry.version) {
+        if entries.get(&saga.id).is_some_and(|known| known.version >= entry.version) {
             return;
         }
         if entries.len() >= LIMIT {
             entries.clear();
         }
-        entries.insert(id, entry);
+        entries.insert(saga.id, entry);
     }
 
     pub fn forget(&self, id: Uuid) {
@@ -96,11 +98,15 @@ mod tests {
         SagaRow { saga: decision.saga, trace, created_at: 1, updated_at: 2 }
     }
 
+    fn remember(cache: &SagaCache, row: &SagaRow) {
+        cache.remember(&row.saga, &row.trace, row.created_at, row.updated_at);
+    }
+
     #[test]
     fn gives_back_what_it_was_given() {
         let cache = SagaCache::default();
         let row = running_saga();
-        cache.remember(&row);
+        remember(&cache, &row);
         let back = cache.get(row.saga.id).unwrap_or_else(|| panic!("not cached"));
         assert_eq!(back.saga, row.saga);
         assert_eq!((back.trace, back.created_at, back.updated_at), (row.trace, 1, 2));
@@ -113,8 +119,8 @@ mod tests {
         let mut older = newer.clone();
         older.saga.version -= 1;
         older.saga.state = "older".into();
-        cache.remember(&newer);
-        cache.remember(&older);
+        remember(&cache, &newer);
+        remember(&cache, &older);
         assert_eq!(cache.get(newer.saga.id).map(|r| r.saga.state), Some(newer.saga.state));
     }
 
@@ -122,10 +128,10 @@ mod tests {
     fn a_finished_saga_is_forgotten() {
         let cache = SagaCache::default();
         let mut row = running_saga();
-        cache.remember(&row);
+        remember(&cache, &row);
         row.saga.terminal = true;
         row.saga.version += 1;
-        cache.remember(&row);
+        remember(&cache, &row);
         assert!(cache.get(row.saga.id).is_none());
     }
 }
