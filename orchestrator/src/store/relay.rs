@@ -97,13 +97,18 @@ async fn relay(store: &Store, bus: &Bus, lock: Option<PoolConnection<Any>>, shut
 async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<PoolConnection<Any>>, shutdown: &CancellationToken) -> Result<(), StoreError> {
     let mut stopping = false;
     let mut give_up = Instant::now();
+    let mut cursor = Cursor::default();
     loop {
+        if cursor.due() {
+            cursor.flush(store, lock).await?;
+        }
         // Reading the cursor on the lock's own connection proves we still
         // hold the lock: if that connection died, so did the lock.
-        let (tx, position) = match lock {
-            Some(conn) => cursor(&mut **conn).await?,
-            None => cursor(&store.pool).await?,
+        let stored = match lock {
+            Some(conn) => read_cursor(&mut **conn).await?,
+            None => read_cursor(&store.readers).await?,
         };
+        let (tx, position) = cursor.ahead_of(stored);
         let rows = match store.backend {
             Backend::Postgres => {
                 sqlx::query(
@@ -114,7 +119,7 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<Pool
                 .bind(&tx)
                 .bind(position)
                 .bind(BATCH)
-                .fetch_all(&store.pool)
+                .fetch_all(&store.readers)
                 .await?
             }
             Backend::Sqlite => {
@@ -124,7 +129,7 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<Pool
                 )
                 .bind(position)
                 .bind(BATCH)
-                .fetch_all(&store.pool)
+                .fetch_all(&store.readers)
                 .await?
             }
         };
@@ -135,14 +140,15 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<Pool
                 Ok(()) => (count, None),
                 Err(e) => (e.acked, Some(e.error)),
             };
-            // Record what JetStream acknowledged even when the rest failed,
-            // so a long outage does not republish it past the dedup window.
             if let (Some(last), Some(row)) = (acked.checked_sub(1).and_then(|i| events.get(i)), acked.checked_sub(1).and_then(|i| rows.get(i))) {
-                let last_tx: String = row.try_get("tx")?;
-                advance_cursor(store, lock, &last_tx, last.position).await?;
+                cursor.published(row.try_get("tx")?, last.position);
                 metrics::counter!("eso_outbox_published_total").increment(acked as u64);
             }
             if let Some(error) = failure {
+                // Record what JetStream acknowledged even when the rest
+                // failed, so a long outage does not republish it past the
+                // dedup window.
+                cursor.flush(store, lock).await?;
                 return Err(StoreError::Database(format!("publish: {error}")));
             }
             if count as i64 == BATCH {
@@ -154,8 +160,8 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<Pool
             // newest events may sit above the horizon while a transaction
             // anywhere on the server is still open. Wait for it, briefly,
             // rather than leave them for the next start.
-            if Instant::now() >= give_up || !unpublished(store, lock).await? {
-                return Ok(());
+            if Instant::now() >= give_up || !unpublished(store, lock, &cursor).await? {
+                return cursor.flush(store, lock).await;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
@@ -165,7 +171,7 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<Pool
         // (and a plan cached while the table was small scanned it whole).
         // Rolled-back inserts leave holes, so this can overstate the lag.
         let newest: i64 = sqlx::query("SELECT position FROM events ORDER BY position DESC LIMIT 1")
-            .fetch_optional(&store.pool)
+            .fetch_optional(&store.readers)
             .await?
             .map(|r| r.try_get("position"))
             .transpose()?
@@ -174,7 +180,7 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<Pool
         metrics::gauge!("eso_outbox_lag_events").set((newest - published).max(0) as f64);
         tokio::select! {
             () = store.appended().notified() => {}
-            () = tokio::time::sleep(IDLE_POLL) => {}
+            () = tokio::time::sleep(cursor.idle_wait()) => {}
             // More passes publish what was committed before shutdown.
             () = shutdown.cancelled() => {
                 stopping = true;
@@ -190,6 +196,64 @@ async fn ensure_cursor<'e, E: sqlx::Executor<'e, Database = Any>>(executor: E) -
         .execute(executor)
         .await?;
     Ok(())
+}
+
+/// How far the relay has published, and how far the stored cursor says.
+///
+/// Writing the cursor after every pass cost a durable write per group
+/// commit, on the connection SQLite's one writer shares with the committer
+/// and the participants. So the relay keeps its position in memory and
+/// writes it at most every [`CURSOR_EVERY`], and before it stops or returns
+/// an error (with its reads moved to the reader pool: 8–10 % more sagas/s
+/// embedded, docs/benchmarks.md). A crash republishes at most that
+/// much, which JetStream drops as repeats (by `Nats-Msg-Id`), as it does
+/// after any crash between a publish and its cursor write.
+struct Cursor {
+    /// Published but not yet written: `(tx, position)`.
+    unwritten: Option<(String, i64)>,
+    written_at: Instant,
+}
+
+const CURSOR_EVERY: Duration = Duration::from_millis(100);
+
+impl Default for Cursor {
+    fn default() -> Self {
+        Cursor { unwritten: None, written_at: Instant::now() }
+    }
+}
+
+impl Cursor {
+    fn published(&mut self, tx: String, position: i64) {
+        self.unwritten = Some((tx, position));
+    }
+
+    /// Where to read on from: only this relay moves the cursor, so a
+    /// position it has not written yet is ahead of the stored one.
+    fn ahead_of(&self, stored: (String, i64)) -> (String, i64) {
+        self.unwritten.clone().unwrap_or(stored)
+    }
+
+    fn due(&self) -> bool {
+        self.unwritten.is_some() && self.written_at.elapsed() >= CURSOR_EVERY
+    }
+
+    /// How long an idle relay may sleep: until the cursor is due, if it is
+    /// behind.
+    fn idle_wait(&self) -> Duration {
+        match self.unwritten {
+            Some(_) => CURSOR_EVERY.saturating_sub(self.written_at.elapsed()),
+            None => IDLE_POLL,
+        }
+    }
+
+    async fn flush(&mut self, store: &Store, lock: &mut Option<PoolConnection<Any>>) -> Result<(), StoreError> {
+        if let Some((tx, position)) = &self.unwritten {
+            advance_cursor(store, lock, tx, *position).await?;
+            self.unwritten = None;
+        }
+        self.written_at = Instant::now();
+        Ok(())
+    }
 }
 
 /// Moves the cursor forward only, on the lock's connection when there is
@@ -208,20 +272,21 @@ async fn advance_cursor(store: &Store, lock: &mut Option<PoolConnection<Any>>, t
 }
 
 /// Whether any committed event lies past the cursor, horizon or not.
-async fn unpublished(store: &Store, lock: &mut Option<PoolConnection<Any>>) -> Result<bool, StoreError> {
-    let (tx, position) = match lock {
-        Some(conn) => cursor(&mut **conn).await?,
-        None => cursor(&store.pool).await?,
+async fn unpublished(store: &Store, lock: &mut Option<PoolConnection<Any>>, cursor: &Cursor) -> Result<bool, StoreError> {
+    let stored = match lock {
+        Some(conn) => read_cursor(&mut **conn).await?,
+        None => read_cursor(&store.readers).await?,
     };
+    let (tx, position) = cursor.ahead_of(stored);
     let query = match store.backend {
         Backend::Postgres => sqlx::query("SELECT 1 AS pending FROM events WHERE (tx_id, position) > ($1::xid8, $2) LIMIT 1").bind(tx).bind(position),
         Backend::Sqlite => sqlx::query("SELECT 1 AS pending FROM events WHERE position > $1 LIMIT 1").bind(position),
     };
-    Ok(query.fetch_optional(&store.pool).await?.is_some())
+    Ok(query.fetch_optional(&store.readers).await?.is_some())
 }
 
 /// The relay's position: `(transaction id as text, event position)`.
-async fn cursor<'e, E: sqlx::Executor<'e, Database = Any>>(executor: E) -> Result<(String, i64), StoreError> {
+async fn read_cursor<'e, E: sqlx::Executor<'e, Database = Any>>(executor: E) -> Result<(String, i64), StoreError> {
     let row = sqlx::query("SELECT tx, position FROM outbox_cursor WHERE relay = $1").bind(RELAY).fetch_one(executor).await?;
     Ok((row.try_get("tx")?, row.try_get("position")?))
 }
