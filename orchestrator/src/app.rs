@@ -42,7 +42,8 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) ->
     tracing::info!(config = %config.describe(), "eso starting");
     let (pool, backend) = participants::db::connect(&config.database_url(), config.db_pool).await?;
     participants::db::migrate(&pool, backend).await?;
-    let readers = participants::db::readers(&config.database_url(), &pool, backend, 4).await?;
+    // On SQLite the outbox relay holds one reader for itself; four serve the API.
+    let readers = participants::db::readers(&config.database_url(), &pool, backend, 5).await?;
     let store = Store::new(pool.clone(), readers, backend);
 
     let embedded: Vec<Arc<dyn Participant>> = if config.embed_participants() {

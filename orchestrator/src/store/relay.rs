@@ -38,16 +38,16 @@ pub async fn run_relay(store: Store, bus: Bus, shutdown: CancellationToken) {
         if shutdown.is_cancelled() {
             return;
         }
-        let lock = match store.backend {
-            Backend::Sqlite => match ensure_cursor(&store.pool).await {
-                Ok(()) => None,
+        let session = match store.backend {
+            Backend::Sqlite => match reader(&store).await {
+                Ok(session) => session,
                 Err(e) => {
                     tracing::warn!(error = %e, "relay cannot reach the store");
                     tokio::select! { () = tokio::time::sleep(Duration::from_secs(1)) => continue, () = shutdown.cancelled() => return }
                 }
             },
             Backend::Postgres => match try_lead(&store).await {
-                Ok(Some(conn)) => Some(conn),
+                Ok(Some(conn)) => Session { conn, holds_lock: true },
                 Ok(None) => {
                     // Another replica relays; check again later in case it dies.
                     tokio::select! { () = tokio::time::sleep(Duration::from_secs(1)) => continue, () = shutdown.cancelled() => return }
@@ -59,7 +59,7 @@ pub async fn run_relay(store: Store, bus: Bus, shutdown: CancellationToken) {
             },
         };
         tracing::info!("relaying events to the event stream");
-        if let Err(e) = relay(&store, &bus, lock, &shutdown).await {
+        if let Err(e) = relay(&store, &bus, session, &shutdown).await {
             metrics::counter!("eso_outbox_relay_errors_total").increment(1);
             tracing::warn!(error = %e, "relay interrupted; retrying");
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -67,6 +67,22 @@ pub async fn run_relay(store: Store, bus: Bus, shutdown: CancellationToken) {
             return;
         }
     }
+}
+
+/// The relay's own connection. Every read of a pass goes through it, so the
+/// relay never queues behind API reads for a pooled connection. On Postgres
+/// it holds the advisory lock that makes this replica the relay, and the
+/// cursor is written on it too. On SQLite it is a reader (the cursor is
+/// written by the one writer), and one process owns the file: embedded mode
+/// has no second replica to elect against.
+struct Session {
+    conn: PoolConnection<Any>,
+    holds_lock: bool,
+}
+
+async fn reader(store: &Store) -> Result<Session, StoreError> {
+    ensure_cursor(&store.pool).await?;
+    Ok(Session { conn: store.readers.acquire().await?, holds_lock: false })
 }
 
 async fn try_lead(store: &Store) -> Result<Option<PoolConnection<Any>>, StoreError> {
@@ -82,33 +98,36 @@ async fn try_lead(store: &Store) -> Result<Option<PoolConnection<Any>>, StoreErr
 }
 
 /// Publishes batches until shutdown. Returns `Ok` on shutdown, `Err` when the
-/// store or the bus failed (leadership is then re-acquired).
-async fn relay(store: &Store, bus: &Bus, lock: Option<PoolConnection<Any>>, shutdown: &CancellationToken) -> Result<(), StoreError> {
-    let mut lock = lock;
-    let result = publish_until_shutdown(store, bus, &mut lock, shutdown).await;
-    if let Some(conn) = lock {
+/// store or the bus failed (leadership is then re-acquired). Either way the
+/// cursor is written first, so a restart does not republish what went out.
+async fn relay(store: &Store, bus: &Bus, mut session: Session, shutdown: &CancellationToken) -> Result<(), StoreError> {
+    let mut cursor = Cursor::default();
+    let mut result = publish_until_shutdown(store, bus, &mut session, &mut cursor, shutdown).await;
+    match (cursor.flush(store, &mut session).await, &result) {
+        (Err(e), Ok(())) => result = Err(e),
+        // The store is likely what failed: keep the first error.
+        (Err(e), Err(_)) => tracing::warn!(error = %e, "relay cursor not saved; its last events will be republished"),
+        (Ok(()), _) => {}
+    }
+    if session.holds_lock {
         // The advisory lock lives as long as the session: close the session
         // rather than hand a locked connection back to the pool.
-        let _ = conn.close().await;
+        let _ = session.conn.close().await;
     }
     result
 }
 
-async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<PoolConnection<Any>>, shutdown: &CancellationToken) -> Result<(), StoreError> {
+async fn publish_until_shutdown(store: &Store, bus: &Bus, session: &mut Session, cursor: &mut Cursor, shutdown: &CancellationToken) -> Result<(), StoreError> {
     let mut stopping = false;
     let mut give_up = Instant::now();
-    let mut cursor = Cursor::default();
     loop {
         if cursor.due() {
-            cursor.flush(store, lock).await?;
+            cursor.flush(store, session).await?;
         }
-        // Reading the cursor on the lock's own connection proves we still
-        // hold the lock: if that connection died, so did the lock.
-        let stored = match lock {
-            Some(conn) => read_cursor(&mut **conn).await?,
-            None => read_cursor(&store.readers).await?,
-        };
-        let (tx, position) = cursor.ahead_of(stored);
+        // On Postgres, reading the cursor on the lock's own connection
+        // proves we still hold the lock: if that connection died, so did
+        // the lock.
+        let (tx, position) = cursor.ahead_of(read_cursor(&mut *session.conn).await?);
         let rows = match store.backend {
             Backend::Postgres => {
                 sqlx::query(
@@ -119,7 +138,7 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<Pool
                 .bind(&tx)
                 .bind(position)
                 .bind(BATCH)
-                .fetch_all(&store.readers)
+                .fetch_all(&mut *session.conn)
                 .await?
             }
             Backend::Sqlite => {
@@ -129,7 +148,7 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<Pool
                 )
                 .bind(position)
                 .bind(BATCH)
-                .fetch_all(&store.readers)
+                .fetch_all(&mut *session.conn)
                 .await?
             }
         };
@@ -145,10 +164,8 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<Pool
                 metrics::counter!("eso_outbox_published_total").increment(acked as u64);
             }
             if let Some(error) = failure {
-                // Record what JetStream acknowledged even when the rest
-                // failed, so a long outage does not republish it past the
-                // dedup window.
-                cursor.flush(store, lock).await?;
+                // What JetStream acknowledged is recorded on the way out, so
+                // a long outage does not republish it past the dedup window.
                 return Err(StoreError::Database(format!("publish: {error}")));
             }
             if count as i64 == BATCH {
@@ -160,8 +177,8 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<Pool
             // newest events may sit above the horizon while a transaction
             // anywhere on the server is still open. Wait for it, briefly,
             // rather than leave them for the next start.
-            if Instant::now() >= give_up || !unpublished(store, lock, &cursor).await? {
-                return cursor.flush(store, lock).await;
+            if Instant::now() >= give_up || !unpublished(store, session, cursor).await? {
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
@@ -171,7 +188,7 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, lock: &mut Option<Pool
         // (and a plan cached while the table was small scanned it whole).
         // Rolled-back inserts leave holes, so this can overstate the lag.
         let newest: i64 = sqlx::query("SELECT position FROM events ORDER BY position DESC LIMIT 1")
-            .fetch_optional(&store.readers)
+            .fetch_optional(&mut *session.conn)
             .await?
             .map(|r| r.try_get("position"))
             .transpose()?
@@ -204,7 +221,7 @@ async fn ensure_cursor<'e, E: sqlx::Executor<'e, Database = Any>>(executor: E) -
 /// commit, on the connection SQLite's one writer shares with the committer
 /// and the participants. So the relay keeps its position in memory and
 /// writes it at most every [`CURSOR_EVERY`], and before it stops or returns
-/// an error (with its reads moved to the reader pool: 8–10 % more sagas/s
+/// an error (with its reads moved off the writer: 8–10 % more sagas/s
 /// embedded, docs/benchmarks.md). A crash republishes at most that
 /// much, which JetStream drops as repeats (by `Nats-Msg-Id`), as it does
 /// after any crash between a publish and its cursor write.
@@ -246,9 +263,9 @@ impl Cursor {
         }
     }
 
-    async fn flush(&mut self, store: &Store, lock: &mut Option<PoolConnection<Any>>) -> Result<(), StoreError> {
+    async fn flush(&mut self, store: &Store, session: &mut Session) -> Result<(), StoreError> {
         if let Some((tx, position)) = &self.unwritten {
-            advance_cursor(store, lock, tx, *position).await?;
+            advance_cursor(store, session, tx, *position).await?;
             self.unwritten = None;
         }
         self.written_at = Instant::now();
@@ -258,31 +275,28 @@ impl Cursor {
 
 /// Moves the cursor forward only, on the lock's connection when there is
 /// one: a relay that lost its lock cannot move the new leader's cursor back.
-async fn advance_cursor(store: &Store, lock: &mut Option<PoolConnection<Any>>, tx: &str, position: i64) -> Result<(), StoreError> {
+async fn advance_cursor(store: &Store, session: &mut Session, tx: &str, position: i64) -> Result<(), StoreError> {
     let sql = match store.backend {
         Backend::Postgres => "UPDATE outbox_cursor SET tx = $2, position = $3 WHERE relay = $1 AND (tx::xid8, position) < ($2::xid8, $3)",
         Backend::Sqlite => "UPDATE outbox_cursor SET tx = $2, position = $3 WHERE relay = $1 AND position < $3",
     };
     let query = sqlx::query(sql).bind(RELAY).bind(tx).bind(position);
-    match lock {
-        Some(conn) => query.execute(&mut **conn).await?,
-        None => query.execute(&store.pool).await?,
-    };
+    if session.holds_lock {
+        query.execute(&mut *session.conn).await?;
+    } else {
+        query.execute(&store.pool).await?;
+    }
     Ok(())
 }
 
 /// Whether any committed event lies past the cursor, horizon or not.
-async fn unpublished(store: &Store, lock: &mut Option<PoolConnection<Any>>, cursor: &Cursor) -> Result<bool, StoreError> {
-    let stored = match lock {
-        Some(conn) => read_cursor(&mut **conn).await?,
-        None => read_cursor(&store.readers).await?,
-    };
-    let (tx, position) = cursor.ahead_of(stored);
+async fn unpublished(store: &Store, session: &mut Session, cursor: &Cursor) -> Result<bool, StoreError> {
+    let (tx, position) = cursor.ahead_of(read_cursor(&mut *session.conn).await?);
     let query = match store.backend {
         Backend::Postgres => sqlx::query("SELECT 1 AS pending FROM events WHERE (tx_id, position) > ($1::xid8, $2) LIMIT 1").bind(tx).bind(position),
         Backend::Sqlite => sqlx::query("SELECT 1 AS pending FROM events WHERE position > $1 LIMIT 1").bind(position),
     };
-    Ok(query.fetch_optional(&store.readers).await?.is_some())
+    Ok(query.fetch_optional(&mut *session.conn).await?.is_some())
 }
 
 /// The relay's position: `(transaction id as text, event position)`.
