@@ -36,6 +36,8 @@ pub struct Running {
     timers: JoinHandle<()>,
     relay: JoinHandle<()>,
     participants: Vec<JoinHandle<()>>,
+    /// The in-process participants' own SQLite file, when they have one.
+    participants_pool: Option<sqlx::AnyPool>,
 }
 
 pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) -> anyhow::Result<Running> {
@@ -46,8 +48,19 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) ->
     let readers = participants::db::readers(&config.database_url(), &pool, backend, 5).await?;
     let store = Store::new(pool.clone(), readers, backend);
 
+    let mut participants_pool = None;
     let embedded: Vec<Arc<dyn Participant>> = if config.embed_participants() {
-        vec![Arc::new(Payment::new(pool.clone(), backend)), Arc::new(Delivery::new(pool.clone(), backend))]
+        let records = match config.participants_sqlite_url() {
+            Some(url) => {
+                // One schema for every file: the event-store tables stay empty here.
+                let (records, _) = participants::db::connect(&url, 1).await?;
+                participants::db::migrate(&records, backend).await?;
+                participants_pool = Some(records.clone());
+                records
+            }
+            None => pool.clone(),
+        };
+        vec![Arc::new(Payment::new(records.clone(), backend)), Arc::new(Delivery::new(records, backend))]
     } else {
         vec![]
     };
@@ -88,7 +101,7 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) ->
     let stop = stop_intake.clone();
     let server = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
     tracing::info!(%addr, "listening");
-    Ok(Running { addr, store, bus, runtime, stop_intake, stop_relay, server, timers, relay, participants: participant_tasks })
+    Ok(Running { addr, store, bus, runtime, stop_intake, stop_relay, server, timers, relay, participants: participant_tasks, participants_pool })
 }
 
 impl Running {
@@ -111,6 +124,9 @@ impl Running {
         self.stop_relay.cancel();
         let _ = self.relay.await;
         self.store.close().await;
+        if let Some(pool) = self.participants_pool {
+            pool.close().await;
+        }
         tracing::info!("eso stopped");
     }
 }

@@ -50,6 +50,20 @@ impl Config {
         }
     }
 
+    /// Where in-process participants keep their records in embedded mode:
+    /// a SQLite file of their own beside the store's (`eso.db` →
+    /// `eso.participants.db`), as separate services would own their data.
+    /// SQLite has one writer per file, and on a shared file the group
+    /// committer waited behind the participants' writes for about half of
+    /// each commit. `None` (share the store's database) when DATABASE_URL
+    /// names one.
+    pub fn participants_sqlite_url(&self) -> Option<String> {
+        match &self.database_url {
+            Some(url) if !url.is_empty() => None,
+            _ => Some(format!("sqlite:{}?mode=rwc", self.sqlite_path.with_extension("participants.db").display())),
+        }
+    }
+
     pub fn nats_url(&self) -> Option<&str> {
         self.nats_url.as_deref().filter(|u| !u.is_empty())
     }
@@ -70,7 +84,11 @@ impl Config {
         let mode = if self.nats_url().is_some() && self.database_url.is_some() { "production" } else { "embedded" };
         format!(
             "mode={mode} store={store} bus={bus} participants={} sagas_dir={} port={}",
-            if self.embed_participants() { "in-process" } else { "external" },
+            match (self.embed_participants(), self.participants_sqlite_url()) {
+                (false, _) => "external".to_string(),
+                (true, None) => "in-process".to_string(),
+                (true, Some(url)) => format!("in-process({url})"),
+            },
             self.sagas_dir.display(),
             self.port
         )

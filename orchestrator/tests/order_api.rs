@@ -58,6 +58,28 @@ async fn an_undeliverable_order_is_refunded_then_cancelled() {
     }
 }
 
+/// Embedded participants keep their records in a SQLite file of their own,
+/// so the store's one writer does not wait behind their writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_participants_write_a_file_of_their_own() {
+    let mut app = TestApp::start(Mode::Embedded).await;
+    let id = app.order("test top up e wallet").await;
+    app.wait_terminal(id, Duration::from_secs(5)).await;
+    app.stop().await;
+    let count = |file: std::path::PathBuf| async move {
+        let pool = common::pool(&format!("sqlite:{}", file.display())).await;
+        let n: i64 = sqlx::query("SELECT (SELECT COUNT(*) FROM payments) + (SELECT COUNT(*) FROM deliveries) AS n")
+            .fetch_one(&pool)
+            .await
+            .and_then(|r| sqlx::Row::try_get(&r, "n"))
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        n
+    };
+    let store = app.sqlite_path();
+    assert_eq!(count(store.with_extension("participants.db")).await, 2, "a payment and a delivery in the participants' file");
+    assert_eq!(count(store).await, 0, "no participant records in the store's file");
+}
+
 /// `?wait=` holds a read until the saga has finished: one request gives
 /// the outcome, on both read endpoints and in both modes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,6 +75,11 @@ impl TestApp {
         TestApp { running: Some(running), url, http: reqwest::Client::new(), postgres, nats, _dir: dir }
     }
 
+    /// The embedded store's SQLite file (embedded mode).
+    pub fn sqlite_path(&self) -> PathBuf {
+        self._dir.path().join("eso.db")
+    }
+
     pub async fn stop(&mut self) {
         if let Some(running) = self.running.take() {
             running.stop().await;
