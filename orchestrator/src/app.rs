@@ -55,6 +55,7 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) ->
                 // One schema for every file: the event-store tables stay empty here.
                 let (records, _) = participants::db::connect(&url, 1).await?;
                 participants::db::migrate(&records, backend).await?;
+                adopt_records(&records, &config.sqlite_path).await?;
                 participants_pool = Some(records.clone());
                 records
             }
@@ -129,4 +130,28 @@ impl Running {
         }
         tracing::info!("eso stopped");
     }
+}
+
+/// Moves participant records that an earlier eso wrote into the store's own
+/// file (before the participants had one) into theirs, so that a command
+/// answered before an upgrade still gets its first answer after it instead
+/// of being decided, and charged, again. Copied first and then deleted, each
+/// step atomic in its own file: a crash in between copies again, and the
+/// copy ignores what is already there.
+async fn adopt_records(records: &sqlx::AnyPool, store_file: &std::path::Path) -> anyhow::Result<()> {
+    use sqlx::{AssertSqlSafe, Executor};
+    let mut conn = records.acquire().await?;
+    sqlx::query("ATTACH DATABASE $1 AS store").bind(store_file.display().to_string()).execute(&mut *conn).await?;
+    let mut moved = 0;
+    for table in ["payments", "deliveries"] {
+        // The table names are the constants above.
+        let copied = conn.execute(AssertSqlSafe(format!("INSERT OR IGNORE INTO main.{table} SELECT * FROM store.{table}"))).await?;
+        conn.execute(AssertSqlSafe(format!("DELETE FROM store.{table}"))).await?;
+        moved += copied.rows_affected();
+    }
+    conn.execute("DETACH DATABASE store").await?;
+    if moved > 0 {
+        tracing::info!(records = moved, "participant records moved from the store's file to the participants' own");
+    }
+    Ok(())
 }

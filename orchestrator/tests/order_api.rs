@@ -80,6 +80,37 @@ async fn embedded_participants_write_a_file_of_their_own() {
     assert_eq!(count(store).await, 0, "no participant records in the store's file");
 }
 
+/// After an upgrade from an eso that kept everything in one file, the
+/// participants' earlier answers move to their own file: a repeat of a
+/// command answered before the upgrade must not be decided (charged) again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_an_older_eso_kept_in_the_store_file_move_to_the_participants_file() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let store = dir.path().join("eso.db");
+    let older = common::pool(&format!("sqlite:{}?mode=rwc", store.display())).await;
+    participants::db::migrate(&older, participants::db::Backend::Sqlite).await.unwrap_or_else(|e| panic!("migrate: {e}"));
+    sqlx::query("INSERT INTO payments (command_id, order_id, amount, outcome, refunded, created_at) VALUES ('earlier', 'o', '1.00', 'confirmed', 0, 1)")
+        .execute(&older)
+        .await
+        .unwrap_or_else(|e| panic!("insert: {e}"));
+    older.close().await;
+
+    let running = orchestrator::app::start(&common::config(None, None, store.clone()), common::telemetry())
+        .await
+        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    running.stop().await;
+    let outcome = |file: std::path::PathBuf| async move {
+        let pool = common::pool(&format!("sqlite:{}", file.display())).await;
+        sqlx::query("SELECT outcome FROM payments WHERE command_id = 'earlier'")
+            .fetch_optional(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .map(|r| sqlx::Row::try_get::<String, _>(&r, "outcome").unwrap_or_default())
+    };
+    assert_eq!(outcome(store.with_extension("participants.db")).await.as_deref(), Some("confirmed"));
+    assert_eq!(outcome(store).await, None, "moved, not copied: the next start has nothing left to move");
+}
+
 /// `?wait=` holds a read until the saga has finished: one request gives
 /// the outcome, on both read endpoints and in both modes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
