@@ -55,7 +55,7 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) ->
                 // One schema for every file: the event-store tables stay empty here.
                 let (records, _) = participants::db::connect(&url, 1).await?;
                 participants::db::migrate(&records, backend).await?;
-                adopt_records(&records, &config.sqlite_path).await?;
+                adopt_records(&records, &pool).await?;
                 participants_pool = Some(records.clone());
                 records
             }
@@ -138,10 +138,13 @@ impl Running {
 /// of being decided, and charged, again. Copied first and then deleted, each
 /// step atomic in its own file: a crash in between copies again, and the
 /// copy ignores what is already there.
-async fn adopt_records(records: &sqlx::AnyPool, store_file: &std::path::Path) -> anyhow::Result<()> {
-    use sqlx::{AssertSqlSafe, Executor};
+async fn adopt_records(records: &sqlx::AnyPool, store: &sqlx::AnyPool) -> anyhow::Result<()> {
+    use sqlx::{AssertSqlSafe, Executor, Row};
+    // The file SQLite really opened: the configured path went through URL
+    // decoding on its way to the store's connection.
+    let store_file: String = sqlx::query("SELECT file FROM pragma_database_list WHERE name = 'main'").fetch_one(store).await?.try_get("file")?;
     let mut conn = records.acquire().await?;
-    sqlx::query("ATTACH DATABASE $1 AS store").bind(store_file.display().to_string()).execute(&mut *conn).await?;
+    sqlx::query("ATTACH DATABASE $1 AS store").bind(store_file).execute(&mut *conn).await?;
     let mut moved = 0;
     for table in ["payments", "deliveries"] {
         // The table names are the constants above.

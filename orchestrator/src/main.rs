@@ -29,8 +29,10 @@ const PURGE_DELAY_MS: std::ffi::c_long = 50;
 /// (10 ms cost 7–13 %; docs/benchmarks.md). `MIMALLOC_PURGE_DELAY` in the
 /// environment still wins.
 fn tune_allocator() {
-    // SAFETY: plain integer options of the linked mimalloc, set before any
-    // other thread exists (the function is not thread-safe). The index is
+    // SAFETY: plain integer options of the linked mimalloc. `main` calls
+    // this before any other thread exists (mimalloc's option setters are
+    // not thread-safe); in the unit test other test threads run, but none
+    // touches mimalloc's options. The index is
     // checked against mimalloc's documented default, so a future mimalloc
     // that renumbers its options is left alone.
     unsafe {
