@@ -124,10 +124,7 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, session: &mut Session,
         if cursor.due() {
             cursor.flush(store, session).await?;
         }
-        // On Postgres, reading the cursor on the lock's own connection
-        // proves we still hold the lock: if that connection died, so did
-        // the lock.
-        let (tx, position) = cursor.ahead_of(read_cursor(&mut *session.conn).await?);
+        let (tx, position) = cursor.position(session).await?;
         let rows = match store.backend {
             Backend::Postgres => {
                 sqlx::query(
@@ -226,8 +223,11 @@ async fn ensure_cursor<'e, E: sqlx::Executor<'e, Database = Any>>(executor: E) -
 /// much, which JetStream drops as repeats (by `Nats-Msg-Id`), as it does
 /// after any crash between a publish and its cursor write.
 struct Cursor {
-    /// Published but not yet written: `(tx, position)`.
-    unwritten: Option<(String, i64)>,
+    /// Where publishing has got to, `(tx, position)`: read from the store
+    /// once, then moved by each publish (only this relay moves it).
+    at: Option<(String, i64)>,
+    /// `at` is ahead of the stored row.
+    unwritten: bool,
     written_at: Instant,
 }
 
@@ -235,38 +235,45 @@ const CURSOR_EVERY: Duration = Duration::from_millis(100);
 
 impl Default for Cursor {
     fn default() -> Self {
-        Cursor { unwritten: None, written_at: Instant::now() }
+        Cursor { at: None, unwritten: false, written_at: Instant::now() }
     }
 }
 
 impl Cursor {
-    fn published(&mut self, tx: String, position: i64) {
-        self.unwritten = Some((tx, position));
+    /// Where to read on from. On Postgres the stored row is read on every
+    /// call all the same, on the lock's own connection: that proves we
+    /// still hold the lock (if the connection died, so did the lock).
+    async fn position(&mut self, session: &mut Session) -> Result<(String, i64), StoreError> {
+        let at = match self.at.take() {
+            Some(at) if !session.holds_lock => at,
+            at => {
+                let stored = read_cursor(&mut *session.conn).await?;
+                at.unwrap_or(stored)
+            }
+        };
+        self.at = Some(at.clone());
+        Ok(at)
     }
 
-    /// Where to read on from: only this relay moves the cursor, so a
-    /// position it has not written yet is ahead of the stored one.
-    fn ahead_of(&self, stored: (String, i64)) -> (String, i64) {
-        self.unwritten.clone().unwrap_or(stored)
+    fn published(&mut self, tx: String, position: i64) {
+        self.at = Some((tx, position));
+        self.unwritten = true;
     }
 
     fn due(&self) -> bool {
-        self.unwritten.is_some() && self.written_at.elapsed() >= CURSOR_EVERY
+        self.unwritten && self.written_at.elapsed() >= CURSOR_EVERY
     }
 
     /// How long an idle relay may sleep: until the cursor is due, if it is
     /// behind.
     fn idle_wait(&self) -> Duration {
-        match self.unwritten {
-            Some(_) => CURSOR_EVERY.saturating_sub(self.written_at.elapsed()),
-            None => IDLE_POLL,
-        }
+        if self.unwritten { CURSOR_EVERY.saturating_sub(self.written_at.elapsed()) } else { IDLE_POLL }
     }
 
     async fn flush(&mut self, store: &Store, session: &mut Session) -> Result<(), StoreError> {
-        if let Some((tx, position)) = &self.unwritten {
+        if let (true, Some((tx, position))) = (self.unwritten, &self.at) {
             advance_cursor(store, session, tx, *position).await?;
-            self.unwritten = None;
+            self.unwritten = false;
         }
         self.written_at = Instant::now();
         Ok(())
@@ -290,8 +297,8 @@ async fn advance_cursor(store: &Store, session: &mut Session, tx: &str, position
 }
 
 /// Whether any committed event lies past the cursor, horizon or not.
-async fn unpublished(store: &Store, session: &mut Session, cursor: &Cursor) -> Result<bool, StoreError> {
-    let (tx, position) = cursor.ahead_of(read_cursor(&mut *session.conn).await?);
+async fn unpublished(store: &Store, session: &mut Session, cursor: &mut Cursor) -> Result<bool, StoreError> {
+    let (tx, position) = cursor.position(session).await?;
     let query = match store.backend {
         Backend::Postgres => sqlx::query("SELECT 1 AS pending FROM events WHERE (tx_id, position) > ($1::xid8, $2) LIMIT 1").bind(tx).bind(position),
         Backend::Sqlite => sqlx::query("SELECT 1 AS pending FROM events WHERE position > $1 LIMIT 1").bind(position),
