@@ -4,7 +4,7 @@
 //! in-process bus with the participants running in-process too.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -44,10 +44,15 @@ pub struct Config {
 
 impl Config {
     pub fn database_url(&self) -> String {
-        match &self.database_url {
-            Some(url) if !url.is_empty() => url.clone(),
-            _ => format!("sqlite:{}?mode=rwc", self.sqlite_path.display()),
+        match self.named_database() {
+            Some(url) => url.to_string(),
+            None => sqlite_url(&self.sqlite_path),
         }
+    }
+
+    /// DATABASE_URL, unless unset or empty (then the store is embedded).
+    fn named_database(&self) -> Option<&str> {
+        self.database_url.as_deref().filter(|u| !u.is_empty())
     }
 
     /// Where in-process participants keep their records in embedded mode:
@@ -58,10 +63,7 @@ impl Config {
     /// each commit. `None` (share the store's database) when DATABASE_URL
     /// names one.
     pub fn participants_sqlite_url(&self) -> Option<String> {
-        match &self.database_url {
-            Some(url) if !url.is_empty() => None,
-            _ => Some(format!("sqlite:{}?mode=rwc", self.sqlite_path.with_extension("participants.db").display())),
-        }
+        self.named_database().is_none().then(|| sqlite_url(&self.sqlite_path.with_extension("participants.db")))
     }
 
     pub fn nats_url(&self) -> Option<&str> {
@@ -81,7 +83,7 @@ impl Config {
     pub fn describe(&self) -> String {
         let store = participants::db::redact(&self.database_url());
         let bus = self.nats_url().unwrap_or("in-process");
-        let mode = if self.nats_url().is_some() && self.database_url.is_some() { "production" } else { "embedded" };
+        let mode = if self.nats_url().is_some() && self.named_database().is_some() { "production" } else { "embedded" };
         format!(
             "mode={mode} store={store} bus={bus} participants={} sagas_dir={} port={}",
             match (self.embed_participants(), self.participants_sqlite_url()) {
@@ -93,4 +95,9 @@ impl Config {
             self.port
         )
     }
+}
+
+/// The URL of an embedded SQLite file, created on first use.
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite:{}?mode=rwc", path.display())
 }
