@@ -19,7 +19,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `include/mimalloc.h`; the Rust bindings name no constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// What mimalloc 3 ships with, in milliseconds.
-const MIMALLOC_PURGE_DELAY: std::ffi::c_long = 1000;
+const MIMALLOC_DEFAULT_PURGE_DELAY_MS: std::ffi::c_long = 1000;
 const PURGE_DELAY_MS: std::ffi::c_long = 50;
 
 /// mimalloc 3 gives freed pages back to the OS only after they have been
@@ -32,11 +32,11 @@ fn tune_allocator() {
     // SAFETY: plain integer options of the linked mimalloc. `main` calls
     // this before any other thread exists (mimalloc's option setters are
     // not thread-safe); in the unit test other test threads run, but none
-    // touches mimalloc's options. The index is
-    // checked against mimalloc's documented default, so a future mimalloc
-    // that renumbers its options is left alone.
+    // touches mimalloc's options. The index is checked against mimalloc's
+    // documented default, so a future mimalloc that renumbers its options
+    // is left alone.
     unsafe {
-        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) == MIMALLOC_PURGE_DELAY {
+        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) == MIMALLOC_DEFAULT_PURGE_DELAY_MS {
             libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
         }
     }
