@@ -46,7 +46,7 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) ->
     participants::db::migrate(&pool, backend).await?;
     // On SQLite the outbox relay holds one reader for itself; four serve the API.
     let readers = participants::db::readers(&config.database_url(), &pool, backend, 5).await?;
-    let store = Store::new(pool.clone(), readers, backend);
+    let store = Store::new(pool.clone(), readers, backend, vec![Arc::new(crate::orders::OrderProjection::new(backend))]);
 
     let mut participants_pool = None;
     let embedded: Vec<Arc<dyn Participant>> = if config.embed_participants() {
@@ -84,7 +84,7 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) ->
     };
 
     let registry = definitions::load(&store, &config.sagas_dir).await?;
-    let runtime = Runtime::new(store.clone(), bus.clone(), registry);
+    let runtime = Runtime::new(store.clone(), bus.clone(), registry, config.idempotency_ttl);
     let timers = tokio::spawn(runtime.clone().run_timers(config.timer_interval(), stop_intake.clone()));
     let stop_relay = CancellationToken::new();
     let relay = tokio::spawn(store::run_relay(store.clone(), bus.clone(), stop_relay.clone()));

@@ -36,6 +36,10 @@ pub struct Config {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "ESO_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
+    /// How long an `Idempotency-Key` names the saga it started (e.g. `24h`,
+    /// `30m`); a key older than this starts a new saga.
+    #[arg(long, env = "ESO_IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub idempotency_ttl: Duration,
     /// Run participants in this process even with NATS_URL set (they then
     /// answer over NATS like separate processes would).
     #[arg(long, env = "ESO_EMBED_PARTICIPANTS")]

@@ -21,9 +21,8 @@ fn append(saga: &sagas::Saga, events: Vec<sagas::Event>, expected: u64) -> Appen
         events,
         trace: BTreeMap::new(),
         causation: "test".into(),
-        status_changed: false,
-        new_order: None,
-        idempotency_key: None,
+        previous_status: None,
+        key: None,
     }
 }
 
@@ -31,7 +30,7 @@ async fn racing_steps_of_one_saga(url: &str) {
     let (pool, backend) = db::connect(url, 4).await.unwrap_or_else(|e| panic!("connect: {e}"));
     db::migrate(&pool, backend).await.unwrap_or_else(|e| panic!("migrate: {e}"));
     let readers = db::readers(url, &pool, backend, 2).await.unwrap_or_else(|e| panic!("readers: {e}"));
-    let store = Store::new(pool, readers, backend);
+    let store = Store::new(pool, readers, backend, Vec::new());
     let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../sagas/order.toml")).unwrap_or_else(|e| panic!("{e}"));
     let def = sagas::parse("order.toml", &source).unwrap_or_else(|e| panic!("{e}"));
     let id = Uuid::new_v4();

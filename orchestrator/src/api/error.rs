@@ -12,13 +12,17 @@ use serde_json::json;
 pub enum ApiError {
     /// Field errors, keyed by field, as clients of the original API expect.
     #[error("invalid fields")]
-    Fields(BTreeMap<&'static str, Vec<String>>),
+    Fields(BTreeMap<String, Vec<String>>),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
     #[error("content type must be application/json")]
@@ -30,8 +34,8 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn field(field: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::Fields(BTreeMap::from([(field, vec![message.into()])]))
+    pub fn field(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError::Fields(BTreeMap::from([(field.to_string(), vec![message.into()])]))
     }
 }
 
@@ -41,6 +45,8 @@ impl IntoResponse for ApiError {
             ApiError::Fields(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -67,6 +73,8 @@ impl From<crate::runtime::RuntimeError> for ApiError {
                 ApiError::Unavailable("the event store is unavailable; try again".into())
             }
             crate::runtime::RuntimeError::Store(crate::store::StoreError::Closed) => ApiError::Unavailable("shutting down".into()),
+            crate::runtime::RuntimeError::NoDefinition(name) => ApiError::NotFound(format!("no saga definition named `{name}` is loaded")),
+            crate::runtime::RuntimeError::Inputs(fields) => ApiError::Fields(fields),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -2,10 +2,12 @@
 //! every request a server span (continuing an incoming `traceparent`), a
 //! trace id header and request metrics.
 
+mod definitions;
 mod error;
 mod health;
 mod orders;
 mod sagas;
+mod wait;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +16,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
@@ -22,7 +24,7 @@ use serde_json::{Map, Value};
 use tracing::Instrument;
 
 pub use error::ApiError;
-pub use orders::MAX_WAIT;
+pub use wait::MAX_WAIT;
 
 use crate::bus::Bus;
 use crate::runtime::Runtime;
@@ -47,12 +49,17 @@ pub fn router(state: AppState) -> Router {
         .route("/orders", axum::routing::post(orders::create))
         .route("/orders/{id}", get(orders::get_by_path))
         .route("/orders/{id}/events", get(orders::events))
-        .route("/sagas/{id}", get(sagas::saga))
-        .route("/sagas/{id}/events", axum::routing::post(sagas::send_event))
+        .route("/sagas", get(sagas::list))
+        // One route for both: `{key}` is a definition name to POST, a saga id to GET.
+        .route("/sagas/{key}", get(sagas::saga).post(sagas::start))
+        .route("/sagas/{id}/events", get(sagas::events).post(sagas::send_event))
+        .route("/definitions", get(definitions::list))
+        .route("/definitions/{name}", get(definitions::one))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(observe))
         .with_state(state)
@@ -68,6 +75,21 @@ pub(crate) fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Re
             ApiError::BadRequest(format!("cannot read body: {rejection}"))
         }
     })
+}
+
+/// A JSON request's body as an object: `415` for another content type,
+/// `413` past the limit, `400` for anything but a JSON object. Every route
+/// that takes a body reads it through here, so they share one rule.
+pub(crate) fn json_request(headers: &HeaderMap, body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Map<String, Value>, ApiError> {
+    let body = read_body(body, limit)?;
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    json_object(&body)
 }
 
 /// The body as a JSON object, or a `400` that says what is wrong with it.
@@ -112,4 +134,9 @@ async fn observe(request: Request, next: Next) -> Response {
     metrics::counter!("eso_http_requests_total", &labels).increment(1);
     metrics::histogram!("eso_http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
     response
+}
+
+/// At most 64 characters of `s`, for echoing input in an error.
+pub(crate) fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
 }

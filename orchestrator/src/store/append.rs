@@ -25,8 +25,12 @@ use sqlx::{Any, AnyPool, AssertSqlSafe, Row, Transaction};
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
+use super::projection::{Projection, Step};
 use super::{Store, StoreError};
 use crate::clock::now_us;
+
+/// The read models the committer writes beside the events.
+pub type Projections = Arc<[Arc<dyn Projection>]>;
 
 /// Most appends in one transaction; bigger batches add latency for little gain.
 pub const MAX_BATCH: usize = 256;
@@ -43,18 +47,26 @@ pub struct Append {
     pub trace: BTreeMap<String, String>,
     /// What caused the step: `http`, `reply:<command id>`, `timer`.
     pub causation: String,
-    /// Set when the step changed the status the order shows.
-    pub status_changed: bool,
-    pub new_order: Option<NewOrderRow>,
-    pub idempotency_key: Option<String>,
+    /// The saga's status before the step (`None` for a new saga), for
+    /// projections that only write when it changes.
+    pub previous_status: Option<String>,
+    /// A new saga's idempotency key.
+    pub key: Option<IdempotencyKey>,
 }
 
+/// A client's `Idempotency-Key` for starting a saga: a repeat of the same
+/// request within the key's lifetime finds the first saga instead of
+/// starting another.
 #[derive(Debug, Clone)]
-pub struct NewOrderRow {
-    pub amount_cents: i64,
-    pub user_id: String,
-    pub payee_id: String,
-    pub description: String,
+pub struct IdempotencyKey {
+    /// Keys are unique per definition name.
+    pub scope: String,
+    pub key: String,
+    /// Identifies the request's body, so that a key reused for another
+    /// request is told apart from a retry.
+    pub fingerprint: String,
+    /// Keys recorded before this time (Unix microseconds) are forgotten.
+    pub expired_before: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,8 +74,9 @@ pub enum Committed {
     Appended,
     /// The saga moved since the step was decided; reload and step again.
     Conflict,
-    /// The idempotency key already names this saga.
-    KeyTaken(Uuid),
+    /// The idempotency key already names this saga; `same_request` says
+    /// whether it was given for the same body.
+    KeyTaken { saga: Uuid, same_request: bool },
 }
 
 pub(super) type Job = (Append, oneshot::Sender<Result<Committed, StoreError>>);
@@ -83,13 +96,13 @@ impl Store {
 }
 
 /// Starts the committer and returns its queue.
-pub(super) fn spawn_committer(pool: AnyPool, backend: Backend, appended: Arc<Notify>) -> mpsc::Sender<Job> {
+pub(super) fn spawn_committer(pool: AnyPool, backend: Backend, projections: Projections, appended: Arc<Notify>) -> mpsc::Sender<Job> {
     let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
-    tokio::spawn(run_committer(pool, Statements::new(backend), rx, appended));
+    tokio::spawn(run_committer(pool, Statements::new(backend), projections, rx, appended));
     tx
 }
 
-async fn run_committer(pool: AnyPool, sql: Statements, mut rx: mpsc::Receiver<Job>, appended: Arc<Notify>) {
+async fn run_committer(pool: AnyPool, sql: Statements, projections: Projections, mut rx: mpsc::Receiver<Job>, appended: Arc<Notify>) {
     loop {
         // Everything waiting, up to MAX_BATCH: one transaction for all.
         let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -99,12 +112,12 @@ async fn run_committer(pool: AnyPool, sql: Statements, mut rx: mpsc::Receiver<Jo
         metrics::histogram!("eso_commit_batch_size").record(batch.len() as f64);
         let started = std::time::Instant::now();
         let (appends, replies): (Vec<Append>, Vec<_>) = batch.into_iter().unzip();
-        let mut result = commit(&pool, &sql, &appends).await;
+        let mut result = commit(&pool, &sql, &projections, &appends).await;
         // Replicas share idempotency keys and may race on a saga; a
         // deadlock or serialization failure is worth one more try.
         if let Err(StoreError::Retryable(e)) = &result {
             tracing::info!(error = %e, "commit retried");
-            result = commit(&pool, &sql, &appends).await;
+            result = commit(&pool, &sql, &projections, &appends).await;
         }
         match result {
             Ok(results) => {
@@ -127,16 +140,14 @@ async fn run_committer(pool: AnyPool, sql: Statements, mut rx: mpsc::Receiver<Jo
 /// The batch statements of one backend, built once per committer. Each
 /// takes all the rows of its kind as one JSON array (`$1`), the commit
 /// time (`$2`) and the row count (`$3`): a commit is at most five
-/// statements whatever its size.
+/// statements whatever its size, plus those of the projections.
 pub(super) struct Statements {
     insert_sagas: Statement,
     update_sagas: Statement,
-    insert_orders: Statement,
     insert_events: Statement,
-    update_orders: Statement,
 }
 
-struct Statement {
+pub struct Statement {
     sql: Arc<str>,
     /// Whether the plan may be cached. A join of the batch with a table
     /// is planned each time, with the batch's real size: a plan cached
@@ -146,16 +157,33 @@ struct Statement {
 }
 
 impl Statement {
-    fn cached(sql: String) -> Statement {
+    pub fn cached(sql: String) -> Statement {
         Statement { sql: sql.into(), prepared: true }
     }
 
-    fn planned_each_time(sql: String) -> Statement {
+    pub fn planned_each_time(sql: String) -> Statement {
         Statement { sql: sql.into(), prepared: false }
     }
 
     fn query(&self) -> sqlx::query::Query<'static, Any, sqlx::any::AnyArguments> {
         sqlx::query(AssertSqlSafe(self.sql.clone())).persistent(self.prepared)
+    }
+
+    /// Runs the statement over `rows` (bound as one JSON array, `$1`, with
+    /// `$2` the commit time and `$3` the row count); nothing for no rows.
+    pub async fn execute<T: Serialize>(&self, tx: &mut Transaction<'static, Any>, rows: &[T], now: i64) -> Result<(), StoreError> {
+        if !rows.is_empty() {
+            self.query().bind(serde_json::to_string(rows)?).bind(now).bind(rows.len() as i64).execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Like [`Statement::execute`], returning the rows it selects.
+    pub async fn fetch<T: Serialize>(&self, tx: &mut Transaction<'static, Any>, rows: &[T], now: i64) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.query().bind(serde_json::to_string(rows)?).bind(now).bind(rows.len() as i64).fetch_all(&mut **tx).await?)
     }
 }
 
@@ -169,7 +197,6 @@ impl Statements {
             [("id", Text), ("definition", Text), ("definition_version", BigInt)].into_iter().chain(SAGA_STATE).chain([("trace", Json)]).collect();
         let moved_sagas: Vec<_> = [("id", Text)].into_iter().chain(SAGA_STATE).chain([("expected", BigInt)]).collect();
         let set_state = SAGA_STATE.iter().map(|(name, _)| format!("{name} = r.{name}")).collect::<Vec<_>>().join(", ");
-        let new_orders = [("id", Text), ("amount_cents", BigInt), ("user_id", Text), ("payee_id", Text), ("description", Text), ("status", Text)];
         let events =
             [("event_id", Text), ("stream_id", Text), ("version", BigInt), ("event_type", Text), ("data", Json), ("metadata", Json)];
         Statements {
@@ -182,14 +209,6 @@ impl Statements {
             update_sagas: Statement::planned_each_time(format!(
                 "UPDATE sagas SET {set_state}, updated_at = $2 FROM {} WHERE sagas.id = r.id AND sagas.version = r.expected RETURNING sagas.id",
                 recordset(backend, &moved_sagas)
-            )),
-            insert_orders: Statement::cached(insert_rows(backend, "orders", &new_orders, &["created_at", "updated_at"])),
-            // Strictly after created_at even within one microsecond, so
-            // clients can tell an order has moved.
-            update_orders: Statement::planned_each_time(format!(
-                "UPDATE orders SET status = r.status, updated_at = CASE WHEN $2 > orders.created_at THEN $2 ELSE orders.created_at + 1 END \
-                 FROM {} WHERE orders.id = r.id",
-                recordset(backend, &[("id", Text), ("status", Text)])
             )),
             // In batch order, so a stream's events get ascending positions.
             insert_events: Statement::cached(insert_rows(backend, "events", &events, &["recorded_at"])),
@@ -240,22 +259,6 @@ struct MovedSaga<'a> {
 }
 
 #[derive(Serialize)]
-struct NewOrder<'a> {
-    id: Uuid,
-    amount_cents: i64,
-    user_id: &'a str,
-    payee_id: &'a str,
-    description: &'a str,
-    status: &'a str,
-}
-
-#[derive(Serialize)]
-struct MovedOrder<'a> {
-    id: Uuid,
-    status: &'a str,
-}
-
-#[derive(Serialize)]
 struct EventRow<'a> {
     event_id: Uuid,
     stream_id: Uuid,
@@ -273,7 +276,7 @@ struct Metadata<'a> {
     trace: &'a BTreeMap<String, String>,
 }
 
-async fn commit(pool: &AnyPool, sql: &Statements, appends: &[Append]) -> Result<Vec<Committed>, StoreError> {
+async fn commit(pool: &AnyPool, sql: &Statements, projections: &Projections, appends: &[Append]) -> Result<Vec<Committed>, StoreError> {
     let now = now_us();
     let mut tx = pool.begin().await?;
     let mut results = vec![Committed::Conflict; appends.len()];
@@ -287,10 +290,10 @@ async fn commit(pool: &AnyPool, sql: &Statements, appends: &[Append]) -> Result<
         if !seen.insert(a.saga.id) {
             continue;
         }
-        if let Some(key) = &a.idempotency_key
-            && let Some(existing) = claim_key(&mut tx, key, a.saga.id, now).await?
+        if let Some(key) = &a.key
+            && let Some(taken) = claim_key(&mut tx, key, a.saga.id, now).await?
         {
-            results[i] = Committed::KeyTaken(existing);
+            results[i] = taken;
             continue;
         }
         tried.push(i);
@@ -323,26 +326,19 @@ async fn commit(pool: &AnyPool, sql: &Statements, appends: &[Append]) -> Result<
     let mut written = returned_ids(&mut tx, &sql.insert_sagas, &new_rows, now).await?;
     written.extend(returned_ids(&mut tx, &sql.update_sagas, &moved_rows, now).await?);
 
-    let mut new_orders = Vec::new();
-    let mut moved_orders = Vec::new();
     let mut metadata = Vec::new();
+    let mut steps: Vec<Vec<Step>> = vec![Vec::new(); projections.len()];
     for &i in &tried {
         let a = &appends[i];
         if !written.contains(&a.saga.id) {
             continue;
         }
         results[i] = Committed::Appended;
-        if let Some(order) = &a.new_order {
-            new_orders.push(NewOrder {
-                id: a.saga.id,
-                amount_cents: order.amount_cents,
-                user_id: &order.user_id,
-                payee_id: &order.payee_id,
-                description: &order.description,
-                status: &a.saga.status,
-            });
-        } else if a.status_changed {
-            moved_orders.push(MovedOrder { id: a.saga.id, status: &a.saga.status });
+        let step = Step { saga: &a.saga, previous_status: a.previous_status.as_deref(), events: &a.events, at: now };
+        for (p, projection) in projections.iter().enumerate() {
+            if projection.definition() == a.saga.definition.name {
+                steps[p].push(step);
+            }
         }
         metadata.push((i, Metadata { correlation_id: a.saga.id, causation_id: &a.causation, definition: &a.saga.definition, trace: &a.trace }));
     }
@@ -360,28 +356,20 @@ async fn commit(pool: &AnyPool, sql: &Statements, appends: &[Append]) -> Result<
             });
         }
     }
-    execute(&mut tx, &sql.insert_orders, &new_orders, now).await?;
-    execute(&mut tx, &sql.update_orders, &moved_orders, now).await?;
-    execute(&mut tx, &sql.insert_events, &events, now).await?;
+    for (projection, steps) in projections.iter().zip(&steps) {
+        if !steps.is_empty() {
+            projection.apply(&mut tx, steps).await?;
+        }
+    }
+    sql.insert_events.execute(&mut tx, &events, now).await?;
     tx.commit().await?;
     Ok(results)
 }
 
-/// Runs a batch statement over `rows`; nothing to do for no rows.
-async fn execute<T: Serialize>(tx: &mut Transaction<'static, Any>, sql: &Statement, rows: &[T], now: i64) -> Result<(), StoreError> {
-    if !rows.is_empty() {
-        sql.query().bind(serde_json::to_string(rows)?).bind(now).bind(rows.len() as i64).execute(&mut **tx).await?;
-    }
-    Ok(())
-}
-
 /// Runs a batch statement that returns the ids of the sagas it wrote.
 async fn returned_ids<T: Serialize>(tx: &mut Transaction<'static, Any>, sql: &Statement, rows: &[T], now: i64) -> Result<HashSet<Uuid>, StoreError> {
-    if rows.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let returned = sql.query().bind(serde_json::to_string(rows)?).bind(now).bind(rows.len() as i64).fetch_all(&mut **tx).await?;
-    returned
+    sql.fetch(tx, rows, now)
+        .await?
         .iter()
         .map(|r| {
             let id: String = r.try_get(0)?;
@@ -390,18 +378,33 @@ async fn returned_ids<T: Serialize>(tx: &mut Transaction<'static, Any>, sql: &St
         .collect()
 }
 
-/// Records an idempotency key for `saga`, or returns the saga it already names.
-async fn claim_key(tx: &mut Transaction<'static, Any>, key: &str, saga: Uuid, now: i64) -> Result<Option<Uuid>, StoreError> {
-    let inserted = sqlx::query("INSERT INTO idempotency_keys (key, saga_id, created_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING")
-        .bind(key)
-        .bind(saga.to_string())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    if inserted.rows_affected() == 1 {
+/// Records an idempotency key for `saga`, or says which saga it already
+/// names. A key older than its lifetime is taken over, as if forgotten.
+async fn claim_key(tx: &mut Transaction<'static, Any>, key: &IdempotencyKey, saga: Uuid, now: i64) -> Result<Option<Committed>, StoreError> {
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency_keys (scope, key, saga_id, fingerprint, created_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (scope, key) DO UPDATE SET saga_id = excluded.saga_id, fingerprint = excluded.fingerprint, created_at = excluded.created_at \
+         WHERE idempotency_keys.created_at < $6",
+    )
+    .bind(&key.scope)
+    .bind(&key.key)
+    .bind(saga.to_string())
+    .bind(&key.fingerprint)
+    .bind(now)
+    .bind(key.expired_before)
+    .execute(&mut **tx)
+    .await?;
+    if claimed.rows_affected() == 1 {
         return Ok(None);
     }
-    let existing: String =
-        sqlx::query("SELECT saga_id FROM idempotency_keys WHERE key = $1").bind(key).fetch_one(&mut **tx).await?.try_get("saga_id")?;
-    Uuid::parse_str(&existing).map(Some).map_err(|e| StoreError::Corrupt(e.to_string()))
+    let row = sqlx::query("SELECT saga_id, fingerprint FROM idempotency_keys WHERE scope = $1 AND key = $2")
+        .bind(&key.scope)
+        .bind(&key.key)
+        .fetch_one(&mut **tx)
+        .await?;
+    let existing: String = row.try_get("saga_id")?;
+    // Keys recorded before requests had fingerprints match any request.
+    let fingerprint: Option<String> = row.try_get("fingerprint")?;
+    let saga = Uuid::parse_str(&existing).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(Some(Committed::KeyTaken { saga, same_request: fingerprint.is_none_or(|f| f == key.fingerprint) }))
 }

@@ -6,7 +6,10 @@
 //! plain queries on the read models written in those same transactions.
 
 mod append;
+mod list;
+pub mod projection;
 mod relay;
+pub mod replay;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,7 +21,9 @@ use sqlx::{AnyPool, Row};
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
-pub use append::{Append, Committed, MAX_BATCH, NewOrderRow};
+pub use append::{Append, Committed, IdempotencyKey, MAX_BATCH, Projections, Statement};
+pub use list::{Cursor, Filter, Listed};
+pub use projection::{Projection, Step};
 pub use relay::run_relay;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,21 +65,7 @@ pub struct Store {
     committer: mpsc::Sender<append::Job>,
     /// Woken after each commit so the relay publishes without polling delay.
     appended: Arc<Notify>,
-}
-
-/// An order as the API shows it.
-#[derive(Debug, Clone)]
-pub struct OrderRow {
-    pub id: String,
-    pub amount_cents: i64,
-    pub user_id: String,
-    pub payee_id: String,
-    pub description: String,
-    pub status: String,
-    pub created_at: i64,
-    pub updated_at: i64,
-    /// The order's saga has reached a terminal state: its status is final.
-    pub finished: bool,
+    projections: Projections,
 }
 
 /// One recorded event.
@@ -100,11 +91,18 @@ pub struct SagaRow {
 }
 
 impl Store {
-    /// Wraps a migrated pool and starts the committer.
-    pub fn new(pool: AnyPool, readers: AnyPool, backend: Backend) -> Store {
+    /// Wraps a migrated pool and starts the committer, which writes
+    /// `projections` in the transaction of the events they follow.
+    pub fn new(pool: AnyPool, readers: AnyPool, backend: Backend, projections: Vec<Arc<dyn Projection>>) -> Store {
         let appended = Arc::new(Notify::new());
-        let committer = append::spawn_committer(pool.clone(), backend, appended.clone());
-        Store { pool, readers, backend, committer, appended }
+        let projections: Projections = projections.into();
+        let committer = append::spawn_committer(pool.clone(), backend, projections.clone(), appended.clone());
+        Store { pool, readers, backend, committer, appended, projections }
+    }
+
+    /// The pool for plain reads, for read models' own queries.
+    pub fn readers(&self) -> &AnyPool {
+        &self.readers
     }
 
     pub async fn close(&self) {
@@ -160,28 +158,6 @@ impl Store {
             .collect())
     }
 
-    pub async fn order(&self, id: Uuid) -> Result<Option<OrderRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT o.id, o.amount_cents, o.user_id, o.payee_id, o.description, o.status, o.created_at, o.updated_at, s.terminal \
-             FROM orders o JOIN sagas s ON s.id = o.id WHERE o.id = $1",
-        )
-        .bind(id.to_string())
-        .fetch_optional(&self.readers)
-        .await?;
-        let Some(r) = row else { return Ok(None) };
-        Ok(Some(OrderRow {
-            id: r.try_get("id")?,
-            amount_cents: r.try_get("amount_cents")?,
-            user_id: r.try_get("user_id")?,
-            payee_id: r.try_get("payee_id")?,
-            description: r.try_get("description")?,
-            status: r.try_get("status")?,
-            created_at: r.try_get("created_at")?,
-            updated_at: r.try_get("updated_at")?,
-            finished: r.try_get::<i64, _>("terminal")? != 0,
-        }))
-    }
-
     /// A stream's events in order.
     pub async fn stream(&self, id: Uuid) -> Result<Vec<StoredEvent>, StoreError> {
         let rows = sqlx::query(
@@ -225,6 +201,26 @@ impl Store {
             .fetch_one(&self.pool)
             .await?
             .try_get("hash")?)
+    }
+
+    /// Sagas not yet terminal, by definition name and version.
+    pub async fn live_counts(&self) -> Result<BTreeMap<(String, u32), i64>, StoreError> {
+        let rows = sqlx::query("SELECT definition, definition_version, COUNT(*) AS n FROM sagas WHERE terminal = 0 GROUP BY definition, definition_version")
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let version: i64 = r.try_get("definition_version")?;
+                Ok(((r.try_get("definition")?, u32::try_from(version).unwrap_or(0)), r.try_get("n")?))
+            })
+            .collect()
+    }
+
+    /// Forgets idempotency keys recorded before `before` (Unix
+    /// microseconds); returns how many. A key past its lifetime is already
+    /// ignored when claimed again: this only keeps the table small.
+    pub async fn forget_keys(&self, before: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1").bind(before).execute(&self.pool).await?.rows_affected())
     }
 
     /// Counts for `/metrics` gauges and tests: sagas not yet terminal.

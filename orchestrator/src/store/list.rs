@@ -1,0 +1,132 @@
+//! Finding sagas: newest first, filtered, a page at a time.
+//!
+//! Pages are cut by a cursor (the last row's `created_at` and id), not an
+//! offset, so a page costs the same at the millionth saga as at the first
+//! and rows started meanwhile do not shift later pages. Each query names
+//! one definition and walks an index that starts with it
+//! (`sagas_by_definition`, `sagas_by_status`, migration 0003); a search
+//! across definitions is one such query per definition, merged by the
+//! caller.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sqlx::{AssertSqlSafe, Row};
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+
+/// Where a page ends: the next page holds what was started before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    pub created_at: i64,
+    pub id: Uuid,
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}_{}", self.created_at, self.id.simple())
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Cursor, ()> {
+        let (at, id) = s.split_once('_').ok_or(())?;
+        Ok(Cursor { created_at: at.parse().map_err(|_| ())?, id: Uuid::parse_str(id).map_err(|_| ())? })
+    }
+}
+
+/// What to look for in one definition's sagas.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub definition: String,
+    pub status: Option<String>,
+    pub state: Option<String>,
+    pub terminal: Option<bool>,
+    /// Only sagas started before this one.
+    pub after: Option<Cursor>,
+    pub limit: u32,
+}
+
+/// One saga of a list: its row without the snapshot.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub id: Uuid,
+    pub definition: String,
+    pub version: u32,
+    pub state: String,
+    pub status: String,
+    pub terminal: bool,
+    pub deadline: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Listed {
+    pub fn cursor(&self) -> Cursor {
+        Cursor { created_at: self.created_at, id: self.id }
+    }
+}
+
+impl Store {
+    /// Up to `filter.limit` sagas of one definition, newest first.
+    pub async fn list(&self, filter: &Filter) -> Result<Vec<Listed>, StoreError> {
+        let mut sql = String::from(
+            "SELECT id, definition, definition_version, state, status, terminal, deadline, created_at, updated_at FROM sagas WHERE definition = $1",
+        );
+        let mut n = 1;
+        let mut param = |sql: &mut String, clause: &str| {
+            n += 1;
+            sql.push_str(&clause.replace('?', &format!("${n}")));
+        };
+        if filter.status.is_some() {
+            param(&mut sql, " AND status = ?");
+        }
+        if filter.state.is_some() {
+            param(&mut sql, " AND state = ?");
+        }
+        if filter.terminal.is_some() {
+            param(&mut sql, " AND terminal = ?");
+        }
+        if filter.after.is_some() {
+            param(&mut sql, " AND (created_at, id) < (?");
+            param(&mut sql, ", ?)");
+        }
+        param(&mut sql, " ORDER BY created_at DESC, id DESC LIMIT ?");
+        // The text depends only on which filters are set: a handful of
+        // statements, each prepared once per connection.
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(&filter.definition);
+        if let Some(status) = &filter.status {
+            query = query.bind(status);
+        }
+        if let Some(state) = &filter.state {
+            query = query.bind(state);
+        }
+        if let Some(terminal) = filter.terminal {
+            query = query.bind(i64::from(terminal));
+        }
+        if let Some(after) = filter.after {
+            query = query.bind(after.created_at).bind(after.id.to_string());
+        }
+        let rows = query.bind(i64::from(filter.limit)).fetch_all(&self.readers).await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get("id")?;
+                let version: i64 = r.try_get("definition_version")?;
+                Ok(Listed {
+                    id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    definition: r.try_get("definition")?,
+                    version: u32::try_from(version).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    state: r.try_get("state")?,
+                    status: r.try_get("status")?,
+                    terminal: r.try_get::<i64, _>("terminal")? != 0,
+                    deadline: r.try_get("deadline")?,
+                    created_at: r.try_get("created_at")?,
+                    updated_at: r.try_get("updated_at")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,263 @@
+//! Rebuilding saga snapshots and projections from the event log.
+//!
+//! The `events` table is the source of truth; a saga's row and every
+//! projection are caches of what its events say. Replay folds each
+//! stream again ([`Saga::replay`], the fold the step itself uses) and
+//! feeds the projections the same steps the committer fed them, then
+//! compares: any difference between a stored row and its rebuild is a
+//! bug, reported per saga. A dry run rolls its rebuild back; a real one
+//! keeps it.
+//!
+//! Run it with no orchestrator writing: a step committed while a batch is
+//! rebuilt could be overwritten by the rebuild of the state before it.
+
+use std::collections::BTreeMap;
+
+use sagas::{Change, Event, Saga};
+use serde_json::Value;
+use sqlx::{AssertSqlSafe, Row};
+use uuid::Uuid;
+
+use super::projection::Step;
+use super::{Store, StoreError};
+use participants::db::Column::Text;
+use participants::db::recordset;
+
+/// Sagas rebuilt per transaction.
+const BATCH: i64 = 500;
+
+/// What replay found.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub sagas: u64,
+    pub events: u64,
+    /// Per saga, what differed between the stored rows and the rebuild.
+    pub differences: BTreeMap<Uuid, Vec<String>>,
+    /// Whether the rebuild was kept.
+    pub written: bool,
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.differences.is_empty()
+    }
+}
+
+/// One saga's stored row as replay compares it.
+struct Stored {
+    snapshot: Value,
+    state: String,
+    status: String,
+    terminal: bool,
+    version: i64,
+}
+
+impl Store {
+    /// Rebuilds every saga's snapshot and every projection from the events;
+    /// keeps the rebuild unless `dry_run`.
+    pub async fn replay(&self, dry_run: bool) -> Result<Report, StoreError> {
+        let mut report = Report { written: !dry_run, ..Report::default() };
+        let mut after = String::new();
+        let ids_sql = recordset(self.backend, &[("id", Text)]);
+        let events_sql = format!(
+            "SELECT e.stream_id, e.version, e.event_type, e.data, e.metadata, e.recorded_at FROM events e JOIN {ids_sql} ON e.stream_id = r.id \
+             WHERE e.recorded_at >= $2 ORDER BY e.stream_id, e.version"
+        );
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let rows = sqlx::query("SELECT id, snapshot, state, status, terminal, version FROM sagas WHERE id > $1 ORDER BY id LIMIT $2")
+                .bind(&after)
+                .bind(BATCH)
+                .fetch_all(&mut *tx)
+                .await?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut stored = BTreeMap::new();
+            for r in &rows {
+                let id: String = r.try_get("id")?;
+                let snapshot: String = r.try_get("snapshot")?;
+                let saga = Stored {
+                    snapshot: serde_json::from_str(&snapshot)?,
+                    state: r.try_get("state")?,
+                    status: r.try_get("status")?,
+                    terminal: r.try_get::<i64, _>("terminal")? != 0,
+                    version: r.try_get("version")?,
+                };
+                after = id.clone();
+                stored.insert(parse_id(&id)?, saga);
+            }
+            let ids: Vec<Uuid> = stored.keys().copied().collect();
+            let id_rows: Vec<Value> = ids.iter().map(|id| serde_json::json!({ "id": id.to_string() })).collect();
+            let event_rows = sqlx::query(AssertSqlSafe(events_sql.clone()))
+                .bind(serde_json::to_string(&id_rows)?)
+                .bind(0_i64)
+                .bind(id_rows.len() as i64)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut streams: BTreeMap<Uuid, Vec<Recorded>> = BTreeMap::new();
+            for r in &event_rows {
+                let id: String = r.try_get("stream_id")?;
+                let data: String = r.try_get("data")?;
+                let metadata: String = r.try_get("metadata")?;
+                let change: Change = serde_json::from_str(&data)?;
+                let metadata: Value = serde_json::from_str(&metadata)?;
+                streams.entry(parse_id(&id)?).or_default().push(Recorded {
+                    event: Event { event_type: r.try_get("event_type")?, change },
+                    at: r.try_get("recorded_at")?,
+                    causation: metadata.get("causation_id").and_then(Value::as_str).unwrap_or_default().to_string(),
+                });
+                report.events += 1;
+            }
+            report.sagas += ids.len() as u64;
+
+            // The steps of each saga, each with the saga as it was after it.
+            let mut rebuilt: BTreeMap<Uuid, Vec<Rebuilt>> = BTreeMap::new();
+            for (&id, saga) in &stored {
+                let differences = report.differences.entry(id).or_default();
+                let events = streams.remove(&id).unwrap_or_default();
+                match fold(&events) {
+                    Ok(steps) => {
+                        if let Some(last) = steps.last() {
+                            compare(saga, &last.saga, differences);
+                        } else {
+                            differences.push("the saga has a row but no events".into());
+                        }
+                        rebuilt.insert(id, steps);
+                    }
+                    Err(e) => differences.push(format!("its events do not fold: {e}")),
+                }
+            }
+            if !dry_run {
+                for (id, steps) in &rebuilt {
+                    if let Some(last) = steps.last()
+                        && report.differences.get(id).is_some_and(|d| !d.is_empty())
+                    {
+                        write_snapshot(&mut tx, &last.saga).await?;
+                    }
+                }
+            }
+
+            for projection in self.projections.iter() {
+                let mine: Vec<Uuid> = rebuilt
+                    .iter()
+                    .filter(|(_, steps)| steps.first().is_some_and(|s| s.saga.definition.name == projection.definition()))
+                    .map(|(id, _)| *id)
+                    .collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                let before = projection.read(&mut tx, &mine).await?;
+                projection.delete(&mut tx, &mine).await?;
+                // Round k applies every saga's k-th step: one step per saga
+                // per call, as in a group commit.
+                let rounds = mine.iter().filter_map(|id| rebuilt.get(id)).map(Vec::len).max().unwrap_or(0);
+                for k in 0..rounds {
+                    let steps: Vec<Step> = mine
+                        .iter()
+                        .filter_map(|id| rebuilt.get(id))
+                        .filter_map(|steps| {
+                            let step = steps.get(k)?;
+                            let previous_status = k.checked_sub(1).and_then(|p| steps.get(p)).map(|p| p.saga.status.as_str());
+                            Some(Step { saga: &step.saga, previous_status, events: &step.events, at: step.at })
+                        })
+                        .collect();
+                    projection.apply(&mut tx, &steps).await?;
+                }
+                let after = projection.read(&mut tx, &mine).await?;
+                for id in &mine {
+                    let (was, now) = (before.get(id), after.get(id));
+                    if was != now {
+                        let show = |v: Option<&Value>| v.map_or_else(|| "no row".to_string(), Value::to_string);
+                        report
+                            .differences
+                            .entry(*id)
+                            .or_default()
+                            .push(format!("{}: stored {} but the events make {}", projection.name(), show(was), show(now)));
+                    }
+                }
+            }
+            if dry_run {
+                tx.rollback().await?;
+            } else {
+                tx.commit().await?;
+            }
+            if (rows.len() as i64) < BATCH {
+                break;
+            }
+        }
+        report.differences.retain(|_, d| !d.is_empty());
+        Ok(report)
+    }
+}
+
+struct Recorded {
+    event: Event,
+    at: i64,
+    causation: String,
+}
+
+/// One step as the committer saw it: its events and the saga after them.
+struct Rebuilt {
+    events: Vec<Event>,
+    saga: Saga,
+    at: i64,
+}
+
+/// Folds a stream, cutting it into steps: the events one append wrote
+/// share their commit time and cause.
+fn fold(events: &[Recorded]) -> Result<Vec<Rebuilt>, sagas::FoldError> {
+    let mut steps: Vec<Rebuilt> = Vec::new();
+    let mut saga: Option<Saga> = None;
+    let mut i = 0;
+    while i < events.len() {
+        let (at, causation) = (events[i].at, &events[i].causation);
+        let mut step = Vec::new();
+        while i < events.len() && events[i].at == at && &events[i].causation == causation {
+            saga = Some(Saga::apply(saga, &events[i].event)?);
+            step.push(events[i].event.clone());
+            i += 1;
+        }
+        if let Some(saga) = &saga {
+            steps.push(Rebuilt { events: step, saga: saga.clone(), at });
+        }
+    }
+    Ok(steps)
+}
+
+fn compare(stored: &Stored, folded: &Saga, differences: &mut Vec<String>) {
+    match serde_json::to_value(folded) {
+        Ok(value) if value != stored.snapshot => differences.push(format!("snapshot: stored {} but the events make {value}", stored.snapshot)),
+        Ok(_) => {}
+        Err(e) => differences.push(format!("the fold does not serialise: {e}")),
+    }
+    let columns = [
+        ("state", stored.state.clone(), folded.state.clone()),
+        ("status", stored.status.clone(), folded.status.clone()),
+        ("terminal", stored.terminal.to_string(), folded.terminal.to_string()),
+        ("version", stored.version.to_string(), folded.version.to_string()),
+    ];
+    for (column, was, now) in columns {
+        if was != now {
+            differences.push(format!("{column}: stored {was} but the events make {now}"));
+        }
+    }
+}
+
+async fn write_snapshot(tx: &mut sqlx::Transaction<'static, sqlx::Any>, saga: &Saga) -> Result<(), StoreError> {
+    sqlx::query("UPDATE sagas SET snapshot = $2, state = $3, status = $4, terminal = $5, version = $6, deadline = $7 WHERE id = $1")
+        .bind(saga.id.to_string())
+        .bind(serde_json::to_string(saga)?)
+        .bind(&saga.state)
+        .bind(&saga.status)
+        .bind(i64::from(saga.terminal))
+        .bind(i64::try_from(saga.version).unwrap_or(i64::MAX))
+        .bind(saga.deadline().map(|d| d.0))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn parse_id(id: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(id).map_err(|e| StoreError::Corrupt(format!("saga id {id:?}: {e}")))
+}
