@@ -42,11 +42,8 @@ pub struct Running {
 
 pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) -> anyhow::Result<Running> {
     tracing::info!(config = %config.describe(), "eso starting");
-    let (pool, backend) = participants::db::connect(&config.database_url(), config.db_pool).await?;
-    participants::db::migrate(&pool, backend).await?;
-    // On SQLite the outbox relay holds one reader for itself; four serve the API.
-    let readers = participants::db::readers(&config.database_url(), &pool, backend, 5).await?;
-    let store = Store::new(pool.clone(), readers, backend, vec![Arc::new(crate::orders::OrderProjection::new(backend))]);
+    let store = open_store(config).await?;
+    let (pool, backend) = (store.pool().clone(), store.backend());
 
     let mut participants_pool = None;
     let embedded: Vec<Arc<dyn Participant>> = if config.embed_participants() {
@@ -103,6 +100,16 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) ->
     let server = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
     tracing::info!(%addr, "listening");
     Ok(Running { addr, store, bus, runtime, stop_intake, stop_relay, server, timers, relay, participants: participant_tasks, participants_pool })
+}
+
+/// The configured store, migrated, with the read models of the shipped
+/// sagas' adapters (the order saga's `orders`).
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let (pool, backend) = participants::db::connect(&config.database_url(), config.db_pool).await?;
+    participants::db::migrate(&pool, backend).await?;
+    // On SQLite the outbox relay holds one reader for itself; four serve the API.
+    let readers = participants::db::readers(&config.database_url(), &pool, backend, 5).await?;
+    Ok(Store::new(pool, readers, backend, vec![Arc::new(crate::orders::OrderProjection::new(backend))]))
 }
 
 impl Running {

@@ -12,6 +12,7 @@ pub mod definitions;
 pub mod domain;
 pub mod finishes;
 pub mod orders;
+pub mod rebuild;
 pub mod runtime;
 mod saga_cache;
 pub mod store;

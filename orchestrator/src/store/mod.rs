@@ -100,6 +100,11 @@ impl Store {
         Store { pool, readers, backend, committer, appended, projections }
     }
 
+    /// The writer's pool.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// The pool for plain reads, for read models' own queries.
     pub fn readers(&self) -> &AnyPool {
         &self.readers

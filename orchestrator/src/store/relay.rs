@@ -327,7 +327,6 @@ fn outgoing(e: &StoredEvent) -> OutgoingEvent {
         messaging.message.id = %e.event_id,
         event.type = %e.event_type,
         saga.id = %e.stream_id,
-        order.id = %e.stream_id,
     );
     let stored: BTreeMap<String, String> = e
         .metadata
