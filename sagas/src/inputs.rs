@@ -166,7 +166,7 @@ pub(crate) fn grouped(problems: Vec<(String, InputProblem)>) -> BTreeMap<String,
 #[derive(Debug)]
 pub(crate) enum RawInputs {
     List(Vec<Spanned<String>>),
-    /// In the order the file lists them.
+    /// Sorted by name, as toml hands tables over; the spans give file order.
     Table(Vec<(Spanned<String>, Spanned<RawInput>)>),
 }
 

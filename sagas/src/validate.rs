@@ -126,6 +126,10 @@ impl Checker<'_> {
                 }
             }
             Some(RawInputs::Table(entries)) => {
+                // toml hands a table over with its keys sorted; the file's
+                // order is the one a reader (and the API) expects.
+                let mut entries: Vec<_> = entries.iter().collect();
+                entries.sort_by_key(|(key, _)| key.span().start);
                 for (key, entry) in entries {
                     let (kind, span, required) = match entry.get_ref() {
                         RawInput::Kind(text) => (Some(text.as_str()), entry.span(), true),
