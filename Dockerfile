@@ -21,7 +21,7 @@ COPY . .
 
 # The cache mounts keep the registry and target/ between builds; the binaries
 # are copied out in the same step because target/ is not part of the layer.
-# Saga definitions (sagas/*.toml beside the crate's own Cargo.toml) and
+# Saga definitions (sagas/definitions/*.toml) and
 # migrations are staged here so that an empty or missing folder does not break
 # the COPY below.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
@@ -30,7 +30,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     cargo build --release --locked --bins \
  && mkdir -p /out/bin /out/sagas /out/migrations \
  && cp target/release/eso target/release/payment target/release/delivery /out/bin/ \
- && find sagas -maxdepth 1 -name '*.toml' ! -name Cargo.toml -exec cp {} /out/sagas/ \; \
+ && find sagas/definitions -maxdepth 1 -name '*.toml' -exec cp {} /out/sagas/ \; \
  && (cp -r migrations/. /out/migrations/ 2>/dev/null || true)
 
 ############################ run ############################

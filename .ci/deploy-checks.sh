@@ -46,10 +46,10 @@ fi
 
 # ------------------------------------------------------------- saga definitions
 # The chart ships the repository's saga definitions as its default ConfigMap
-# content: refresh the chart's copies (files/*.toml) from sagas/*.toml. Until
-# sagas/order.toml exists the chart keeps its placeholder.
-for src in sagas/*.toml; do
-  [[ -f $src && $(basename "$src") != Cargo.toml ]] || continue
+# content: refresh the chart's copies (files/*.toml) from
+# sagas/definitions/*.toml, the folder that holds the sagas and nothing else.
+for src in sagas/definitions/*.toml; do
+  [[ -f $src ]] || continue
   dst=$CHART/files/$(basename "$src")
   if ! cmp -s "$src" "$dst"; then
     cp "$src" "$dst"

@@ -223,10 +223,18 @@ def cmd_policy(values: dict[str, Any], _: argparse.Namespace) -> list[str]:
     sagas_cm = [cm for cm in by_kind.get("ConfigMap", []) if cm["metadata"]["name"].endswith("-sagas")]
     if not sagas_cm:
         fail("no saga definitions ConfigMap")
-    elif values.get("defaultSagas", True) and "order.toml" not in (values.get("sagas") or {}):
-        shipped = (CHART / "files" / "order.toml").read_text()
-        if sagas_cm[0]["data"].get("order.toml") != shipped:
-            fail("the sagas ConfigMap's order.toml differs from files/order.toml")
+    elif values.get("defaultSagas", True):
+        # Every definition the chart ships, unless values replace it.
+        overridden = values.get("sagas") or {}
+        for path in sorted((CHART / "files").glob("*.toml")):
+            if path.name in overridden:
+                continue
+            if sagas_cm[0]["data"].get(path.name) != path.read_text():
+                fail(f"the sagas ConfigMap's {path.name} differs from files/{path.name}")
+        for path in sorted(Path("sagas/definitions").glob("*.toml")):
+            shipped = CHART / "files" / path.name
+            if not shipped.is_file() or shipped.read_text() != path.read_text():
+                fail(f"files/{path.name} is not a copy of {path} (run .ci/deploy-checks.sh to refresh it)")
     if orchestrator:
         checksum = (orchestrator["spec"]["template"]["metadata"].get("annotations") or {}).get("checksum/sagas")
         edited = deep_merge(values, {"sagas": {"order.toml": "# edited\n"}})

@@ -6,7 +6,7 @@
 #
 # Runs eso on Postgres (a fresh database `held`) and a private nats-server,
 # with the payment and delivery participants as processes, on a copy of
-# sagas/order.toml whose commands wait 120 s (so nothing times out or
+# sagas/definitions/order.toml whose commands wait 120 s (so nothing times out or
 # retries). Pauses both participants (SIGSTOP), POSTs SAGAS orders at RATE
 # per second with `eso bench --url`, prints eso's RSS once every order is in,
 # resumes the participants and prints the peak after they answered.
@@ -27,7 +27,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-sed 's/timeout = "2s"/timeout = "120s"/g' "$(dirname "$0")/../sagas/order.toml" > "$work/order.toml"
+sed 's/timeout = "2s"/timeout = "120s"/g' "$(dirname "$0")/../sagas/definitions/order.toml" > "$work/order.toml"
 mkdir "$work/sagas" && mv "$work/order.toml" "$work/sagas/"
 psql "$pg" -qc "DROP DATABASE IF EXISTS held" -c "CREATE DATABASE held"
 nats-server -a 127.0.0.1 -p 4333 -js -sd "$work/nats" > "$work/nats.log" 2>&1 &

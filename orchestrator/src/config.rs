@@ -25,7 +25,7 @@ pub struct Config {
     #[arg(long, env = "NATS_URL")]
     pub nats_url: Option<String>,
     /// Directory of saga definitions (`*.toml`). Without one, the built-in order saga.
-    #[arg(long, env = "SAGAS_DIR", default_value = "sagas")]
+    #[arg(long, env = "SAGAS_DIR", default_value = "sagas/definitions")]
     pub sagas_dir: PathBuf,
     /// Database connections (Postgres; SQLite always uses one).
     #[arg(long, env = "ESO_DB_POOL", default_value_t = 16)]

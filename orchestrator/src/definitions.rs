@@ -2,6 +2,7 @@
 //! store (so running sagas keep theirs) plus the files in `SAGAS_DIR`.
 //! A file that changed a recorded version without bumping it stops the
 //! start with the reason, rather than silently changing running sagas.
+//! Also the checks behind `eso saga check`.
 
 use std::path::{Path, PathBuf};
 
@@ -11,10 +12,12 @@ use sagas::Registry;
 use crate::store::Store;
 
 /// The order saga shipped in the binary, used when `SAGAS_DIR` has none.
-pub const BUILTIN_ORDER: &str = include_str!("../../sagas/order.toml");
+pub const BUILTIN_ORDER: &str = include_str!("../../sagas/definitions/order.toml");
 
-/// The `*.toml` definition files of a directory (the crate manifest that
-/// shares `sagas/` with them is not one), sorted by name.
+/// The `*.toml` definition files of a directory, sorted by name. The shipped
+/// ones have a folder of their own (`sagas/definitions/`); a `Cargo.toml` is
+/// still passed over, so pointing `SAGAS_DIR` at a crate folder (as `sagas/`
+/// was before) does not read a manifest as a saga.
 pub fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
@@ -77,8 +80,74 @@ pub async fn load(store: &Store, dir: &Path) -> anyhow::Result<Registry> {
         }
         tracing::info!(definition = %id, "saga definition loaded");
     }
-    if registry.latest("order").is_none() {
-        anyhow::bail!("no saga definition named `order` in {} (the API starts order sagas)", dir.display());
-    }
+    // Any set of valid definitions serves: the order routes answer for
+    // themselves when no `order` saga is loaded.
     Ok(registry)
+}
+
+/// `eso saga check`: parses `files`, or every `*.toml` in `dir` (SAGAS_DIR)
+/// when none are given. Prints `path: ok (name vN, K states, hash …)` per
+/// valid file to stdout and every problem as `file:line:column: reason` to
+/// stderr; returns whether every file was valid. A `dir` that cannot be read
+/// or holds no definitions counts as a failure: there is nothing to vouch for.
+pub fn check(files: &[PathBuf], dir: &Path) -> bool {
+    let files = if files.is_empty() {
+        match files_in(dir) {
+            Ok(found) if !found.is_empty() => found,
+            Ok(_) => {
+                eprintln!("{}: no saga definitions (*.toml) there", dir.display());
+                return false;
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", dir.display());
+                return false;
+            }
+        }
+    } else {
+        files.to_vec()
+    };
+    let mut valid = true;
+    for path in &files {
+        match parse_file(path) {
+            Ok((def, _)) => {
+                let hash = def.hash();
+                println!("{}: ok ({} v{}, {} states, hash {})", path.display(), def.name, def.version, def.states.len(), &hash[..hash.len().min(12)]);
+            }
+            Err(e) => {
+                valid = false;
+                eprintln!("{e:#}");
+            }
+        }
+    }
+    valid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sagas/definitions")
+    }
+
+    #[test]
+    fn the_shipped_folder_holds_exactly_the_sagas_and_all_are_valid() {
+        let files = files_in(&shipped()).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<_> = files.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["order.toml", "trip.toml"]);
+        assert!(check(&[], &shipped()), "every shipped definition checks");
+        assert!(sagas::parse("built-in", BUILTIN_ORDER).is_ok());
+    }
+
+    #[test]
+    fn check_fails_on_a_broken_file_an_empty_folder_and_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!check(&[], dir.path()), "nothing to check is not a pass");
+        assert!(!check(&[], &dir.path().join("missing")));
+        let broken = dir.path().join("broken.toml");
+        std::fs::write(&broken, "name = \"x\"\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(!check(&[], dir.path()));
+        assert!(!check(std::slice::from_ref(&broken), &shipped()), "given files are checked, not the folder");
+        assert!(check(&[shipped().join("order.toml")], dir.path()));
+    }
 }

@@ -139,7 +139,7 @@ impl Runtime {
     /// first command from being sent.
     pub async fn start(&self, name: &str, data: Map<String, Value>, key: Option<StartKey>) -> Result<Started, RuntimeError> {
         let def = self.inner.registry.latest(name).ok_or_else(|| RuntimeError::NoDefinition(name.to_string()))?.clone();
-        check_inputs(&def, &data).map_err(RuntimeError::Inputs)?;
+        def.check_inputs(&data).map_err(RuntimeError::Inputs)?;
         let runtime = self.clone();
         let task = self.inner.tasks.spawn(async move { runtime.start_now(def, data, key).await }.instrument(tracing::Span::current()));
         task.await.map_err(|e| RuntimeError::Aborted(e.to_string()))?
@@ -440,11 +440,4 @@ impl Runtime {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
     }
-}
-
-// TEMPORARY until the typed inputs land in `sagas`.
-fn check_inputs(def: &Definition, data: &Map<String, Value>) -> Result<(), std::collections::BTreeMap<String, Vec<String>>> {
-    let missing: std::collections::BTreeMap<String, Vec<String>> =
-        def.inputs.iter().filter(|i| !data.contains_key(*i)).map(|i| (i.clone(), vec!["is required".to_string()])).collect();
-    if missing.is_empty() { Ok(()) } else { Err(missing) }
 }

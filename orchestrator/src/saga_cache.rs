@@ -86,7 +86,7 @@ mod tests {
     use super::*;
 
     fn running_saga() -> SagaRow {
-        let source = include_str!("../../sagas/order.toml");
+        let source = include_str!("../../sagas/definitions/order.toml");
         let def = sagas::parse("order.toml", source).unwrap_or_else(|e| panic!("{e}"));
         let mut data = Map::new();
         data.insert("amount".into(), Value::String("207.00".into()));

@@ -31,7 +31,7 @@ async fn racing_steps_of_one_saga(url: &str) {
     db::migrate(&pool, backend).await.unwrap_or_else(|e| panic!("migrate: {e}"));
     let readers = db::readers(url, &pool, backend, 2).await.unwrap_or_else(|e| panic!("readers: {e}"));
     let store = Store::new(pool, readers, backend, Vec::new());
-    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../sagas/order.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../sagas/definitions/order.toml")).unwrap_or_else(|e| panic!("{e}"));
     let def = sagas::parse("order.toml", &source).unwrap_or_else(|e| panic!("{e}"));
     let id = Uuid::new_v4();
     let data: Map<String, Value> =

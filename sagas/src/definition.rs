@@ -10,9 +10,11 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use toml::Spanned;
 use sha2::{Digest, Sha256};
 
+use crate::inputs::{self, InputSpec, RawInputs};
 use crate::validate;
 
 /// Event types the machine records on its own; user transitions may not reuse them.
@@ -34,8 +36,9 @@ pub struct Definition {
     pub initial: String,
     /// The event type recorded when a saga starts (e.g. `order_created`).
     pub started: String,
-    /// The data a saga must start with (empty: not declared, not checked).
-    pub inputs: Vec<String>,
+    /// The data a saga starts with, in file order (empty: not declared,
+    /// not checked).
+    pub inputs: Vec<InputSpec>,
     pub states: BTreeMap<String, State>,
     /// State names in the order the file lists them, for diagrams.
     #[serde(skip)]
@@ -119,6 +122,19 @@ impl Definition {
         self.states.get(name)
     }
 
+    pub fn input(&self, name: &str) -> Option<&InputSpec> {
+        self.inputs.iter().find(|i| i.name == name)
+    }
+
+    /// Checks a saga's start data against the declared inputs, before
+    /// starting it: `Err` lists, per field name, every problem (`"is
+    /// required"`, `"must be an integer"`, `"is not an input of saga
+    /// `trip`"`). `null` counts as absent. A definition that declares no
+    /// inputs accepts any data.
+    pub fn check_inputs(&self, data: &Map<String, Value>) -> Result<(), BTreeMap<String, Vec<String>>> {
+        let problems = inputs::problems(&self.name, &self.inputs, data);
+        if problems.is_empty() { Ok(()) } else { Err(inputs::grouped(problems)) }
+    }
 }
 
 /// The hash of a definition file's data; see [`Definition::hash`].
@@ -210,6 +226,8 @@ pub enum Problem {
     UnknownField { field: String, inputs: Vec<String>, states: Vec<String> },
     #[error("state `{0}` has the name of an input: its reply would replace that input")]
     StateShadowsInput(String),
+    #[error("unknown type `{kind}` for input `{input}` (types are: {})", crate::InputKind::ALL.map(|k| k.name()).join(", "))]
+    UnknownInputType { input: String, kind: String },
 }
 
 fn hint(known: &[String]) -> String {
@@ -227,8 +245,7 @@ pub(crate) struct RawDefinition {
     pub description: String,
     pub initial: Option<Spanned<String>>,
     pub started: Spanned<String>,
-    #[serde(default)]
-    pub inputs: Vec<Spanned<String>>,
+    pub inputs: Option<RawInputs>,
     pub states: Spanned<BTreeMap<Spanned<String>, Spanned<RawState>>>,
 }
 

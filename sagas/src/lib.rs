@@ -8,11 +8,13 @@
 
 pub mod definition;
 pub mod graph;
+pub mod inputs;
 pub mod machine;
 pub mod registry;
 pub mod saga;
 mod validate;
 
 pub use definition::{Definition, DefinitionErrors, DefinitionId, Located, Problem, parse};
+pub use inputs::{InputKind, InputProblem, InputSpec};
 pub use machine::{Cause, Change, Command, Decision, Event, FoldError, Ignored, Input, Millis, Pending, Phase, Saga, step};
 pub use registry::{Registry, RegistryError};

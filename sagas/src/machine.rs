@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::definition::{Definition, DefinitionId, Transition};
+use crate::inputs::{self, InputProblem};
 pub use crate::saga::{Cause, Change, Command, Event, FoldError, Millis, Pending, Phase, Saga};
 
 /// Recorded when one attempt of a command timed out and a retry is due after backoff.
@@ -59,6 +60,9 @@ pub enum Ignored {
     AlreadyStarted,
     #[error("the saga cannot start without its inputs: {}", .0.join(", "))]
     MissingInputs(Vec<String>),
+    /// Inputs of the wrong type, or fields the definition does not declare.
+    #[error("the saga cannot start with these inputs: {}", describe(.0))]
+    InvalidInputs(BTreeMap<String, Vec<String>>),
     #[error("the saga has finished in state `{0}`")]
     Finished(String),
     #[error("the saga runs on {saga}, not {given}")]
@@ -77,13 +81,25 @@ pub enum Ignored {
     UnknownState(String),
 }
 
+fn describe(problems: &BTreeMap<String, Vec<String>>) -> String {
+    let each = problems.iter().flat_map(|(field, p)| p.iter().map(move |p| format!("`{field}` {p}")));
+    each.collect::<Vec<_>>().join("; ")
+}
+
 /// Decides what `input` does to `saga` (None before it starts) at `now`.
 pub fn step(def: &Definition, saga: Option<&Saga>, input: &Input, now: Millis) -> Result<Decision, Ignored> {
     let saga = match (saga, input) {
         (None, Input::Start { id, data }) => {
-            let missing: Vec<String> = def.inputs.iter().filter(|i| !data.contains_key(*i)).cloned().collect();
+            // The same check callers run before starting; a start that
+            // skipped it is refused here, so no saga starts on bad data.
+            let problems = inputs::problems(&def.name, &def.inputs, data);
+            let missing: Vec<String> =
+                problems.iter().filter(|(_, p)| *p == InputProblem::Required).map(|(name, _)| name.clone()).collect();
             if !missing.is_empty() {
                 return Err(Ignored::MissingInputs(missing));
+            }
+            if !problems.is_empty() {
+                return Err(Ignored::InvalidInputs(inputs::grouped(problems)));
             }
             return Ok(start(def, *id, data, now));
         }

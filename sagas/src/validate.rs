@@ -10,6 +10,7 @@ use std::ops::Range;
 
 use toml::Spanned;
 
+use crate::inputs::{InputKind, InputSpec, RawInput, RawInputs};
 use crate::definition::{
     CommandSpec, Definition, DefinitionErrors, Located, MAX_RETRIES, Problem, RESERVED_EVENTS,
     RawCommand, RawDefinition, RawState, RawTransition, State, Transition, parse_duration,
@@ -104,6 +105,50 @@ impl Checker<'_> {
             retries,
             backoff,
         }
+    }
+
+    /// The declared inputs, in file order; see [`crate::inputs`].
+    fn inputs(&mut self, raw: Option<&RawInputs>) -> Vec<InputSpec> {
+        let mut inputs: Vec<InputSpec> = Vec::new();
+        let mut add = |check: &mut Self, key: &Spanned<String>, kind: InputKind, required: bool| {
+            let name = check.name(key);
+            if inputs.iter().any(|i| i.name == name) {
+                check.report(key.span(), Problem::Duplicate(format!("input `{name}` listed twice")));
+            } else {
+                inputs.push(InputSpec { name, kind, required });
+            }
+        };
+        match raw {
+            None => {}
+            Some(RawInputs::List(names)) => {
+                for key in names {
+                    add(self, key, InputKind::Any, true);
+                }
+            }
+            Some(RawInputs::Table(entries)) => {
+                // toml hands a table over with its keys sorted; the file's
+                // order is the one a reader (and the API) expects.
+                let mut entries: Vec<_> = entries.iter().collect();
+                entries.sort_by_key(|(key, _)| key.span().start);
+                for (key, entry) in entries {
+                    let (kind, span, required) = match entry.get_ref() {
+                        RawInput::Kind(text) => (Some(text.as_str()), entry.span(), true),
+                        RawInput::Table { kind: Some(text), optional } => (Some(text.get_ref().as_str()), text.span(), !optional),
+                        RawInput::Table { kind: None, optional } => (None, entry.span(), !optional),
+                    };
+                    let kind = match kind {
+                        None => InputKind::Any,
+                        Some(text) => InputKind::from_name(text).unwrap_or_else(|| {
+                            let problem = Problem::UnknownInputType { input: key.get_ref().clone(), kind: text.to_string() };
+                            self.report(span, problem);
+                            InputKind::Any
+                        }),
+                    };
+                    add(self, key, kind, required);
+                }
+            }
+        }
+        inputs
     }
 
     fn state(&mut self, key: &Spanned<String>, raw: &Spanned<RawState>, states: &BTreeSet<String>) -> State {
@@ -203,7 +248,8 @@ pub(crate) fn validate(raw: RawDefinition, hash: String, at: &At<'_>) -> Result<
 
     // Command fields must name something the saga will have: an input, the
     // saga id, or an earlier state's reply (`payment.payment_id`).
-    let inputs: Vec<String> = raw.inputs.iter().map(|i| check.name(i)).collect();
+    let declared = check.inputs(raw.inputs.as_ref());
+    let inputs: Vec<String> = declared.iter().map(|i| i.name.clone()).collect();
     for key in &order {
         if inputs.contains(key.get_ref()) || key.get_ref() == "saga_id" {
             check.report(key.span(), Problem::StateShadowsInput(key.get_ref().clone()));
@@ -249,7 +295,7 @@ pub(crate) fn validate(raw: RawDefinition, hash: String, at: &At<'_>) -> Result<
         description: raw.description,
         initial,
         started,
-        inputs,
+        inputs: declared,
         states,
         order,
         hash,

@@ -75,10 +75,20 @@ terminal = true
 
 #[test]
 fn the_shipped_definitions_are_valid() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let name = "order.toml";
-    let source = std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-    if let Err(e) = sagas::parse(name, &source) {
-        panic!("{e}");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("definitions");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    // The folder holds the sagas and nothing else, so `definitions/*.toml` is the list of them.
+    assert_eq!(names, ["order.toml", "trip.toml"]);
+    for name in &names {
+        let source = std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        if let Err(e) = sagas::parse(name, &source) {
+            panic!("{e}");
+        }
+        assert!(source.starts_with("# "), "{name}: its first lines should say what the saga does");
     }
 }

@@ -54,7 +54,7 @@ pub struct BenchArgs {
     /// The nats-server binary (default: /usr/sbin/nats-server or PATH).
     #[arg(long)]
     pub nats_server: Option<PathBuf>,
-    /// Saga definitions for spawned servers (default: `sagas/` found from here or the executable).
+    /// Saga definitions for spawned servers (default: `sagas/definitions/` found from here or the executable).
     #[arg(long)]
     pub sagas_dir: Option<PathBuf>,
     /// Export spawned processes' traces to this OTLP/gRPC endpoint.

@@ -371,12 +371,13 @@ pub fn find_nats_server() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("nats-server"))
 }
 
-/// `sagas/` next to the current directory or one of its parents, or the
-/// repository the executable was built in (`target/<profile>/eso`).
+/// `sagas/definitions/` (holding the order saga the load runs) in the
+/// current directory or one of its parents, or in the repository the
+/// executable was built in (`target/<profile>/eso`).
 pub fn find_sagas_dir(exe: &Path) -> Option<PathBuf> {
     let from_cwd = std::env::current_dir().ok().into_iter().flat_map(|d| d.ancestors().map(Path::to_path_buf).collect::<Vec<_>>());
     let from_exe = exe.ancestors().skip(1).map(Path::to_path_buf).collect::<Vec<_>>();
-    from_cwd.chain(from_exe).map(|d| d.join("sagas")).find(|d| d.join("order.toml").is_file())
+    from_cwd.chain(from_exe).map(|d| d.join("sagas").join("definitions")).find(|d| d.join("order.toml").is_file())
 }
 
 pub fn scratch_dir(what: &str) -> anyhow::Result<PathBuf> {

@@ -26,7 +26,7 @@ pub fn config(database_url: Option<String>, nats_url: Option<String>, sqlite: Pa
         database_url,
         sqlite_path: sqlite,
         nats_url,
-        sagas_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sagas"),
+        sagas_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sagas/definitions"),
         db_pool: 8,
         timer_interval_ms: 20,
         max_body_bytes: 16 * 1024,

@@ -71,7 +71,7 @@ fn spawn_eso(args: &[&str], env: &[(&str, String)], port: u16) -> Child {
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("PORT", port.to_string())
         .env("BIND", "127.0.0.1")
-        .env("SAGAS_DIR", PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sagas"))
+        .env("SAGAS_DIR", PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sagas/definitions"))
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(if log { Stdio::inherit() } else { Stdio::null() })
         .stderr(if log { Stdio::inherit() } else { Stdio::null() })

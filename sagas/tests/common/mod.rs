@@ -7,13 +7,35 @@ use sagas::{Command, Decision, Definition, Event, Ignored, Input, Millis, Saga, 
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-pub const ORDER: &str = include_str!("../../order.toml");
+pub const ORDER: &str = include_str!("../../definitions/order.toml");
 
 pub fn order() -> Definition {
     match sagas::parse("order.toml", ORDER) {
         Ok(def) => def,
         Err(e) => panic!("order.toml is invalid:\n{e}"),
     }
+}
+
+pub const TRIP: &str = include_str!("../../definitions/trip.toml");
+
+pub fn trip() -> Definition {
+    match sagas::parse("trip.toml", TRIP) {
+        Ok(def) => def,
+        Err(e) => panic!("trip.toml is invalid:\n{e}"),
+    }
+}
+
+pub fn trip_data(traveller: &str) -> Map<String, Value> {
+    let Value::Object(data) = json!({
+        "traveller": traveller,
+        "from": "AMS",
+        "to": "LIS",
+        "nights": 3,
+        "date": "2025-07-01",
+    }) else {
+        unreachable!()
+    };
+    data
 }
 
 pub fn order_data(description: &str) -> Map<String, Value> {
@@ -50,6 +72,10 @@ impl Run {
 
     pub fn order(description: &str) -> Run {
         Run::start(order(), order_data(description))
+    }
+
+    pub fn trip(traveller: &str) -> Run {
+        Run::start(trip(), trip_data(traveller))
     }
 
     fn absorb(&mut self, d: Decision) {
