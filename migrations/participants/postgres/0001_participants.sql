@@ -1,6 +1,8 @@
 -- Participants' own tables. The command id is the key: a repeated command
--- finds the first answer instead of charging again.
-CREATE TABLE payments (
+-- finds the first answer instead of charging again. IF NOT EXISTS: databases
+-- made before the participants had migrations of their own already have
+-- these tables (from the store's former 0002_participants).
+CREATE TABLE IF NOT EXISTS payments (
     command_id  TEXT   PRIMARY KEY,
     order_id    TEXT   NOT NULL,
     amount      TEXT   NOT NULL,
@@ -10,7 +12,7 @@ CREATE TABLE payments (
     refunded_at BIGINT
 );
 
-CREATE TABLE deliveries (
+CREATE TABLE IF NOT EXISTS deliveries (
     command_id TEXT   PRIMARY KEY,
     order_id   TEXT   NOT NULL,
     outcome    TEXT   NOT NULL,

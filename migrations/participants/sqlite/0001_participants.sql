@@ -1,1 +1,1 @@
-../postgres/0002_participants.sql
+../postgres/0001_participants.sql

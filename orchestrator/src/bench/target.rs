@@ -304,7 +304,7 @@ pub async fn admin_connection(admin_url: &str) -> anyhow::Result<sqlx::AnyConnec
     <sqlx::AnyConnection as sqlx::Connection>::connect(admin_url).await.with_context(|| {
         format!(
             "cannot reach PostgreSQL at {} (set --admin-url; start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`)",
-            participants::db::redact(admin_url)
+            db::redact(admin_url)
         )
     })
 }
