@@ -151,7 +151,8 @@ impl Target {
         self.start_child("eso", &opts.exe, &[], &eso_env, port, dir).await?;
         self.url = format!("http://127.0.0.1:{port}");
         if mode == SpawnMode::Postgres {
-            // After the orchestrator: its migrations have run, theirs are no-ops.
+            // After the orchestrator, so the database exists with its schema; the
+            // participants then add their own tables (their own migrations).
             for name in ["payment", "delivery"] {
                 let port = free_port()?;
                 self.start_child(&format!("eso participant {name}"), &opts.exe, &["participant", name], &env, port, dir).await?;
