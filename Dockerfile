@@ -21,8 +21,10 @@ COPY . .
 
 # The cache mounts keep the registry and target/ between builds; the binaries
 # are copied out in the same step because target/ is not part of the layer.
-# Saga definitions (sagas/definitions/*.toml) and
-# migrations are staged here so that an empty or missing folder does not break
+# `--bins` builds the default members' binaries: `eso` (package eso/) and
+# `payment`, `delivery` (participants/). Saga definitions (sagas/definitions/*.toml)
+# and migrations (one folder per owner, compiled into the binaries; the copy is
+# for reading) are staged here so that an empty or missing folder does not break
 # the COPY below.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \

@@ -1,13 +1,12 @@
-//! Wiring: builds the store, bus, participants, runtime and HTTP server
-//! from a [`Config`], and takes them down in an order that loses nothing.
+//! Wiring: builds the store, bus, runtime and HTTP server from a
+//! [`Config`], runs the participants its caller embeds, and takes them all
+//! down in an order that loses nothing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use participants::Participant;
-use participants::delivery::Delivery;
-use participants::payment::Payment;
+use protocol::Participant;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -36,32 +35,26 @@ pub struct Running {
     timers: JoinHandle<()>,
     relay: JoinHandle<()>,
     participants: Vec<JoinHandle<()>>,
-    /// The in-process participants' own SQLite file, when they have one.
+    /// The embedded participants' records, closed after they stopped.
     participants_pool: Option<sqlx::AnyPool>,
 }
 
-pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) -> anyhow::Result<Running> {
+/// Participants to run in this process, built by the caller (the `eso`
+/// binary), so this crate depends on the protocol alone.
+#[derive(Default)]
+pub struct Embedded {
+    /// Answer on the in-process bus, or over NATS when it is configured.
+    pub participants: Vec<Arc<dyn Participant>>,
+    /// Where they keep their records, closed by [`Running::stop`] once they
+    /// have stopped answering.
+    pub pool: Option<sqlx::AnyPool>,
+}
+
+pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, embedded: Embedded) -> anyhow::Result<Running> {
     tracing::info!(config = %config.describe(), "eso starting");
     let store = open_store(config).await?;
-    let (pool, backend) = (store.pool().clone(), store.backend());
 
-    let mut participants_pool = None;
-    let embedded: Vec<Arc<dyn Participant>> = if config.embed_participants() {
-        let records = match config.participants_sqlite_url() {
-            Some(url) => {
-                // One schema for every file: the event-store tables stay empty here.
-                let (records, _) = participants::db::connect(&url, 1).await?;
-                participants::db::migrate(&records, backend).await?;
-                adopt_records(&records, &pool).await?;
-                participants_pool = Some(records.clone());
-                records
-            }
-            None => pool.clone(),
-        };
-        vec![Arc::new(Payment::new(records.clone(), backend)), Arc::new(Delivery::new(records, backend))]
-    } else {
-        vec![]
-    };
+    let Embedded { participants: embedded, pool: participants_pool } = embedded;
     let stop_intake = CancellationToken::new();
     let mut participant_tasks = Vec::new();
     let bus = match config.nats_url() {
@@ -71,7 +64,7 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) ->
             for participant in embedded {
                 let (client, stop) = (nats.client().clone(), stop_intake.clone());
                 participant_tasks.push(tokio::spawn(async move {
-                    if let Err(e) = participants::serve::serve_nats(client, participant, stop.cancelled_owned()).await {
+                    if let Err(e) = protocol::serve_nats(client, participant, stop.cancelled_owned()).await {
                         tracing::error!(error = %e, "in-process participant stopped");
                     }
                 }));
@@ -105,10 +98,10 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) ->
 /// The configured store, migrated, with the read models of the shipped
 /// sagas' adapters (the order saga's `orders`).
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let (pool, backend) = participants::db::connect(&config.database_url(), config.db_pool).await?;
-    participants::db::migrate(&pool, backend).await?;
+    let (pool, backend) = db::connect(&config.database_url(), config.db_pool).await?;
+    crate::migrations::run(&pool, backend).await?;
     // On SQLite the outbox relay holds one reader for itself; four serve the API.
-    let readers = participants::db::readers(&config.database_url(), &pool, backend, 5).await?;
+    let readers = db::readers(&config.database_url(), &pool, backend, 5).await?;
     Ok(Store::new(pool, readers, backend, vec![Arc::new(crate::orders::OrderProjection::new(backend))]))
 }
 
@@ -137,31 +130,4 @@ impl Running {
         }
         tracing::info!("eso stopped");
     }
-}
-
-/// Moves participant records that an earlier eso wrote into the store's own
-/// file (before the participants had one) into theirs, so that a command
-/// answered before an upgrade still gets its first answer after it instead
-/// of being decided, and charged, again. Copied first and then deleted, each
-/// step atomic in its own file: a crash in between copies again, and the
-/// copy ignores what is already there.
-async fn adopt_records(records: &sqlx::AnyPool, store: &sqlx::AnyPool) -> anyhow::Result<()> {
-    use sqlx::{AssertSqlSafe, Executor, Row};
-    // The file SQLite really opened: the configured path went through URL
-    // decoding on its way to the store's connection.
-    let store_file: String = sqlx::query("SELECT file FROM pragma_database_list WHERE name = 'main'").fetch_one(store).await?.try_get("file")?;
-    let mut conn = records.acquire().await?;
-    sqlx::query("ATTACH DATABASE $1 AS store").bind(store_file).execute(&mut *conn).await?;
-    let mut moved = 0;
-    for table in ["payments", "deliveries"] {
-        // The table names are the constants above.
-        let copied = conn.execute(AssertSqlSafe(format!("INSERT OR IGNORE INTO main.{table} SELECT * FROM store.{table}"))).await?;
-        conn.execute(AssertSqlSafe(format!("DELETE FROM store.{table}"))).await?;
-        moved += copied.rows_affected();
-    }
-    conn.execute("DETACH DATABASE store").await?;
-    if moved > 0 {
-        tracing::info!(records = moved, "participant records moved from the store's file to the participants' own");
-    }
-    Ok(())
 }

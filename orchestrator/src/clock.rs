@@ -3,10 +3,11 @@
 
 use sagas::Millis;
 
-/// Microseconds since the Unix epoch (the participants' clock, so every
-/// `*_at` column shares one unit and one source).
+/// Microseconds since the Unix epoch (the clock of the `db` crate, which
+/// the participants use too, so every `*_at` column shares one unit and one
+/// source).
 pub fn now_us() -> i64 {
-    participants::now_us()
+    db::now_us()
 }
 
 pub fn now() -> Millis {

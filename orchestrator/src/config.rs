@@ -55,19 +55,8 @@ impl Config {
     }
 
     /// DATABASE_URL, unless unset or empty (then the store is embedded).
-    fn named_database(&self) -> Option<&str> {
+    pub fn named_database(&self) -> Option<&str> {
         self.database_url.as_deref().filter(|u| !u.is_empty())
-    }
-
-    /// Where in-process participants keep their records in embedded mode:
-    /// a SQLite file of their own beside the store's (`eso.db` →
-    /// `eso.participants.db`), as separate services would own their data.
-    /// SQLite has one writer per file, and on a shared file the group
-    /// committer waited behind the participants' writes for about half of
-    /// each commit. `None` (share the store's database) when DATABASE_URL
-    /// names one.
-    pub fn participants_sqlite_url(&self) -> Option<String> {
-        self.named_database().is_none().then(|| sqlite_url(&self.sqlite_path.with_extension("participants.db")))
     }
 
     pub fn nats_url(&self) -> Option<&str> {
@@ -85,16 +74,12 @@ impl Config {
 
     /// One line for the first log message: which mode, where, no secrets.
     pub fn describe(&self) -> String {
-        let store = participants::db::redact(&self.database_url());
+        let store = db::redact(&self.database_url());
         let bus = self.nats_url().unwrap_or("in-process");
         let mode = if self.nats_url().is_some() && self.named_database().is_some() { "production" } else { "embedded" };
         format!(
             "mode={mode} store={store} bus={bus} participants={} sagas_dir={} port={}",
-            match (self.embed_participants(), self.participants_sqlite_url()) {
-                (false, _) => "external".to_string(),
-                (true, None) => "in-process".to_string(),
-                (true, Some(url)) => format!("in-process({url})"),
-            },
+            if self.embed_participants() { "in-process" } else { "external" },
             self.sagas_dir.display(),
             self.port
         )
@@ -102,6 +87,6 @@ impl Config {
 }
 
 /// The URL of an embedded SQLite file, created on first use.
-fn sqlite_url(path: &Path) -> String {
+pub fn sqlite_url(path: &Path) -> String {
     format!("sqlite:{}?mode=rwc", path.display())
 }

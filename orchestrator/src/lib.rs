@@ -11,6 +11,7 @@ pub mod config;
 pub mod definitions;
 pub mod domain;
 pub mod finishes;
+pub mod migrations;
 pub mod orders;
 pub mod rebuild;
 pub mod runtime;

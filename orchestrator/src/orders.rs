@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use participants::db::Column::{BigInt, Text};
-use participants::db::{Backend, insert_rows, recordset};
+use db::Column::{BigInt, Text};
+use db::{Backend, insert_rows, recordset};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sqlx::Row;
@@ -127,7 +127,7 @@ pub struct OrderProjection {
     delete: Statement,
 }
 
-const COLUMNS: [(&str, participants::db::Column); 8] = [
+const COLUMNS: [(&str, db::Column); 8] = [
     ("id", Text),
     ("amount_cents", BigInt),
     ("user_id", Text),

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use participants::protocol::{ErrorReply, HEADER_COMMAND_ID, HEADER_SAGA_ID};
-use participants::{CommandMessage, ReplyMessage};
+use protocol::{CommandMessage, ErrorReply, HEADER_COMMAND_ID, HEADER_SAGA_ID, ReplyMessage};
 use sagas::{Cause, Change, Command, Definition, Input, Registry, Saga};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -278,7 +277,7 @@ impl Runtime {
         let span = tracing::info_span!(
             "event_store.append",
             otel.kind = "client",
-            db.system = match self.inner.store.backend() { participants::db::Backend::Postgres => "postgresql", participants::db::Backend::Sqlite => "sqlite" },
+            db.system = match self.inner.store.backend() { db::Backend::Postgres => "postgresql", db::Backend::Sqlite => "sqlite" },
             db.operation.name = "INSERT",
             db.collection.name = "events",
             saga.id = %append.saga.id,

@@ -4,13 +4,13 @@
 //! `undeliverable`, which fail: that is how users (and tests) exercise the
 //! order saga's compensation path.
 
+use db::Backend;
+use db::Column::Text;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Map, json};
 use sqlx::AnyPool;
 
-use crate::db::Backend;
-use crate::db::Column::Text;
 use crate::record::Recorder;
 use crate::{CommandMessage, Error, Participant, ReplyMessage};
 

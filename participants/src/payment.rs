@@ -8,15 +8,16 @@
 //! so a late charge is declined instead of taking money after the saga
 //! gave up on it.
 
+use db::Backend;
+use db::Column::{BigInt, Text};
+use db::now_us;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Map, json};
 use sqlx::{AnyPool, Row};
 
-use crate::db::Backend;
-use crate::db::Column::{BigInt, Text};
 use crate::record::Recorder;
-use crate::{CommandMessage, Error, Participant, ReplyMessage, now_us};
+use crate::{CommandMessage, Error, Participant, ReplyMessage};
 
 pub const PROCESS: &str = "eso.cmd.payment.process";
 pub const REFUND: &str = "eso.cmd.payment.refund";
@@ -58,31 +59,38 @@ impl Payment {
             .ok_or_else(|| Error::BadCommand("refund without compensates.command_id".into()))?
             .to_string();
         let amount = command.field("amount").unwrap_or("0.00");
+        let charged = self.void_or_refund(&charge, &command.saga_id.to_string(), amount).await.map_err(Error::failed)?;
+        // Only a confirmed charge moved money back; say which it was.
+        Ok(ReplyMessage { outcome: "refunded".into(), data: json!({ "charge": charge, "charge_outcome": charged }) })
+    }
+
+    /// Marks the charge refunded, or records it as voided when the refund
+    /// came first; returns the charge's outcome.
+    async fn void_or_refund(&self, charge: &str, order_id: &str, amount: &str) -> Result<String, sqlx::Error> {
         let now = now_us();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO payments (command_id, order_id, amount, outcome, refunded, created_at, refunded_at) \
              VALUES ($1, $2, $3, 'voided', 1, $4, $4) ON CONFLICT (command_id) DO NOTHING",
         )
-        .bind(&charge)
-        .bind(command.saga_id.to_string())
+        .bind(charge)
+        .bind(order_id)
         .bind(amount)
         .bind(now)
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE payments SET refunded = 1, refunded_at = $2 WHERE command_id = $1 AND refunded = 0")
-            .bind(&charge)
+            .bind(charge)
             .bind(now)
             .execute(&mut *tx)
             .await?;
         let charged = sqlx::query("SELECT outcome FROM payments WHERE command_id = $1")
-            .bind(&charge)
+            .bind(charge)
             .fetch_one(&mut *tx)
             .await?
             .try_get::<String, _>("outcome")?;
         tx.commit().await?;
-        // Only a confirmed charge moved money back; say which it was.
-        Ok(ReplyMessage { outcome: "refunded".into(), data: json!({ "charge": charge, "charge_outcome": charged }) })
+        Ok(charged)
     }
 }
 

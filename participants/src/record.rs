@@ -9,12 +9,12 @@
 
 use std::collections::{HashMap, HashSet};
 
+use db::{Backend, Column, insert_rows, now_us};
 use serde_json::{Map, Value};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{Backend, Column, insert_rows};
-use crate::{Error, now_us};
+use crate::Error;
 
 /// Most answers in one statement.
 const MAX_BATCH: usize = 256;
@@ -46,8 +46,8 @@ impl Recorder {
     /// returns the outcome recorded first for that command id.
     pub async fn record(&self, row: Map<String, Value>) -> Result<String, Error> {
         let (reply, answer) = oneshot::channel();
-        self.jobs.send((row, reply)).await.map_err(|_| Error::Stopped)?;
-        answer.await.map_err(|_| Error::Stopped)?.map_err(Error::Record)
+        self.jobs.send((row, reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?.map_err(|e| Error::failed(format!("recording the answer failed: {e}")))
     }
 }
 
@@ -110,6 +110,10 @@ async fn write(pool: &AnyPool, insert: &str, recorded: &str, rows: &[&Map<String
         earlier.insert(id.to_string(), outcome);
     }
     Ok(earlier)
+}
+
+fn stopped() -> Error {
+    Error::failed("the participant is shutting down")
 }
 
 fn outcome_of(row: &Map<String, Value>) -> String {

@@ -29,7 +29,7 @@ pub async fn pg_inserts(admin_url: &str, connections: usize, seconds: Duration) 
             .max_connections(connections as u32)
             .connect(&db.url)
             .await
-            .with_context(|| format!("connecting to {}", participants::db::redact(&db.url)))?;
+            .with_context(|| format!("connecting to {}", db::redact(&db.url)))?;
         sqlx::query("CREATE TABLE scratch (id BIGSERIAL PRIMARY KEY, payload TEXT NOT NULL, recorded_at BIGINT NOT NULL)").execute(&pool).await?;
         let rate = insert_loop(&pool, connections, seconds).await;
         pool.close().await;
@@ -46,7 +46,7 @@ pub async fn pg_inserts(admin_url: &str, connections: usize, seconds: Duration) 
 /// one connection): single-row INSERT transactions per second.
 pub async fn sqlite_inserts(dir: &Path, seconds: Duration) -> anyhow::Result<f64> {
     let url = format!("sqlite:{}?mode=rwc", dir.join("ceiling.db").display());
-    let (pool, _) = participants::db::connect(&url, 1).await?;
+    let (pool, _) = db::connect(&url, 1).await?;
     sqlx::query("CREATE TABLE scratch (id INTEGER PRIMARY KEY AUTOINCREMENT, payload TEXT NOT NULL, recorded_at BIGINT NOT NULL)").execute(&pool).await?;
     let rate = insert_loop(&pool, 1, seconds).await;
     pool.close().await;

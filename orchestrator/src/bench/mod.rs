@@ -87,7 +87,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         machine.source.as_deref().unwrap_or("unknown source")
     );
     if machine.eso_profile == "debug" {
-        println!("note: a debug build; for figures to publish use `cargo build --release -p orchestrator` and target/release/eso");
+        println!("note: a debug build; for figures to publish use `cargo build --release -p eso` and target/release/eso");
     }
 
     let ceiling = if args.no_ceiling { None } else { Some(ceiling::measure(&args, &nats_server).await) };
@@ -247,7 +247,7 @@ impl Receiver {
         #[cfg(not(feature = "bench-receiver"))]
         {
             if wanted {
-                bail!("--with-receiver needs eso built with `--features bench-receiver` (cargo build --release -p orchestrator --features bench-receiver)");
+                bail!("--with-receiver needs eso built with `--features bench-receiver` (cargo build --release -p eso --features bench-receiver)");
             }
             Ok(Receiver {})
         }

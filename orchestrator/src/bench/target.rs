@@ -151,7 +151,8 @@ impl Target {
         self.start_child("eso", &opts.exe, &[], &eso_env, port, dir).await?;
         self.url = format!("http://127.0.0.1:{port}");
         if mode == SpawnMode::Postgres {
-            // After the orchestrator: its migrations have run, theirs are no-ops.
+            // After the orchestrator, so the database exists with its schema; the
+            // participants then add their own tables (their own migrations).
             for name in ["payment", "delivery"] {
                 let port = free_port()?;
                 self.start_child(&format!("eso participant {name}"), &opts.exe, &["participant", name], &env, port, dir).await?;
@@ -304,7 +305,7 @@ pub async fn admin_connection(admin_url: &str) -> anyhow::Result<sqlx::AnyConnec
     <sqlx::AnyConnection as sqlx::Connection>::connect(admin_url).await.with_context(|| {
         format!(
             "cannot reach PostgreSQL at {} (set --admin-url; start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`)",
-            participants::db::redact(admin_url)
+            db::redact(admin_url)
         )
     })
 }

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use participants::protocol::ErrorReply;
-use participants::{CommandMessage, Participant};
+use protocol::{CommandMessage, ErrorReply, Participant};
 use tokio::sync::broadcast;
 use tracing::Instrument;
 

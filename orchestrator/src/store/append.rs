@@ -17,8 +17,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use participants::db::Column::{BigInt, Json, Text};
-use participants::db::{Backend, Column, insert_rows, recordset};
+use db::Column::{BigInt, Json, Text};
+use db::{Backend, Column, insert_rows, recordset};
 use sagas::{Change, Event, Saga};
 use serde::Serialize;
 use sqlx::{Any, AnyPool, AssertSqlSafe, Row, Transaction};

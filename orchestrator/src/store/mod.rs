@@ -14,7 +14,7 @@ pub mod replay;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use participants::db::Backend;
+use db::Backend;
 use sagas::Saga;
 use serde_json::Value;
 use sqlx::{AnyPool, Row};
@@ -58,7 +58,7 @@ impl From<serde_json::Error> for StoreError {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
-    /// For plain reads; see `participants::db::readers`.
+    /// For plain reads; see `db::readers`.
     readers: AnyPool,
     backend: Backend,
     /// The group committer's queue; see `append.rs`.

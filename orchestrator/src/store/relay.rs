@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use participants::db::Backend;
+use db::Backend;
 use serde_json::json;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, Row};

@@ -20,8 +20,8 @@ use uuid::Uuid;
 
 use super::projection::Step;
 use super::{Store, StoreError};
-use participants::db::Column::Text;
-use participants::db::recordset;
+use db::Column::Text;
+use db::recordset;
 
 /// Sagas rebuilt per transaction.
 const BATCH: i64 = 500;

@@ -71,7 +71,7 @@ impl TestApp {
         };
         let mut config = config(postgres.as_ref().map(|p| p.url.clone()), nats.as_ref().map(|n| n.url.clone()), dir.path().join("eso.db"));
         config.embed_participants = Some(participants);
-        let running = orchestrator::app::start(&config, telemetry()).await.unwrap_or_else(|e| panic!("start: {e:#}"));
+        let running = eso::start(&config, telemetry()).await.unwrap_or_else(|e| panic!("start: {e:#}"));
         let url = running.url();
         TestApp { running: Some(running), url, http: reqwest::Client::new(), postgres, nats, _dir: dir }
     }

@@ -1,9 +1,16 @@
-//! Connecting to the store and running the migrations. Shared by the
-//! orchestrator and the participant binaries: one schema, one migrator.
+//! The SQL both the event store and the participants need: connecting to
+//! Postgres or SQLite through one `AnyPool` type, running an owner's
+//! migrations, batched statements over a JSON recordset, and the clock of
+//! every `*_at` column.
+//!
+//! Each owner (the orchestrator's store, the participants) brings its own
+//! migrations and tables; this crate knows none of them, so neither owner
+//! depends on the other to reach its database.
 
 use std::str::FromStr;
 
 use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Connection, Executor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,14 +92,18 @@ async fn open(pool: AnyPoolOptions, url: &str) -> anyhow::Result<AnyPool> {
         .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", redact(url)))
 }
 
-/// Runs the embedded migrations. On Postgres the migrator takes an advisory
-/// lock, so replicas starting together do not race.
-pub async fn migrate(pool: &AnyPool, backend: Backend) -> anyhow::Result<()> {
-    match backend {
-        Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(pool).await?,
-        Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(pool).await?,
-    }
-    Ok(())
+/// Runs an owner's migrations (its `sqlx::migrate!` of the folder for
+/// the pool's backend). On Postgres the migrator takes an advisory lock, so
+/// replicas starting together do not race.
+pub async fn migrate(pool: &AnyPool, migrator: &Migrator) -> anyhow::Result<()> {
+    migrator.run(pool).await.map_err(|e| anyhow::anyhow!("migrations ({}): {e}", migrator.table_name))
+}
+
+/// Microseconds since the Unix epoch: the unit of every `*_at` column.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// The URL with any password replaced, for logs and errors.

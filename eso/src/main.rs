@@ -125,7 +125,7 @@ fn main() -> ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let telemetry = Arc::new(observability::init("eso-orchestrator")?);
     let result = async {
-        let running = orchestrator::app::start(&config, telemetry.clone()).await?;
+        let running = eso::start(&config, telemetry.clone()).await?;
         participants::serve::shutdown_signal().await;
         tracing::info!("shutting down");
         running.stop().await;

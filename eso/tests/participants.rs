@@ -8,11 +8,11 @@ mod common;
 use std::sync::Arc;
 
 use common::Postgres;
+use db::Backend;
 use futures::future::join_all;
-use participants::db::{self, Backend};
 use participants::delivery::Delivery;
 use participants::payment::{self, Payment};
-use participants::{CommandMessage, Participant};
+use protocol::{CommandMessage, Participant};
 use serde_json::json;
 use sqlx::{AnyPool, Row};
 use uuid::Uuid;
@@ -21,14 +21,14 @@ async fn sqlite() -> (AnyPool, Backend, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("eso.db").display());
     let (pool, backend) = db::connect(&url, 1).await.unwrap_or_else(|e| panic!("sqlite: {e}"));
-    db::migrate(&pool, backend).await.unwrap_or_else(|e| panic!("migrate: {e}"));
+    participants::migrations::run(&pool, backend).await.unwrap_or_else(|e| panic!("migrate: {e}"));
     (pool, backend, dir)
 }
 
 async fn postgres() -> (AnyPool, Backend) {
     let database = Postgres::fresh().await;
     let (pool, backend) = db::connect(&database.url, 8).await.unwrap_or_else(|e| panic!("postgres: {e}"));
-    db::migrate(&pool, backend).await.unwrap_or_else(|e| panic!("migrate: {e}"));
+    participants::migrations::run(&pool, backend).await.unwrap_or_else(|e| panic!("migrate: {e}"));
     (pool, backend)
 }
 

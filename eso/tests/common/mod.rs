@@ -20,10 +20,12 @@ use uuid::Uuid;
 
 mod app;
 mod checks;
+mod migrations;
 mod process;
 mod servers;
 
 pub use app::*;
 pub use checks::*;
+pub use migrations::*;
 pub use process::*;
 pub use servers::*;

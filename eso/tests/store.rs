@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 
 use common::Postgres;
 use orchestrator::store::{Append, Committed, Store};
-use participants::db;
 use sagas::{Input, Millis};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -28,7 +27,7 @@ fn append(saga: &sagas::Saga, events: Vec<sagas::Event>, expected: u64) -> Appen
 
 async fn racing_steps_of_one_saga(url: &str) {
     let (pool, backend) = db::connect(url, 4).await.unwrap_or_else(|e| panic!("connect: {e}"));
-    db::migrate(&pool, backend).await.unwrap_or_else(|e| panic!("migrate: {e}"));
+    orchestrator::migrations::run(&pool, backend).await.unwrap_or_else(|e| panic!("migrate: {e}"));
     let readers = db::readers(url, &pool, backend, 2).await.unwrap_or_else(|e| panic!("readers: {e}"));
     let store = Store::new(pool, readers, backend, Vec::new());
     let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../sagas/definitions/order.toml")).unwrap_or_else(|e| panic!("{e}"));

@@ -1,0 +1,80 @@
+//! Upgrading a database that an eso from before the per-owner migrations
+//! made: both `0001_event_store` and `0002_participants` are recorded in
+//! `_sqlx_migrations` and the participants' tables hold records. The
+//! store's migrator must accept the entry it no longer has, and the
+//! participants' (tracked in a table of their own) must run over the
+//! tables that are already there, keeping their rows. On SQLite and on
+//! real Postgres.
+
+mod common;
+
+use common::Postgres;
+use db::Backend;
+use sqlx::{AnyPool, Row};
+
+async fn upgrade(pool: AnyPool, backend: Backend) {
+    common::migrate_the_old_way(&pool, backend).await;
+    sqlx::query("INSERT INTO payments (command_id, order_id, amount, outcome, refunded, created_at) VALUES ('earlier', 'o', '1.00', 'confirmed', 0, 1)")
+        .execute(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("insert: {e}"));
+
+    // Twice: the second start finds everything recorded by the first.
+    for _ in 0..2 {
+        orchestrator::migrations::run(&pool, backend).await.unwrap_or_else(|e| panic!("store migrations on an old database: {e:#}"));
+        participants::migrations::run(&pool, backend).await.unwrap_or_else(|e| panic!("participants' migrations on an old database: {e:#}"));
+    }
+
+    let outcome: String = sqlx::query("SELECT outcome FROM payments WHERE command_id = 'earlier'")
+        .fetch_one(&pool)
+        .await
+        .and_then(|r| r.try_get("outcome"))
+        .unwrap_or_else(|e| panic!("the old record: {e}"));
+    assert_eq!(outcome, "confirmed");
+    let recorded = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT version FROM {table} ORDER BY version")))
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{table}: {e}"))
+                .iter()
+                .map(|r| r.try_get::<i64, _>("version").unwrap_or(-1))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(recorded("_sqlx_migrations").await, [1, 2], "the store's table keeps the old entry, and gets no new one");
+    assert_eq!(recorded(participants::migrations::TABLE).await, [1]);
+}
+
+#[tokio::test]
+async fn an_old_sqlite_database_takes_the_new_migrations() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let (pool, backend) = db::connect(&format!("sqlite:{}?mode=rwc", dir.path().join("eso.db").display()), 1)
+        .await
+        .unwrap_or_else(|e| panic!("sqlite: {e}"));
+    upgrade(pool, backend).await;
+}
+
+#[tokio::test]
+async fn an_old_postgres_database_takes_the_new_migrations() {
+    let database = Postgres::fresh().await;
+    let (pool, backend) = db::connect(&database.url, 2).await.unwrap_or_else(|e| panic!("postgres: {e}"));
+    upgrade(pool, backend).await;
+}
+
+/// A new database gets each owner's tables from its own migrations only.
+#[tokio::test]
+async fn a_new_store_has_no_participant_tables() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let (pool, backend) = db::connect(&format!("sqlite:{}?mode=rwc", dir.path().join("eso.db").display()), 1)
+        .await
+        .unwrap_or_else(|e| panic!("sqlite: {e}"));
+    orchestrator::migrations::run(&pool, backend).await.unwrap_or_else(|e| panic!("migrate: {e:#}"));
+    let tables: i64 = sqlx::query("SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name IN ('payments', 'deliveries')")
+        .fetch_one(&pool)
+        .await
+        .and_then(|r| r.try_get("n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(tables, 0);
+}

@@ -1,0 +1,1 @@
+../postgres/0001_participants.sql

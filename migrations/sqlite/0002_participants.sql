@@ -1,1 +1,0 @@
-../postgres/0002_participants.sql
