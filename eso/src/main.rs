@@ -65,17 +65,24 @@ enum Command {
         #[arg(value_enum)]
         name: ParticipantName,
     },
+    /// Rebuild every saga's snapshot and every projection (the order saga's
+    /// `orders`) from the event log; exits non-zero if any stored row differed.
+    /// Stop the orchestrators first: a saga stepped during a rebuild can be
+    /// overwritten by the rebuild of its state before.
+    Replay {
+        /// Only compare and report; write nothing (safe while eso runs).
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Load-test eso: throughput, latency, memory, and the machine's ceiling.
     Bench(Box<orchestrator::bench::BenchArgs>),
 }
 
 #[derive(Subcommand)]
 enum SagaCommand {
-    /// Validate definition files; prints every problem as file:line:column and exits non-zero.
-    Check {
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-    },
+    /// Validate definition files (every `*.toml` in SAGAS_DIR when none are
+    /// named); prints every problem as file:line:column and exits non-zero.
+    Check { files: Vec<PathBuf> },
     /// Print a definition as a Mermaid stateDiagram-v2.
     Graph { file: PathBuf },
 }
@@ -84,13 +91,15 @@ enum SagaCommand {
 enum ParticipantName {
     Payment,
     Delivery,
+    /// The trip saga's flights and hotels.
+    TripAgency,
 }
 
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Saga { command }) => saga(command),
+        Some(Command::Saga { command }) => saga(command, &cli.config),
         other => {
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(r) => r,
@@ -108,6 +117,11 @@ fn main() -> ExitCode {
                     "eso-delivery",
                     |pool, backend| Arc::new(participants::delivery::Delivery::new(pool, backend)),
                 )),
+                Some(Command::Participant { name: ParticipantName::TripAgency }) => runtime.block_on(participants::serve::run_binary(
+                    "eso-trip-agency",
+                    |pool, backend| Arc::new(participants::trip::TripAgency::new(pool, backend)),
+                )),
+                Some(Command::Replay { dry_run }) => runtime.block_on(replay(&cli.config, dry_run)),
                 Some(Command::Bench(args)) => runtime.block_on(orchestrator::bench::run(*args)),
                 _ => runtime.block_on(serve(cli.config)),
             };
@@ -139,20 +153,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     result
 }
 
-fn saga(command: SagaCommand) -> ExitCode {
+async fn replay(config: &Config, dry_run: bool) -> anyhow::Result<()> {
+    let report = orchestrator::rebuild::run(config, dry_run).await?;
+    if report.is_clean() { Ok(()) } else { anyhow::bail!("{} sagas differed from their events", report.differences.len()) }
+}
+
+fn saga(command: SagaCommand, config: &Config) -> ExitCode {
     match command {
         SagaCommand::Check { files } => {
-            let mut failed = false;
-            for path in &files {
-                match definitions::parse_file(path) {
-                    Ok((def, _)) => println!("{}: ok ({} v{}, {} states, hash {})", path.display(), def.name, def.version, def.states.len(), &def.hash()[..12]),
-                    Err(e) => {
-                        failed = true;
-                        eprintln!("{e:#}");
-                    }
-                }
-            }
-            if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+            if definitions::check(&files, &config.sagas_dir) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         SagaCommand::Graph { file } => match definitions::parse_file(&file) {
             Ok((def, _)) => {

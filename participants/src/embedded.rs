@@ -11,8 +11,9 @@ use sqlx::AnyPool;
 use crate::delivery::Delivery;
 use crate::migrations;
 use crate::payment::Payment;
+use crate::trip::TripAgency;
 
-/// Payment and delivery on one pool, which the caller closes once they
+/// Payment, delivery and the trip agency on one pool, which the caller closes once they
 /// have stopped.
 pub struct Embedded {
     pub participants: Vec<Arc<dyn Participant>>,
@@ -25,7 +26,11 @@ pub struct Embedded {
 pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Embedded> {
     let (pool, backend) = db::connect(url, max_connections).await?;
     migrations::run(&pool, backend).await?;
-    let participants: Vec<Arc<dyn Participant>> = vec![Arc::new(Payment::new(pool.clone(), backend)), Arc::new(Delivery::new(pool.clone(), backend))];
+    let participants: Vec<Arc<dyn Participant>> = vec![
+        Arc::new(Payment::new(pool.clone(), backend)),
+        Arc::new(Delivery::new(pool.clone(), backend)),
+        Arc::new(TripAgency::new(pool.clone(), backend)),
+    ];
     Ok(Embedded { participants, pool })
 }
 

@@ -1,4 +1,5 @@
-//! The services that answer eso's commands: payment and delivery.
+//! The services that answer eso's commands: payment and delivery for the
+//! order saga, and the trip agency for the trip saga.
 //!
 //! Each participant is idempotent by command id: it records its answer in
 //! its own table before replying, and answers a repeated command id with
@@ -14,5 +15,6 @@ pub mod migrations;
 pub mod payment;
 pub mod record;
 pub mod serve;
+pub mod trip;
 
 pub use protocol::{CommandMessage, Error, Participant, ReplyMessage};

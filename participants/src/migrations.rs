@@ -1,4 +1,4 @@
-//! The participants' tables (`payments`, `deliveries`), migrated from
+//! The participants' tables (`payments`, `deliveries`, `trip_bookings`), migrated from
 //! `migrations/participants/` wherever a participant keeps its records:
 //! its own database, its own SQLite file in embedded mode, or the store's
 //! database when the orchestrator embeds it on Postgres.

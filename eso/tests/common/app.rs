@@ -41,6 +41,8 @@ pub enum Mode {
     Embedded,
     /// Postgres and NATS, participants answering over NATS.
     Production,
+    /// The embedded store with NATS: participants of other processes answer.
+    SqliteAndNats,
 }
 
 /// The orchestrator in this process, on a free port.
@@ -64,13 +66,19 @@ impl TestApp {
     }
 
     async fn start_with(mode: Mode, participants: bool) -> TestApp {
+        TestApp::start_configured(mode, |config| config.embed_participants = Some(participants)).await
+    }
+
+    /// With the test configuration changed by `edit` before the start.
+    pub async fn start_configured(mode: Mode, edit: impl FnOnce(&mut Config)) -> TestApp {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let (postgres, nats) = match mode {
             Mode::Embedded => (None, None),
             Mode::Production => (Some(Postgres::fresh().await), Some(Nats::start().await)),
+            Mode::SqliteAndNats => (None, Some(Nats::start().await)),
         };
         let mut config = config(postgres.as_ref().map(|p| p.url.clone()), nats.as_ref().map(|n| n.url.clone()), dir.path().join("eso.db"));
-        config.embed_participants = Some(participants);
+        edit(&mut config);
         let running = eso::start(&config, telemetry()).await.unwrap_or_else(|e| panic!("start: {e:#}"));
         let url = running.url();
         TestApp { running: Some(running), url, http: reqwest::Client::new(), postgres, nats, _dir: dir }

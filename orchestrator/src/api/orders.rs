@@ -57,7 +57,6 @@ pub async fn get_by_path(State(state): State<AppState>, Path(id): Path<String>, 
 
 async fn order(state: &AppState, id: Uuid, wait_for: Duration) -> Result<Json<Value>, ApiError> {
     loaded(state)?;
-    tracing::Span::current().record("order.id", tracing::field::display(id));
     let read = || async move { Ok(orders::read(&state.store, id).await?.map(|o| (o.to_json(), o.finished))) };
     Ok(Json(wait::until_finished(state, id, wait_for, "order", read).await?))
 }

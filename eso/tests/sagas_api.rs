@@ -1,0 +1,290 @@
+//! Any saga from a file, end to end: the trip saga started, followed,
+//! listed and read back through the generic API in every mode, with its
+//! participant written against the raw protocol, and every bad input.
+
+mod common;
+
+#[allow(dead_code)]
+#[path = "../../participants/examples/trip_agency.rs"]
+mod trip_agency;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{Mode, TestApp};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+fn trip(to: &str, nights: i64) -> Value {
+    json!({ "traveller": "Ada", "from": "Lisbon", "to": to, "nights": nights })
+}
+
+impl TestApp {
+    async fn send(&self, path: &str, body: Value, key: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.post(format!("{}{path}", self.url)).json(&body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn start_trip(&self, body: Value) -> Uuid {
+        let (status, body) = self.send("/sagas/trip", body, None).await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).unwrap_or_else(|| panic!("no id in {body}"))
+    }
+
+    /// The saga once it has finished (`?wait=`), asserting that it did.
+    async fn finished(&self, id: Uuid) -> Value {
+        let (status, body) = self.get(&format!("/sagas/{id}?wait=10s")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["terminal"], true, "saga {id} did not finish: {body}");
+        body
+    }
+
+    async fn event_types(&self, id: Uuid) -> Vec<String> {
+        let (status, events) = self.get(&format!("/sagas/{id}/events")).await;
+        assert_eq!(status, 200, "{events}");
+        events.as_array().map(|a| a.iter().filter_map(|e| e["type"].as_str().map(str::to_string)).collect()).unwrap_or_default()
+    }
+
+    async fn replay_is_clean(&self) {
+        let Some(running) = &self.running else { panic!("not running") };
+        let report = running.store.replay(true).await.unwrap_or_else(|e| panic!("replay: {e}"));
+        assert!(report.is_clean(), "{}", orchestrator::rebuild::describe(&report));
+        assert!(report.sagas > 0 && report.events > 0, "replay saw nothing: {report:?}");
+    }
+}
+
+/// The three paths of the trip, through whichever participant answers.
+async fn the_trip_paths(app: &TestApp) {
+    let booked = app.start_trip(trip("Porto", 3)).await;
+    let no_hotel = app.start_trip(trip("Porto", 20)).await;
+    let no_flight = app.start_trip(trip("Atlantis", 3)).await;
+
+    let body = app.finished(booked).await;
+    assert_eq!((body["state"].as_str(), body["status"].as_str()), (Some("booked"), Some("booked")), "{body}");
+    assert_eq!(body["definition"]["name"], "trip");
+    assert!(body["data"]["flight"]["flight_id"].is_string(), "the flight's reply is in the saga's data: {body}");
+    assert_eq!(app.event_types(booked).await, ["trip_requested", "flight_booked", "hotel_booked", "trip_booked"]);
+
+    assert_eq!(app.finished(no_hotel).await["state"], "cancelled");
+    assert_eq!(app.event_types(no_hotel).await, ["trip_requested", "flight_booked", "hotel_full", "flight_cancelled", "trip_cancelled"]);
+
+    assert_eq!(app.finished(no_flight).await["state"], "cancelled");
+    assert_eq!(app.event_types(no_flight).await, ["trip_requested", "flight_full", "trip_cancelled"]);
+    app.replay_is_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trip_runs_end_to_end_embedded_and_on_postgres_and_nats() {
+    for mode in [Mode::Embedded, Mode::Production] {
+        let mut app = TestApp::start(mode).await;
+        the_trip_paths(&app).await;
+        app.stop().await;
+    }
+}
+
+/// The participant is `participants/examples/trip_agency.rs`, which knows
+/// only NATS and JSON values: what a participant in another language does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_on_the_raw_protocol_runs_the_trip_on_both_stores() {
+    for mode in [Mode::SqliteAndNats, Mode::Production] {
+        let mut app = TestApp::start_without_participants(mode).await;
+        let Some(nats) = &app.nats else { panic!("{mode:?} has NATS") };
+        let agency = tokio::spawn(trip_agency::serve(nats.client().await));
+        the_trip_paths(&app).await;
+        app.stop().await;
+        agency.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_checks_the_definitions_inputs_and_every_bad_request() {
+    let mut app = TestApp::start(Mode::Embedded).await;
+    let (status, body) = app.send("/sagas/trip", json!({ "traveller": 7, "from": "Lisbon", "nights": "two", "colour": "red" }), None).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body,
+        json!({ "error": {
+            "traveller": ["must be a string"],
+            "to": ["is required"],
+            "nights": ["must be an integer"],
+            "colour": ["is not an input of saga `trip`"],
+        } })
+    );
+    let (status, body) = app.send("/sagas/no_such_saga", json!({}), None).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("no saga definition")), "{body}");
+
+    let raw = |method: reqwest::Method, path: &str, content_type: &str, body: &str| {
+        app.http.request(method, format!("{}{path}", app.url)).header("content-type", content_type).body(body.to_string()).send()
+    };
+    for (method, path, content_type, body, status) in [
+        (reqwest::Method::POST, "/sagas/trip".to_string(), "application/json", "{\"traveller\":", 400),
+        (reqwest::Method::POST, "/sagas/trip".to_string(), "application/json", "[1, 2]", 400),
+        (reqwest::Method::POST, "/sagas/trip".to_string(), "text/plain", "{}", 415),
+        (reqwest::Method::POST, format!("/sagas/{}/events", Uuid::new_v4()), "text/plain", "{\"name\": \"x\"}", 415),
+        (reqwest::Method::POST, format!("/sagas/{}/events", Uuid::new_v4()), "application/json", "{\"name\": \"x\"}", 404),
+        (reqwest::Method::DELETE, "/sagas/trip".to_string(), "application/json", "", 405),
+        (reqwest::Method::PUT, "/definitions".to_string(), "application/json", "{}", 405),
+    ] {
+        let response = raw(method.clone(), &path, content_type, body).await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        assert_eq!(response.status().as_u16(), status, "{method} {path} {body}");
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(answer["error"].is_string(), "{method} {path}: every error has a JSON body, not {answer}");
+    }
+
+    // The order saga through the generic route goes through its adapter:
+    // the seed routes see the same order.
+    let (status, body) = app.send("/sagas/order", json!({ "amount": 1.5, "description": "test via the generic route" }), None).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().unwrap_or_default().to_string();
+    let (status, order) = app.get(&format!("/?id={id}&wait=5s")).await;
+    assert_eq!((status, order["amount"].as_str(), order["status"].as_str()), (200, Some("1.50"), Some("delivered")), "{order}");
+    let (status, body) = app.send("/sagas/order", json!({ "amount": -1, "description": "" }), None).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["amount"].is_array() && body["error"]["description"].is_array(), "{body}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_finds_its_saga_refuses_another_body_and_is_forgotten() {
+    for mode in [Mode::Embedded, Mode::Production] {
+        let mut app = TestApp::start_configured(mode, |c| c.idempotency_ttl = Duration::from_secs(2)).await;
+        let (first, body) = app.send("/sagas/trip", trip("Porto", 3), Some("k-1")).await;
+        assert_eq!(first, 201, "{body}");
+        let id = body["id"].clone();
+        // The same request again, its fields in another order: the same saga.
+        let (again, body) = app.send("/sagas/trip", json!({ "nights": 3, "to": "Porto", "from": "Lisbon", "traveller": "Ada" }), Some("k-1")).await;
+        assert_eq!((again, &body["id"]), (200, &id), "{mode:?}: {body}");
+        assert_eq!(body["definition"]["name"], "trip");
+        let (other, body) = app.send("/sagas/trip", trip("Porto", 4), Some("k-1")).await;
+        assert_eq!(other, 422, "{mode:?}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("another request")), "{body}");
+        // Keys are per definition.
+        let (status, _) = app.send("/", json!({ "amount": 1, "description": "test" }), Some("k-1")).await;
+        assert_eq!(status, 201, "{mode:?}: the order saga's key k-1 is not the trip's");
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let (later, body) = app.send("/sagas/trip", trip("Porto", 4), Some("k-1")).await;
+        assert_eq!(later, 201, "{mode:?}: a key past its lifetime starts a new saga: {body}");
+        assert_ne!(body["id"], id);
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_list_pages_newest_first_and_filters() {
+    let mut app = TestApp::start(Mode::Embedded).await;
+    let mut trips = Vec::new();
+    for (i, to) in ["Porto", "Atlantis", "Porto", "Atlantis", "Porto"].iter().enumerate() {
+        let id = app.start_trip(trip(to, 1 + i as i64)).await;
+        app.finished(id).await;
+        trips.push(id);
+    }
+    let order = app.order("test listed").await;
+    app.wait_terminal(order, Duration::from_secs(5)).await;
+
+    let ids = |page: &Value| -> Vec<Uuid> {
+        page["sagas"].as_array().map(|a| a.iter().filter_map(|s| s["id"].as_str().and_then(|id| Uuid::parse_str(id).ok())).collect()).unwrap_or_default()
+    };
+    let mut seen = Vec::new();
+    let mut path = "/sagas?definition=trip&limit=2".to_string();
+    loop {
+        let (status, page) = app.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(ids(&page));
+        match page["next"].as_str() {
+            Some(next) => path = format!("/sagas?definition=trip&limit=2&after={next}"),
+            None => break,
+        }
+    }
+    let newest_first: Vec<Uuid> = trips.iter().rev().copied().collect();
+    assert_eq!(seen, newest_first, "pages of two, newest first, each saga once");
+
+    let count = |path: String| {
+        let app = &app;
+        async move {
+            let (status, page) = app.get(&path).await;
+            assert_eq!(status, 200, "{path}: {page}");
+            ids(&page).len()
+        }
+    };
+    assert_eq!(count("/sagas?definition=trip&status=cancelled".into()).await, 2);
+    assert_eq!(count("/sagas?definition=trip&state=booked".into()).await, 3);
+    assert_eq!(count("/sagas?definition=trip&state=booked&status=cancelled".into()).await, 0);
+    assert_eq!(count("/sagas?definition=trip&terminal=false".into()).await, 0);
+    assert_eq!(count("/sagas?definition=trip&terminal=true".into()).await, 5);
+    assert_eq!(count("/sagas".into()).await, 6, "every definition");
+    assert_eq!(count("/sagas?status=delivered".into()).await, 1);
+    let (_, page) = app.get("/sagas?limit=1").await;
+    assert_eq!(ids(&page), [order], "the newest of all definitions");
+    let first = &page["sagas"][0];
+    for field in ["state", "status", "terminal", "created_at", "updated_at"] {
+        assert!(!first[field].is_null(), "{field} in {first}");
+    }
+    assert_eq!(first["definition"], json!({ "name": "order", "version": 1 }));
+
+    for (path, status) in [
+        ("/sagas?limit=0", 400),
+        ("/sagas?limit=501", 400),
+        ("/sagas?limit=ten", 400),
+        ("/sagas?after=yesterday", 400),
+        ("/sagas?terminal=maybe", 400),
+        ("/sagas?colour=red", 400),
+        ("/sagas?state=nowhere", 400),
+        ("/sagas?definition=nope", 404),
+    ] {
+        let (got, body) = app.get(path).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(body["error"].is_string() || body["error"].is_object(), "{path}: {body}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_show_their_versions_live_sagas_and_diagram() {
+    let mut app = TestApp::start_without_participants(Mode::Embedded).await;
+    // With no participant, the trip waits on its first command: live.
+    app.start_trip(trip("Porto", 3)).await;
+    let (status, body) = app.get("/definitions").await;
+    assert_eq!(status, 200, "{body}");
+    let definitions = body["definitions"].as_array().cloned().unwrap_or_default();
+    let names: BTreeSet<&str> = definitions.iter().filter_map(|d| d["name"].as_str()).collect();
+    assert_eq!(names, BTreeSet::from(["order", "trip"]));
+    let trip = definitions.iter().find(|d| d["name"] == "trip").cloned().unwrap_or_default();
+    assert_eq!((trip["version"].as_u64(), trip["live"].as_i64(), trip["latest"].as_bool()), (Some(1), Some(1), Some(true)), "{trip}");
+    assert_eq!(trip["hash"].as_str().map(str::len), Some(64), "{trip}");
+    let states: Vec<&str> = trip["states"].as_array().map(|s| s.iter().filter_map(|s| s["name"].as_str()).collect()).unwrap_or_default();
+    assert_eq!(states, ["flight", "hotel", "cancel_flight", "booked", "cancelled", "cancel_failed"]);
+    assert!(trip["inputs"].as_array().is_some_and(|i| i.len() == 5), "{trip}");
+    let order = definitions.iter().find(|d| d["name"] == "order").cloned().unwrap_or_default();
+    assert_eq!(order["live"], 0, "{order}");
+
+    let (status, body) = app.get("/definitions/trip").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["versions"][0]["diagram"].as_str().is_some_and(|d| d.contains("stateDiagram-v2") && d.contains("hotel --> booked")), "{body}");
+    let (status, body) = app.get("/definitions/nope").await;
+    assert_eq!(status, 404, "{body}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_order_definition_the_order_routes_say_so() {
+    let only_trip = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sagas/definitions/trip.toml");
+    std::fs::copy(&shipped, only_trip.path().join("trip.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let dir = only_trip.path().to_path_buf();
+    let mut app = TestApp::start_configured(Mode::Embedded, move |c| c.sagas_dir = dir).await;
+    let (status, body) = app.send("/", json!({ "amount": 1, "description": "test" }), None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("`order`")), "{body}");
+    let (status, _) = app.get(&format!("/?id={}", Uuid::new_v4())).await;
+    assert_eq!(status, 503);
+    // Any other saga runs as ever.
+    let id = app.start_trip(trip("Porto", 2)).await;
+    assert_eq!(app.finished(id).await["state"], "booked");
+    app.stop().await;
+}

@@ -1,0 +1,1 @@
+../postgres/0002_trip_agency.sql
