@@ -8,7 +8,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Nats, Postgres, PrivatePostgres, Process, assert_events_published_once, assert_no_double_charge, post_many, wait_all_terminal};
+use common::{
+    Nats, Postgres, PrivatePostgres, Process, assert_events_published_once, assert_no_double_charge, assert_replay_finds_no_difference, post_many,
+    wait_all_terminal,
+};
+use sqlx::Row;
 
 struct Cluster {
     postgres: Postgres,
@@ -37,6 +41,7 @@ impl Cluster {
         wait_all_terminal(&pool, accepted.len(), Duration::from_secs(90)).await;
         assert_no_double_charge(&pool, accepted).await;
         assert_events_published_once(&pool, &self.nats.client().await, Duration::from_secs(30)).await;
+        assert_replay_finds_no_difference(&self.env);
     }
 }
 
@@ -124,6 +129,36 @@ async fn a_postgres_crash_mid_flight_loses_nothing_accepted() {
     wait_all_terminal(&pool, accepted.len(), Duration::from_secs(90)).await;
     assert_no_double_charge(&pool, &accepted).await;
     assert_events_published_once(&pool, &nats.client().await, Duration::from_secs(30)).await;
+    assert_replay_finds_no_difference(&env);
+}
+
+/// The embedded default (SQLite, in-process bus and participants) killed
+/// mid-flight: after a restart every accepted saga ends, no order has two
+/// payment records, and every snapshot equals the fold of its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_orchestrator_killed_mid_flight_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let store = dir.path().join("eso.db");
+    let env = vec![("ESO_SQLITE_PATH", store.display().to_string()), ("ESO_TIMER_INTERVAL_MS", "20".to_string())];
+    let mut orchestrator = Process::spawn(&[], &env).await;
+    let url = orchestrator.url();
+    let posts = tokio::spawn(async move { post_many(&[url], SAGAS).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    orchestrator.kill();
+    orchestrator.restart().await;
+    let accepted = posts.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(accepted.len(), SAGAS);
+    let pool = common::pool(&format!("sqlite:{}", store.display())).await;
+    wait_all_terminal(&pool, accepted.len(), Duration::from_secs(90)).await;
+    orchestrator.kill();
+    let records = common::pool(&format!("sqlite:{}", store.with_extension("participants.db").display())).await;
+    let doubled: i64 = sqlx::query("SELECT COUNT(*) AS n FROM (SELECT order_id FROM payments GROUP BY order_id HAVING COUNT(*) > 1) AS d")
+        .fetch_one(&records)
+        .await
+        .and_then(|r| r.try_get("n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(doubled, 0, "orders with more than one payment record");
+    assert_replay_finds_no_difference(&env);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,16 +20,6 @@ fn trip(to: &str, nights: i64) -> Value {
 }
 
 impl TestApp {
-    async fn send(&self, path: &str, body: Value, key: Option<&str>) -> (u16, Value) {
-        let mut request = self.http.post(format!("{}{path}", self.url)).json(&body);
-        if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
-        }
-        let response = request.send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
     async fn start_trip(&self, body: Value) -> Uuid {
         let (status, body) = self.send("/sagas/trip", body, None).await;
         assert_eq!(status, 201, "{body}");

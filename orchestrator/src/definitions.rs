@@ -11,8 +11,11 @@ use sagas::Registry;
 
 use crate::store::Store;
 
-/// The order saga shipped in the binary, used when `SAGAS_DIR` has none.
+/// The order saga shipped in the binary.
 pub const BUILTIN_ORDER: &str = include_str!("../../sagas/definitions/order.toml");
+/// The shipped definitions, built into the binary and used when `SAGAS_DIR`
+/// has none, so the binary alone runs the sagas it ships participants for.
+pub const BUILTIN: [(&str, &str); 2] = [("order.toml", BUILTIN_ORDER), ("trip.toml", include_str!("../../sagas/definitions/trip.toml"))];
 
 /// The `*.toml` definition files of a directory, sorted by name. The shipped
 /// ones have a folder of their own (`sagas/definitions/`); a `Cargo.toml` is
@@ -61,9 +64,11 @@ pub async fn load(store: &Store, dir: &Path) -> anyhow::Result<Registry> {
             }
         }
         _ => {
-            tracing::info!(dir = %dir.display(), "no saga definitions there; using the built-in order saga");
-            let def = sagas::parse("built-in order.toml", BUILTIN_ORDER).map_err(|e| anyhow::anyhow!("{e}"))?;
-            sources.push((def, BUILTIN_ORDER.to_string()));
+            tracing::info!(dir = %dir.display(), "no saga definitions there; using the built-in ones (order, trip)");
+            for (file, source) in BUILTIN {
+                let def = sagas::parse(&format!("built-in {file}"), source).map_err(|e| anyhow::anyhow!("{e}"))?;
+                sources.push((def, source.to_string()));
+            }
         }
     }
     for (def, source) in sources {
@@ -136,7 +141,9 @@ mod tests {
         let names: Vec<_> = files.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
         assert_eq!(names, ["order.toml", "trip.toml"]);
         assert!(check(&[], &shipped()), "every shipped definition checks");
-        assert!(sagas::parse("built-in", BUILTIN_ORDER).is_ok());
+        for (file, source) in BUILTIN {
+            assert!(sagas::parse(file, source).is_ok(), "{file}");
+        }
     }
 
     #[test]

@@ -68,7 +68,6 @@ pub async fn answer(client: &Client, participant: &dyn Participant, message: Mes
         participant = participant.name(),
         command.id = tracing::field::Empty,
         saga.id = tracing::field::Empty,
-        order.id = tracing::field::Empty,
         outcome = tracing::field::Empty,
     );
     observability::propagation::set_parent_from_nats(&span, message.headers.as_ref());
@@ -80,7 +79,6 @@ pub async fn answer(client: &Client, participant: &dyn Participant, message: Mes
         let span = tracing::Span::current();
         span.record("command.id", tracing::field::display(command.command_id));
         span.record("saga.id", tracing::field::display(command.saga_id));
-        span.record("order.id", tracing::field::display(command.saga_id));
         match participant.handle(&subject, command).await {
             Ok(reply) => {
                 span.record("outcome", reply.outcome.as_str());

@@ -95,6 +95,17 @@ impl TestApp {
         }
     }
 
+    /// POSTs `body` as JSON to `path`, with an `Idempotency-Key` if given.
+    pub async fn send(&self, path: &str, body: Value, key: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.post(format!("{}{path}", self.url)).json(&body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn post(&self, body: Value) -> (u16, Value) {
         let response = self.http.post(&self.url).json(&body).send().await.unwrap_or_else(|e| panic!("POST: {e}"));
         let status = response.status().as_u16();

@@ -79,3 +79,18 @@ fn spawn_eso(args: &[&str], env: &[(&str, String)], port: u16) -> Child {
         .unwrap_or_else(|e| panic!("spawn eso: {e}"))
 }
 
+
+/// `eso replay --dry-run` on the store `env` names: asserts that every
+/// saga's stored snapshot and projection rows equal the fold of its events.
+pub fn assert_replay_finds_no_difference(env: &[(&str, String)]) {
+    let output = Command::new(env!("CARGO_BIN_EXE_eso"))
+        .args(["replay", "--dry-run"])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap_or_else(|e| panic!("eso replay: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "eso replay --dry-run found differences:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("every snapshot and projection matches its events"), "{stdout}");
+}
