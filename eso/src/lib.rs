@@ -10,6 +10,8 @@ use orchestrator::config::{Config, sqlite_url};
 
 /// Starts the orchestrator with the participants `config` asks to embed.
 pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) -> anyhow::Result<Running> {
+    // The first line of the log: which mode, where, no secrets.
+    tracing::info!(config = %config.describe(), "eso starting");
     let embedded = if config.embed_participants() { embedded(config).await? } else { Embedded::default() };
     orchestrator::app::start(config, telemetry, embedded).await
 }

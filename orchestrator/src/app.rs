@@ -51,7 +51,6 @@ pub struct Embedded {
 }
 
 pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, embedded: Embedded) -> anyhow::Result<Running> {
-    tracing::info!(config = %config.describe(), "eso starting");
     let store = open_store(config).await?;
 
     let Embedded { participants: embedded, pool: participants_pool } = embedded;
