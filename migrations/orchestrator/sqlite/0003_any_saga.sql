@@ -19,8 +19,9 @@ ALTER TABLE idempotency_keys_v2 RENAME TO idempotency_keys;
 -- Expired keys are deleted by age.
 CREATE INDEX idempotency_keys_age ON idempotency_keys (created_at);
 
--- GET /sagas: newest first within a definition, optionally of one status
--- (a state filter becomes the status its state shows). Each list query
--- walks one of these backwards from its cursor.
-CREATE INDEX sagas_by_definition ON sagas (definition, created_at, id);
+-- GET /sagas: newest first within one status of one definition. A list
+-- of several statuses (or of a whole definition, whose statuses the loaded
+-- definitions name) walks this backwards from its cursor once per status
+-- and merges; one index instead of one per filter, since every index costs
+-- each step of every saga a write.
 CREATE INDEX sagas_by_status ON sagas (definition, status, created_at, id);

@@ -186,30 +186,35 @@ pub async fn list(State(state): State<AppState>, Query(params): Query<HashMap<St
         Some(name) => BTreeSet::from([name.clone()]),
         None => registry.iter().map(|d| d.name.clone()).collect(),
     };
-    let mut found: Vec<Listed> = Vec::new();
+    // Each (definition, status) pair is one walk of the status index: the
+    // statuses a saga can show are those its definition's states name.
+    // A state shows one status per version, so a state filter narrows the
+    // walk to that status (or those, across versions).
+    let mut filters = Vec::new();
     let mut known_state = wanted_state.is_none();
     for name in names {
-        let versions: Vec<_> = registry.iter().filter(|d| d.name == name).collect();
-        let mut filter = Filter { definition: name, status: status.clone(), state: None, terminal, after, limit };
-        if let Some(wanted) = &wanted_state {
-            // A state shows one status per version: filtering on it lets
-            // the list walk the status index instead of the whole definition.
-            let statuses: BTreeSet<&str> = versions.iter().filter_map(|d| d.state(wanted)).map(|s| s.status.as_str()).collect();
-            if statuses.is_empty() || status.as_deref().is_some_and(|s| !statuses.contains(s)) {
-                known_state |= !statuses.is_empty();
-                continue;
-            }
-            known_state = true;
-            if filter.status.is_none() && statuses.len() == 1 {
-                filter.status = statuses.first().map(|s| s.to_string());
-            }
-            filter.state = Some(wanted.clone());
-        }
-        found.extend(state.store.list(&filter).await?);
+        let states = registry.iter().filter(|d| d.name == name).flat_map(|d| d.states.values());
+        let statuses: BTreeSet<String> = states
+            .filter(|s| wanted_state.as_ref().is_none_or(|w| &s.name == w))
+            .filter(|s| terminal.is_none_or(|t| s.terminal == t))
+            .map(|s| s.status.clone())
+            .filter(|s| status.as_ref().is_none_or(|wanted| s == wanted))
+            .collect();
+        known_state |= wanted_state.as_ref().is_some_and(|w| registry.iter().any(|d| d.name == name && d.state(w).is_some()));
+        filters.extend(statuses.into_iter().map(|status| Filter {
+            definition: name.clone(),
+            status,
+            state: wanted_state.clone(),
+            terminal,
+            after,
+            limit,
+        }));
     }
     if !known_state {
         return Err(ApiError::field("state", "no loaded definition has a state of that name"));
     }
+    let pages = futures::future::try_join_all(filters.iter().map(|f| state.store.list(f))).await?;
+    let mut found: Vec<Listed> = pages.into_iter().flatten().collect();
     found.sort_by_key(|s| std::cmp::Reverse(s.cursor()));
     found.truncate(limit as usize);
     let next = (found.len() == limit as usize).then(|| found.last().map(|s| s.cursor().to_string())).flatten();

@@ -3,10 +3,10 @@
 //! Pages are cut by a cursor (the last row's `created_at` and id), not an
 //! offset, so a page costs the same at the millionth saga as at the first
 //! and rows started meanwhile do not shift later pages. Each query names
-//! one definition and walks an index that starts with it
-//! (`sagas_by_definition`, `sagas_by_status`, migration 0003); a search
-//! across definitions is one such query per definition, merged by the
-//! caller.
+//! one definition and one status and walks the index that starts with them
+//! (`sagas_by_status`, migration 0003) backwards from the cursor; a search
+//! across statuses or definitions is one such query per pair, merged by
+//! the caller.
 
 use std::fmt;
 use std::str::FromStr;
@@ -38,11 +38,11 @@ impl FromStr for Cursor {
     }
 }
 
-/// What to look for in one definition's sagas.
+/// What to look for among one definition's sagas of one status.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub definition: String,
-    pub status: Option<String>,
+    pub status: String,
     pub state: Option<String>,
     pub terminal: Option<bool>,
     /// Only sagas started before this one.
@@ -71,19 +71,17 @@ impl Listed {
 }
 
 impl Store {
-    /// Up to `filter.limit` sagas of one definition, newest first.
+    /// Up to `filter.limit` sagas of one definition and status, newest first.
     pub async fn list(&self, filter: &Filter) -> Result<Vec<Listed>, StoreError> {
         let mut sql = String::from(
-            "SELECT id, definition, definition_version, state, status, terminal, deadline, created_at, updated_at FROM sagas WHERE definition = $1",
+            "SELECT id, definition, definition_version, state, status, terminal, deadline, created_at, updated_at FROM sagas \
+             WHERE definition = $1 AND status = $2",
         );
-        let mut n = 1;
+        let mut n = 2;
         let mut param = |sql: &mut String, clause: &str| {
             n += 1;
             sql.push_str(&clause.replace('?', &format!("${n}")));
         };
-        if filter.status.is_some() {
-            param(&mut sql, " AND status = ?");
-        }
         if filter.state.is_some() {
             param(&mut sql, " AND state = ?");
         }
@@ -97,10 +95,7 @@ impl Store {
         param(&mut sql, " ORDER BY created_at DESC, id DESC LIMIT ?");
         // The text depends only on which filters are set: a handful of
         // statements, each prepared once per connection.
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(&filter.definition);
-        if let Some(status) = &filter.status {
-            query = query.bind(status);
-        }
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(&filter.definition).bind(&filter.status);
         if let Some(state) = &filter.state {
             query = query.bind(state);
         }
