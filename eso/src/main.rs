@@ -70,7 +70,8 @@ enum Command {
     /// Stop the orchestrators first: a saga stepped during a rebuild can be
     /// overwritten by the rebuild of its state before.
     Replay {
-        /// Only compare and report; write nothing (safe while eso runs).
+        /// Only compare and report; write nothing (on Postgres it may run
+        /// beside live orchestrators, and may report sagas that moved).
         #[arg(long)]
         dry_run: bool,
     },

@@ -189,11 +189,11 @@ async fn a_saga_resumed_after_a_crash_continues_its_trace() {
     let spans = t
         .receiver
         .wait_for(
-            |s| s.iter().any(|s| s.service_name == "eso-delivery" && s.attributes.get("order.id") == Some(&id)),
+            |s| s.iter().any(|s| s.service_name == "eso-delivery" && s.attributes.get("saga.id") == Some(&id)),
             Duration::from_secs(20),
         )
         .await;
-    let delivery = spans.iter().find(|s| s.service_name == "eso-delivery" && s.attributes.get("order.id") == Some(&id)).unwrap_or_else(|| panic!("no delivery span"));
+    let delivery = spans.iter().find(|s| s.service_name == "eso-delivery" && s.attributes.get("saga.id") == Some(&id)).unwrap_or_else(|| panic!("no delivery span"));
     assert_eq!(delivery.trace_id, trace, "the delivery after the restart is in the order's first trace");
     let first = spans.iter().find(|s| s.trace_id == trace && s.name == "POST /");
     assert!(first.is_some(), "the order's first span (POST /) is in that trace");

@@ -143,10 +143,11 @@ impl OrderProjection {
         let ids = recordset(backend, &[("id", Text)]);
         OrderProjection {
             insert: Statement::cached(insert_rows(backend, "orders", &COLUMNS, &[])),
-            // Strictly after created_at even within one microsecond, so
+            // Strictly after the last update (so after created_at) even
+            // within one microsecond or with replicas' clocks apart, so
             // clients can tell an order has moved.
             update: Statement::planned_each_time(format!(
-                "UPDATE orders SET status = r.status, updated_at = CASE WHEN r.at > orders.created_at THEN r.at ELSE orders.created_at + 1 END \
+                "UPDATE orders SET status = r.status, updated_at = CASE WHEN r.at > orders.updated_at THEN r.at ELSE orders.updated_at + 1 END \
                  FROM {} WHERE orders.id = r.id AND $2 >= 0",
                 recordset(backend, &[("id", Text), ("status", Text), ("at", BigInt)])
             )),

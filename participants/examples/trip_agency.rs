@@ -5,7 +5,9 @@
 //!     NATS_URL=nats://127.0.0.1:4222 cargo run -p participants --example trip_agency
 //!
 //! It answers `trip.flight.book`, `trip.hotel.book` and `trip.flight.cancel`
-//! in the queue group `trip-agency` (start as many as you like). Rules: a
+//! in the queue group `eso-trip-agency` (start as many as you like; the
+//! group is the one `eso participant trip-agency` joins, so the two never
+//! both answer one command). Rules: a
 //! flight to Atlantis is full, a hotel for more than 14 nights is full,
 //! anything else is booked.
 //!
@@ -33,7 +35,7 @@ async fn main() -> Result<(), async_nats::Error> {
 pub async fn serve(client: async_nats::Client) -> Result<(), async_nats::Error> {
     let mut subscriptions = Vec::new();
     for subject in SUBJECTS {
-        subscriptions.push(client.queue_subscribe(subject, "trip-agency".into()).await?);
+        subscriptions.push(client.queue_subscribe(subject, "eso-trip-agency".into()).await?);
     }
     let mut requests = futures::stream::select_all(subscriptions);
     let mut agency = Agency::default();

@@ -1,5 +1,5 @@
 //! eso's wire protocol, the Rust mirror of `docs/protocol.md`: what travels
-//! on `eso.cmd.*` subjects (a command in the request body, an outcome in the
+//! on the command subjects the definitions name (a command in the request body, an outcome in the
 //! reply), the [`Participant`] trait a service implements to answer them,
 //! and a NATS queue-group responder that runs one ([`serve`]).
 //!

@@ -1,10 +1,13 @@
 -- Any saga, not only orders: idempotency keys per definition with the
--- request they were given for, and the indexes the saga list walks.
+-- request they were given for, and the index the saga list walks.
 
 -- A key is unique per definition (`scope`); `fingerprint` identifies the
--- request body, so a key reused for another request is refused. Keys of
--- earlier versions were all the order saga's and have no fingerprint.
-CREATE TABLE idempotency_keys_v2 (
+-- request body, so a key reused for another request is refused. The keys
+-- of earlier releases (all the order saga's, without fingerprints) are
+-- copied; their table stays for one release, so pods of the previous
+-- release keep working through a rolling update (their new keys are not
+-- seen by this release's pods meanwhile).
+CREATE TABLE saga_keys (
     scope       TEXT   NOT NULL,
     key         TEXT   NOT NULL,
     saga_id     TEXT   NOT NULL,
@@ -12,12 +15,10 @@ CREATE TABLE idempotency_keys_v2 (
     created_at  BIGINT NOT NULL,
     PRIMARY KEY (scope, key)
 );
-INSERT INTO idempotency_keys_v2 (scope, key, saga_id, fingerprint, created_at)
+INSERT INTO saga_keys (scope, key, saga_id, fingerprint, created_at)
     SELECT 'order', key, saga_id, NULL, created_at FROM idempotency_keys;
-DROP TABLE idempotency_keys;
-ALTER TABLE idempotency_keys_v2 RENAME TO idempotency_keys;
 -- Expired keys are deleted by age.
-CREATE INDEX idempotency_keys_age ON idempotency_keys (created_at);
+CREATE INDEX saga_keys_age ON saga_keys (created_at);
 
 -- GET /sagas: newest first within one status of one definition. A list
 -- of several statuses (or of a whole definition, whose statuses the loaded
@@ -25,3 +26,11 @@ CREATE INDEX idempotency_keys_age ON idempotency_keys (created_at);
 -- and merges; one index instead of one per filter, since every index costs
 -- each step of every saga a write.
 CREATE INDEX sagas_by_status ON sagas (definition, status, created_at, id);
+
+-- An event's id is now derived from its stream and version (UUIDv5 of the
+-- version in the stream id's namespace), so the unique (stream_id, version)
+-- index already makes it unique and its own index goes: each event costs
+-- one index write fewer, which pays for the list index above. Nothing
+-- looks an event up by its id. (SQLite cannot drop a column's UNIQUE
+-- without rebuilding the table; there the index stays.)
+ALTER TABLE events DROP CONSTRAINT IF EXISTS events_event_id_key;

@@ -73,6 +73,10 @@ impl From<crate::runtime::RuntimeError> for ApiError {
                 ApiError::Unavailable("the event store is unavailable; try again".into())
             }
             crate::runtime::RuntimeError::Store(crate::store::StoreError::Closed) => ApiError::Unavailable("shutting down".into()),
+            crate::runtime::RuntimeError::Contended(id) => ApiError::Unavailable(format!("saga {id} is changing too fast to step; try again")),
+            crate::runtime::RuntimeError::DefinitionNotLoaded(id, definition) => {
+                ApiError::Unavailable(format!("saga {id} runs on {definition}, which this replica has not loaded"))
+            }
             crate::runtime::RuntimeError::NoDefinition(name) => ApiError::NotFound(format!("no saga definition named `{name}` is loaded")),
             crate::runtime::RuntimeError::Inputs(fields) => ApiError::Fields(fields),
             other => ApiError::Internal(other.to_string()),

@@ -64,5 +64,5 @@ async fn order(state: &AppState, id: Uuid, wait_for: Duration) -> Result<Json<Va
 /// `GET /orders/{id}/events`: the order's history, oldest first.
 pub async fn events(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     loaded(&state)?;
-    history(&state, &id, "order").await
+    history(&state, &id, Some(orders::DEFINITION), "order").await
 }

@@ -116,14 +116,16 @@ pub async fn saga(State(state): State<AppState>, Path(id): Path<String>, Query(p
 
 /// `GET /sagas/{id}/events`: the saga's history, oldest first.
 pub async fn events(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    history(&state, &id, "saga").await
+    history(&state, &id, None, "saga").await
 }
 
-/// A stream's events as the API shows them; `what` names it in a `404`.
-pub(super) async fn history(state: &AppState, id: &str, what: &str) -> Result<Json<Value>, ApiError> {
+/// A stream's events as the API shows them; with `definition`, only a
+/// saga of that definition has them. `what` names it in a `404`.
+pub(super) async fn history(state: &AppState, id: &str, definition: Option<&str>, what: &str) -> Result<Json<Value>, ApiError> {
     let id = parse_id(id)?;
     let events = state.store.stream(id).await?;
-    if events.is_empty() {
+    let of = |name: &str| events.first().and_then(|e| e.metadata.pointer("/definition/name")).and_then(Value::as_str) == Some(name);
+    if events.is_empty() || definition.is_some_and(|name| !of(name)) {
         return Err(ApiError::NotFound(format!("{what} {id} not found")));
     }
     let events: Vec<Value> = events
@@ -227,7 +229,6 @@ pub async fn list(State(state): State<AppState>, Query(params): Query<HashMap<St
                 "state": s.state,
                 "status": s.status,
                 "terminal": s.terminal,
-                "next_deadline": s.deadline.map(|d| rfc3339(d * 1000)),
                 "created_at": rfc3339(s.created_at),
                 "updated_at": rfc3339(s.updated_at),
             })

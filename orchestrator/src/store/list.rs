@@ -59,7 +59,6 @@ pub struct Listed {
     pub state: String,
     pub status: String,
     pub terminal: bool,
-    pub deadline: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -74,7 +73,7 @@ impl Store {
     /// Up to `filter.limit` sagas of one definition and status, newest first.
     pub async fn list(&self, filter: &Filter) -> Result<Vec<Listed>, StoreError> {
         let mut sql = String::from(
-            "SELECT id, definition, definition_version, state, status, terminal, deadline, created_at, updated_at FROM sagas \
+            "SELECT id, definition, definition_version, state, status, terminal, created_at, updated_at FROM sagas \
              WHERE definition = $1 AND status = $2",
         );
         let mut n = 2;
@@ -117,7 +116,6 @@ impl Store {
                     state: r.try_get("state")?,
                     status: r.try_get("status")?,
                     terminal: r.try_get::<i64, _>("terminal")? != 0,
-                    deadline: r.try_get("deadline")?,
                     created_at: r.try_get("created_at")?,
                     updated_at: r.try_get("updated_at")?,
                 })

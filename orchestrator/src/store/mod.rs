@@ -225,7 +225,7 @@ impl Store {
     /// microseconds); returns how many. A key past its lifetime is already
     /// ignored when claimed again: this only keeps the table small.
     pub async fn forget_keys(&self, before: i64) -> Result<u64, StoreError> {
-        Ok(sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1").bind(before).execute(&self.pool).await?.rows_affected())
+        Ok(sqlx::query("DELETE FROM saga_keys WHERE created_at < $1").bind(before).execute(&self.pool).await?.rows_affected())
     }
 
     /// Counts for `/metrics` gauges and tests: sagas not yet terminal.

@@ -102,11 +102,14 @@ impl Store {
                 let metadata: String = r.try_get("metadata")?;
                 let change: Change = serde_json::from_str(&data)?;
                 let metadata: Value = serde_json::from_str(&metadata)?;
-                streams.entry(parse_id(&id)?).or_default().push(Recorded {
-                    event: Event { event_type: r.try_get("event_type")?, change },
-                    at: r.try_get("recorded_at")?,
-                    causation: metadata.get("causation_id").and_then(Value::as_str).unwrap_or_default().to_string(),
-                });
+                let at: i64 = r.try_get("recorded_at")?;
+                // Events of one step share its `step`; events written before
+                // it was recorded share their commit time and cause instead.
+                let step = match metadata.get("step").and_then(Value::as_u64) {
+                    Some(step) => StepKey::Step(step),
+                    None => StepKey::Commit(at, metadata.get("causation_id").and_then(Value::as_str).unwrap_or_default().to_string()),
+                };
+                streams.entry(parse_id(&id)?).or_default().push(Recorded { event: Event { event_type: r.try_get("event_type")?, change }, at, step });
                 report.events += 1;
             }
             report.sagas += ids.len() as u64;
@@ -194,7 +197,16 @@ impl Store {
 struct Recorded {
     event: Event,
     at: i64,
-    causation: String,
+    step: StepKey,
+}
+
+/// What the events of one step have in common.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StepKey {
+    /// The stream version the step was decided on (metadata `step`).
+    Step(u64),
+    /// Commit time and cause, for events recorded before `step` was.
+    Commit(i64, String),
 }
 
 /// One step as the committer saw it: its events and the saga after them.
@@ -204,16 +216,15 @@ struct Rebuilt {
     at: i64,
 }
 
-/// Folds a stream, cutting it into steps: the events one append wrote
-/// share their commit time and cause.
+/// Folds a stream, cutting it into the steps that appended it.
 fn fold(events: &[Recorded]) -> Result<Vec<Rebuilt>, sagas::FoldError> {
     let mut steps: Vec<Rebuilt> = Vec::new();
     let mut saga: Option<Saga> = None;
     let mut i = 0;
     while i < events.len() {
-        let (at, causation) = (events[i].at, &events[i].causation);
+        let (at, key) = (events[i].at, &events[i].step);
         let mut step = Vec::new();
-        while i < events.len() && events[i].at == at && &events[i].causation == causation {
+        while i < events.len() && &events[i].step == key {
             saga = Some(Saga::apply(saga, &events[i].event)?);
             step.push(events[i].event.clone());
             i += 1;
