@@ -27,10 +27,10 @@ CREATE INDEX saga_keys_age ON saga_keys (created_at);
 -- each step of every saga a write.
 CREATE INDEX sagas_by_status ON sagas (definition, status, created_at, id);
 
--- An event's id is now derived from its stream and version (UUIDv5 of the
--- version in the stream id's namespace), so the unique (stream_id, version)
--- index already makes it unique and its own index goes: each event costs
--- one index write fewer, which pays for the list index above. Nothing
--- looks an event up by its id. (SQLite cannot drop a column's UNIQUE
--- without rebuilding the table; there the index stays.)
+-- Nothing looks an event up by its id, and the unique (stream_id, version)
+-- index is what keeps the log consistent; ids are UUIDv7 with 74 random
+-- bits after their millisecond. So the id's own index goes: each event
+-- costs one index write fewer, which pays for the list index above.
+-- (SQLite cannot drop a column's UNIQUE without rebuilding the table;
+-- there the index stays.)
 ALTER TABLE events DROP CONSTRAINT IF EXISTS events_event_id_key;
