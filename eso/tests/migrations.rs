@@ -18,6 +18,18 @@ async fn upgrade(pool: AnyPool, backend: Backend) {
         .execute(&pool)
         .await
         .unwrap_or_else(|e| panic!("insert: {e}"));
+    // Events at positions 1 and 2, and 3 given out and gone (a rolled-back
+    // insert leaves the same gap): the relay's cursor names positions, so
+    // they must survive 0003's rebuild of the table, and 3 must not be given again.
+    for (i, event_id) in ["e1", "e2", "e3"].iter().enumerate() {
+        sqlx::query("INSERT INTO events (event_id, stream_id, version, event_type, data, metadata, recorded_at) VALUES ($1, 's', $2, 't', '{}', '{}', 1)")
+            .bind(*event_id)
+            .bind(i as i64 + 1)
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("insert event: {e}"));
+    }
+    sqlx::query("DELETE FROM events WHERE event_id = 'e3'").execute(&pool).await.unwrap_or_else(|e| panic!("delete: {e}"));
 
     // Twice: the second start finds everything recorded by the first.
     for _ in 0..2 {
@@ -43,6 +55,20 @@ async fn upgrade(pool: AnyPool, backend: Backend) {
                 .collect::<Vec<_>>()
         }
     };
+    let positions: Vec<(i64, String)> = sqlx::query("SELECT position, event_id FROM events ORDER BY position")
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("events: {e}"))
+        .iter()
+        .map(|r| (r.try_get("position").unwrap_or(-1), r.try_get("event_id").unwrap_or_default()))
+        .collect();
+    assert_eq!(positions, [(1, "e1".to_string()), (2, "e2".to_string())], "events keep their positions");
+    let next: i64 = sqlx::query("INSERT INTO events (event_id, stream_id, version, event_type, data, metadata, recorded_at) VALUES ('e2', 't', 1, 't', '{}', '{}', 1) RETURNING position")
+        .fetch_one(&pool)
+        .await
+        .and_then(|r| r.try_get("position"))
+        .unwrap_or_else(|e| panic!("an event after the upgrade (its id may repeat another's now): {e}"));
+    assert_eq!(next, 4, "a position once given is not given again");
     assert_eq!(recorded("_sqlx_migrations").await, [1, 2, 3], "the store's table keeps the old entry (2, now the participants'), and gets its own new ones");
     assert_eq!(recorded(participants::migrations::TABLE).await, [1, 2]);
 }
