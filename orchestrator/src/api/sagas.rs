@@ -203,14 +203,15 @@ pub async fn list(State(state): State<AppState>, Query(params): Query<HashMap<St
             .filter(|s| status.as_ref().is_none_or(|wanted| s == wanted))
             .collect();
         known_state |= wanted_state.as_ref().is_some_and(|w| registry.iter().any(|d| d.name == name && d.state(w).is_some()));
-        filters.extend(statuses.into_iter().map(|status| Filter {
-            definition: name.clone(),
-            status,
-            state: wanted_state.clone(),
-            terminal,
-            after,
-            limit,
-        }));
+        for status in statuses {
+            // A condition the status already implies is left out: with it,
+            // Postgres may judge the rows rarer than they are and trade the
+            // ordered walk of the index for a bitmap of every match.
+            let showing: Vec<_> = registry.iter().filter(|d| d.name == name).flat_map(|d| d.states.values()).filter(|s| s.status == status).collect();
+            let state = wanted_state.clone().filter(|w| showing.iter().any(|s| &s.name != w));
+            let terminal = terminal.filter(|&t| showing.iter().any(|s| s.terminal != t));
+            filters.push(Filter { definition: name.clone(), status, state, terminal, after, limit });
+        }
     }
     if !known_state {
         return Err(ApiError::field("state", "no loaded definition has a state of that name"));
