@@ -42,7 +42,9 @@ NAMESPACE = "eso"
 # other kind without a schema is a failure, not a silent skip.
 KNOWN_CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 
-ESO_COMPONENTS = {"orchestrator": "/app/sagas", "payment": None, "delivery": None}
+# component -> SAGAS_DIR it must be given. The trip agency (`eso participant
+# trip-agency`) is there unless tripAgency.enabled=false.
+ESO_COMPONENTS = {"orchestrator": "/app/sagas", "payment": None, "delivery": None, "trip-agency": None}
 
 
 # ---------------------------------------------------------------- values
@@ -197,6 +199,8 @@ def cmd_policy(values: dict[str, Any], _: argparse.Namespace) -> list[str]:
                    for d in by_kind.get("Deployment", [])}
     for component, sagas_dir in ESO_COMPONENTS.items():
         d = deployments.get(component)
+        if d is None and component == "trip-agency" and (values.get("tripAgency") or {}).get("enabled") is False:
+            continue
         if d is None:
             fail(f"no Deployment for {component}")
             continue

@@ -29,6 +29,30 @@ Name of one component's resources: (dict "root" $ "component" "payment").
 {{- printf "%s-%s" (include "eso.fullname" .root) .component | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/*
+The participants the chart deploys, as a YAML list (read it with fromYamlArray):
+component (the DNS-1123 name in resource names and labels), key (its block in
+values), binary (the container's command) and args. The trip agency has no
+binary of its own: it is `eso participant trip-agency`, and tripAgency.enabled
+turns it off.
+*/}}
+{{- define "eso.participants" -}}
+- component: payment
+  key: payment
+  binary: payment
+  args: []
+- component: delivery
+  key: delivery
+  binary: delivery
+  args: []
+{{- if .Values.tripAgency.enabled }}
+- component: trip-agency
+  key: tripAgency
+  binary: eso
+  args: [participant, trip-agency]
+{{- end }}
+{{- end }}
+
 {{- define "eso.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -137,7 +161,8 @@ capabilities:
 
 {{/*
 A PodDisruptionBudget for one eso component:
-(dict "root" $ "component" "payment" "values" .Values.payment "replicas" N).
+(dict "root" $ "component" "payment" "values" .Values.payment "replicas" N),
+plus "key" (the values key, default the component) when they differ.
 Only rendered when the component runs more than one pod: with one pod a
 minAvailable of 1 would block every node drain.
 */}}
@@ -145,7 +170,7 @@ minAvailable of 1 would block every node drain.
 {{- $pdb := .values.podDisruptionBudget }}
 {{- if and $pdb.enabled (gt (int .replicas) 1) }}
 {{- if and (not (kindIs "invalid" $pdb.minAvailable)) (not (kindIs "invalid" $pdb.maxUnavailable)) }}
-{{- fail (printf "%s.podDisruptionBudget: set minAvailable or maxUnavailable, not both (set the other to null)" .component) }}
+{{- fail (printf "%s.podDisruptionBudget: set minAvailable or maxUnavailable, not both (set the other to null)" (.key | default .component)) }}
 {{- end }}
 apiVersion: policy/v1
 kind: PodDisruptionBudget

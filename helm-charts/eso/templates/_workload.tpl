@@ -2,6 +2,10 @@
 The Deployment of one eso binary. Called with
   (dict "root" $ "component" "payment" "binary" "payment" "port" 8080
         "values" .Values.payment "otelServiceName" "eso-payment")
+Optional keys: "args" (a list, rendered as the container's args; without it
+no args are rendered) and "containerName" (default: the binary), e.g. the trip
+agency runs (dict ... "component" "trip-agency" "binary" "eso"
+"args" (list "participant" "trip-agency") "containerName" "trip-agency").
 The orchestrator ("component" "orchestrator") also mounts the saga
 definitions and rolls when they change.
 */}}
@@ -59,10 +63,16 @@ spec:
       securityContext:
         {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
       containers:
-        - name: {{ .binary }}
+        - name: {{ .containerName | default .binary }}
           image: {{ include "eso.image" $root }}
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
           command: [{{ .binary | quote }}]
+          {{- with .args }}
+          args:
+            {{- range . }}
+            - {{ . | quote }}
+            {{- end }}
+          {{- end }}
           securityContext:
             {{- toYaml $root.Values.securityContext | nindent 12 }}
           ports:
