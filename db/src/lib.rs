@@ -101,9 +101,7 @@ pub async fn migrate(pool: &AnyPool, migrator: &Migrator) -> anyhow::Result<()> 
 
 /// Microseconds since the Unix epoch: the unit of every `*_at` column.
 pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// The URL with any password replaced, for logs and errors.
@@ -173,10 +171,5 @@ pub fn recordset(backend: Backend, columns: &[(&str, Column)]) -> String {
 pub fn insert_rows(backend: Backend, table: &str, columns: &[(&str, Column)], stamped: &[&str]) -> String {
     let names = columns.iter().map(|(name, _)| *name).chain(stamped.iter().copied()).collect::<Vec<_>>();
     let values = columns.iter().map(|(name, _)| format!("r.{name}")).chain(stamped.iter().map(|_| "$2".to_string())).collect::<Vec<_>>();
-    format!(
-        "INSERT INTO {table} ({}) SELECT {} FROM {} WHERE true ORDER BY r.n",
-        names.join(", "),
-        values.join(", "),
-        recordset(backend, columns)
-    )
+    format!("INSERT INTO {table} ({}) SELECT {} FROM {} WHERE true ORDER BY r.n", names.join(", "), values.join(", "), recordset(backend, columns))
 }

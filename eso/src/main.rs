@@ -110,18 +110,12 @@ fn main() -> ExitCode {
                 }
             };
             let result = match other {
-                Some(Command::Participant { name: ParticipantName::Payment }) => runtime.block_on(participants::serve::run_binary(
-                    "eso-payment",
-                    |pool, backend| Arc::new(participants::payment::Payment::new(pool, backend)),
-                )),
-                Some(Command::Participant { name: ParticipantName::Delivery }) => runtime.block_on(participants::serve::run_binary(
-                    "eso-delivery",
-                    |pool, backend| Arc::new(participants::delivery::Delivery::new(pool, backend)),
-                )),
-                Some(Command::Participant { name: ParticipantName::TripAgency }) => runtime.block_on(participants::serve::run_binary(
-                    "eso-trip-agency",
-                    |pool, backend| Arc::new(participants::trip::TripAgency::new(pool, backend)),
-                )),
+                Some(Command::Participant { name: ParticipantName::Payment }) => runtime
+                    .block_on(participants::serve::run_binary("eso-payment", |pool, backend| Arc::new(participants::payment::Payment::new(pool, backend)))),
+                Some(Command::Participant { name: ParticipantName::Delivery }) => runtime
+                    .block_on(participants::serve::run_binary("eso-delivery", |pool, backend| Arc::new(participants::delivery::Delivery::new(pool, backend)))),
+                Some(Command::Participant { name: ParticipantName::TripAgency }) => runtime
+                    .block_on(participants::serve::run_binary("eso-trip-agency", |pool, backend| Arc::new(participants::trip::TripAgency::new(pool, backend)))),
                 Some(Command::Replay { dry_run }) => runtime.block_on(replay(&cli.config, dry_run)),
                 Some(Command::Bench(args)) => runtime.block_on(orchestrator::bench::run(*args)),
                 _ => runtime.block_on(serve(cli.config)),
@@ -162,7 +156,11 @@ async fn replay(config: &Config, dry_run: bool) -> anyhow::Result<()> {
 fn saga(command: SagaCommand, config: &Config) -> ExitCode {
     match command {
         SagaCommand::Check { files } => {
-            if definitions::check(&files, &config.sagas_dir) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if definitions::check(&files, &config.sagas_dir) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         SagaCommand::Graph { file } => match definitions::parse_file(&file) {
             Ok((def, _)) => {

@@ -185,13 +185,12 @@ async fn sigterm_finishes_in_flight_work_and_flushes_the_outbox() {
     assert_events_published_once(&pool, &cluster.nats.client().await, Duration::from_secs(1)).await;
     // The relay writes its cursor lazily; a clean stop must still leave it
     // past every published event, so the next start republishes nothing.
-    let behind: i64 = sqlx::query(
-        "SELECT COUNT(*) AS n FROM events e, outbox_cursor c WHERE c.relay = 'main' AND (e.tx_id, e.position) > (c.tx::xid8, c.position)",
-    )
-    .fetch_one(&pool)
-    .await
-    .and_then(|r| sqlx::Row::try_get(&r, "n"))
-    .unwrap_or_else(|e| panic!("cursor: {e}"));
+    let behind: i64 =
+        sqlx::query("SELECT COUNT(*) AS n FROM events e, outbox_cursor c WHERE c.relay = 'main' AND (e.tx_id, e.position) > (c.tx::xid8, c.position)")
+            .fetch_one(&pool)
+            .await
+            .and_then(|r| sqlx::Row::try_get(&r, "n"))
+            .unwrap_or_else(|e| panic!("cursor: {e}"));
     assert_eq!(behind, 0, "events past the relay's stored cursor after a clean stop");
     orchestrator.restart().await;
     cluster.check(&accepted).await;

@@ -76,9 +76,7 @@ async fn upgrade(pool: AnyPool, backend: Backend) {
 #[tokio::test]
 async fn an_old_sqlite_database_takes_the_new_migrations() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let (pool, backend) = db::connect(&format!("sqlite:{}?mode=rwc", dir.path().join("eso.db").display()), 1)
-        .await
-        .unwrap_or_else(|e| panic!("sqlite: {e}"));
+    let (pool, backend) = db::connect(&format!("sqlite:{}?mode=rwc", dir.path().join("eso.db").display()), 1).await.unwrap_or_else(|e| panic!("sqlite: {e}"));
     upgrade(pool, backend).await;
 }
 
@@ -93,9 +91,7 @@ async fn an_old_postgres_database_takes_the_new_migrations() {
 #[tokio::test]
 async fn a_new_store_has_no_participant_tables() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let (pool, backend) = db::connect(&format!("sqlite:{}?mode=rwc", dir.path().join("eso.db").display()), 1)
-        .await
-        .unwrap_or_else(|e| panic!("sqlite: {e}"));
+    let (pool, backend) = db::connect(&format!("sqlite:{}?mode=rwc", dir.path().join("eso.db").display()), 1).await.unwrap_or_else(|e| panic!("sqlite: {e}"));
     orchestrator::migrations::run(&pool, backend).await.unwrap_or_else(|e| panic!("migrate: {e:#}"));
     let tables: i64 = sqlx::query("SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name IN ('payments', 'deliveries')")
         .fetch_one(&pool)

@@ -101,9 +101,7 @@ async fn records_an_older_eso_kept_in_the_store_file_move_to_the_participants_fi
         .unwrap_or_else(|e| panic!("insert: {e}"));
     older.close().await;
 
-    let running = eso::start(&common::config(None, None, store.clone()), common::telemetry())
-        .await
-        .unwrap_or_else(|e| panic!("start: {e:#}"));
+    let running = eso::start(&common::config(None, None, store.clone()), common::telemetry()).await.unwrap_or_else(|e| panic!("start: {e:#}"));
     running.stop().await;
     let outcome = |file: std::path::PathBuf| async move {
         let pool = common::pool(&format!("sqlite:{}", file.display())).await;
@@ -205,7 +203,13 @@ async fn history_saga_state_and_trace_ids_are_visible() {
     assert!(body["error"].as_str().is_some_and(|e| e.contains("finished")), "{body}");
     let r = event(json!({ "data": 1 })).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status().as_u16(), 400);
-    let r = app.http.post(format!("{}/sagas/6f1c2b8e-0000-4000-8000-000000000000/events", app.url)).json(&json!({ "name": "x" })).send().await.unwrap_or_else(|e| panic!("{e}"));
+    let r = app
+        .http
+        .post(format!("{}/sagas/6f1c2b8e-0000-4000-8000-000000000000/events", app.url))
+        .json(&json!({ "name": "x" }))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status().as_u16(), 404);
 
     let (_, saga) = app.get(&format!("/sagas/{id}")).await;
@@ -221,13 +225,7 @@ async fn history_saga_state_and_trace_ids_are_visible() {
 async fn the_same_idempotency_key_returns_the_same_order() {
     for mode in [Mode::Embedded, Mode::Production] {
         let mut app = TestApp::start(mode).await;
-        let send = || {
-            app.http
-                .post(&app.url)
-                .header("Idempotency-Key", "order-42")
-                .json(&json!({ "amount": 5, "description": "test" }))
-                .send()
-        };
+        let send = || app.http.post(&app.url).header("Idempotency-Key", "order-42").json(&json!({ "amount": 5, "description": "test" })).send();
         let (first, second, third) = tokio::join!(send(), send(), send());
         let mut ids = vec![];
         let mut statuses = vec![];
@@ -275,7 +273,12 @@ async fn bad_input_gets_a_clear_error() {
         ("missing description", json!({ "amount": 1 }), 400, json!({ "error": { "description": ["is required"] } })),
         ("empty description", json!({ "amount": 1, "description": "" }), 400, json!({ "error": { "description": ["must not be empty"] } })),
         ("numeric description", json!({ "amount": 1, "description": 7 }), 400, json!({ "error": { "description": ["must be a string"] } })),
-        ("long description", json!({ "amount": 1, "description": "x".repeat(501) }), 400, json!({ "error": { "description": ["must be at most 500 characters"] } })),
+        (
+            "long description",
+            json!({ "amount": 1, "description": "x".repeat(501) }),
+            400,
+            json!({ "error": { "description": ["must be at most 500 characters"] } }),
+        ),
         ("both wrong", json!({}), 400, json!({ "error": { "amount": ["is required"], "description": ["is required"] } })),
         ("not an object", json!([1, 2]), 400, json!({ "error": "body must be a JSON object" })),
     ];
@@ -284,9 +287,7 @@ async fn bad_input_gets_a_clear_error() {
         assert_eq!((got_status, &got), (status, &expected), "{name}");
     }
 
-    let raw = |body: &'static str, content_type: &'static str| {
-        app.http.post(&app.url).header("content-type", content_type).body(body).send()
-    };
+    let raw = |body: &'static str, content_type: &'static str| app.http.post(&app.url).header("content-type", content_type).body(body).send();
     let r = raw("{\"amount\": 1, \"description\": ", "application/json").await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status().as_u16(), 400);
     let body: Value = r.json().await.unwrap_or(Value::Null);
@@ -297,7 +298,15 @@ async fn bad_input_gets_a_clear_error() {
     let huge = format!("{{\"amount\": 1, \"description\": \"{}\"}}", "x".repeat(100_000));
     // The server answers before reading the whole body and then closes the
     // connection: not one for the client to reuse for the next request.
-    let r = app.http.post(&app.url).header("content-type", "application/json").header("connection", "close").body(huge).send().await.unwrap_or_else(|e| panic!("{e}"));
+    let r = app
+        .http
+        .post(&app.url)
+        .header("content-type", "application/json")
+        .header("connection", "close")
+        .body(huge)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status().as_u16(), 413);
     let body: Value = r.json().await.unwrap_or(Value::Null);
     assert!(body["error"].as_str().is_some_and(|e| e.contains("larger than")), "{body}");
@@ -321,7 +330,8 @@ async fn bad_input_gets_a_clear_error() {
         assert_eq!(got, status, "{path}: {body}");
         assert!(body["error"].as_str().is_some_and(|e| e.contains(error)), "{path}: {body}");
     }
-    let r = app.http.post(&app.url).header("Idempotency-Key", "").json(&json!({ "amount": 1, "description": "t" })).send().await.unwrap_or_else(|e| panic!("{e}"));
+    let r =
+        app.http.post(&app.url).header("Idempotency-Key", "").json(&json!({ "amount": 1, "description": "t" })).send().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status().as_u16(), 400);
     app.stop().await;
 }

@@ -33,12 +33,7 @@ async fn postgres() -> (AnyPool, Backend) {
 }
 
 fn charge(command_id: Uuid, description: &str) -> CommandMessage {
-    CommandMessage {
-        command_id,
-        saga_id: Uuid::new_v4(),
-        attempt: 1,
-        payload: json!({ "amount": "12.50", "description": description }),
-    }
+    CommandMessage { command_id, saga_id: Uuid::new_v4(), attempt: 1, payload: json!({ "amount": "12.50", "description": description }) }
 }
 
 /// 100 commands, each sent 4 times at once (repeats in one batch) and

@@ -14,15 +14,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 fn append(saga: &sagas::Saga, events: Vec<sagas::Event>, expected: u64) -> Append {
-    Append {
-        saga: saga.clone(),
-        expected,
-        events,
-        trace: BTreeMap::new(),
-        causation: "test".into(),
-        previous_status: None,
-        key: None,
-    }
+    Append { saga: saga.clone(), expected, events, trace: BTreeMap::new(), causation: "test".into(), previous_status: None, key: None }
 }
 
 async fn racing_steps_of_one_saga(url: &str) {
@@ -41,10 +33,8 @@ async fn racing_steps_of_one_saga(url: &str) {
     // Both decided on the same state; sent together, so they share a batch.
     let timer = sagas::step(&def, Some(&start.saga), &Input::Deadline, Millis(i64::MAX / 2)).unwrap_or_else(|e| panic!("{e}"));
     let version = start.saga.version;
-    let (a, b) = tokio::join!(
-        store.append(append(&timer.saga, timer.events.clone(), version)),
-        store.append(append(&timer.saga, timer.events.clone(), version)),
-    );
+    let (a, b) =
+        tokio::join!(store.append(append(&timer.saga, timer.events.clone(), version)), store.append(append(&timer.saga, timer.events.clone(), version)),);
     let mut results = [a.unwrap_or_else(|e| panic!("{e}")), b.unwrap_or_else(|e| panic!("{e}"))];
     results.sort_by_key(|r| format!("{r:?}"));
     assert_eq!(results, [Committed::Appended, Committed::Conflict]);

@@ -138,7 +138,8 @@ async fn each_saga_is_one_trace_across_three_processes() {
     let http = in_trace(&spans, &test_trace).into_iter().find(|s| s.name == "POST /").map(|s| s.attributes.clone()).unwrap_or_default();
     assert_eq!(http.get("http.request.method").map(String::as_str), Some("POST"));
     assert_eq!(http.get("http.response.status_code").map(String::as_str), Some("201"));
-    let published: BTreeSet<String> = in_trace(&spans, &test_trace).iter().filter(|s| s.kind == "producer").filter_map(|s| s.attributes.get("event.type").cloned()).collect();
+    let published: BTreeSet<String> =
+        in_trace(&spans, &test_trace).iter().filter(|s| s.kind == "producer").filter_map(|s| s.attributes.get("event.type").cloned()).collect();
     assert_eq!(published, BTreeSet::from(["order_created", "payment_confirmed", "order_confirmed", "order_delivered"].map(String::from)));
 
     // The counters match the sagas that ran.
@@ -186,14 +187,10 @@ async fn a_saga_resumed_after_a_crash_continues_its_trace() {
     let _delivery = t.spawn(&["participant", "delivery"]).await;
     orchestrator.restart().await;
     t.wait_status(&base, &id, &["delivered"]).await;
-    let spans = t
-        .receiver
-        .wait_for(
-            |s| s.iter().any(|s| s.service_name == "eso-delivery" && s.attributes.get("saga.id") == Some(&id)),
-            Duration::from_secs(20),
-        )
-        .await;
-    let delivery = spans.iter().find(|s| s.service_name == "eso-delivery" && s.attributes.get("saga.id") == Some(&id)).unwrap_or_else(|| panic!("no delivery span"));
+    let spans =
+        t.receiver.wait_for(|s| s.iter().any(|s| s.service_name == "eso-delivery" && s.attributes.get("saga.id") == Some(&id)), Duration::from_secs(20)).await;
+    let delivery =
+        spans.iter().find(|s| s.service_name == "eso-delivery" && s.attributes.get("saga.id") == Some(&id)).unwrap_or_else(|| panic!("no delivery span"));
     assert_eq!(delivery.trace_id, trace, "the delivery after the restart is in the order's first trace");
     let first = spans.iter().find(|s| s.trace_id == trace && s.name == "POST /");
     assert!(first.is_some(), "the order's first span (POST /) is in that trace");

@@ -58,11 +58,7 @@ impl SamplerConfig {
     /// `parentbased_always_on`, rather than failing start-up; a missing or
     /// invalid ratio means 1.0, as the spec says.
     pub fn parse(name: Option<&str>, arg: Option<&str>) -> Self {
-        let ratio = || {
-            arg.and_then(|a| a.trim().parse::<f64>().ok())
-                .filter(|r| (0.0..=1.0).contains(r))
-                .unwrap_or(1.0)
-        };
+        let ratio = || arg.and_then(|a| a.trim().parse::<f64>().ok()).filter(|r| (0.0..=1.0).contains(r)).unwrap_or(1.0);
         match name.map(|n| n.trim().to_ascii_lowercase()).as_deref() {
             Some("always_on") => Self::AlwaysOn,
             Some("always_off") => Self::AlwaysOff,
@@ -93,17 +89,11 @@ impl TelemetryConfig {
     }
 
     /// Builds the configuration from any key → value lookup (tests pass a map).
-    pub fn from_lookup(
-        default_service_name: &str,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Self {
+    pub fn from_lookup(default_service_name: &str, lookup: impl Fn(&str) -> Option<String>) -> Self {
         let non_empty = |key: &str| lookup(key).filter(|v| !v.trim().is_empty());
 
         let service_name = non_empty("OTEL_SERVICE_NAME")
-            .or_else(|| {
-                non_empty("OTEL_RESOURCE_ATTRIBUTES")
-                    .and_then(|attrs| resource_attribute(&attrs, "service.name"))
-            })
+            .or_else(|| non_empty("OTEL_RESOURCE_ATTRIBUTES").and_then(|attrs| resource_attribute(&attrs, "service.name")))
             .unwrap_or_else(|| default_service_name.to_owned());
 
         let log_format = match non_empty("LOG_FORMAT") {
@@ -111,19 +101,12 @@ impl TelemetryConfig {
             _ => LogFormat::Text,
         };
 
-        let exporter_disabled = non_empty("OTEL_TRACES_EXPORTER")
-            .is_some_and(|e| e.trim().eq_ignore_ascii_case("none"));
-        let otlp_endpoint = if exporter_disabled {
-            None
-        } else {
-            non_empty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                .or_else(|| non_empty("OTEL_EXPORTER_OTLP_ENDPOINT"))
-        };
+        let exporter_disabled = non_empty("OTEL_TRACES_EXPORTER").is_some_and(|e| e.trim().eq_ignore_ascii_case("none"));
+        let otlp_endpoint =
+            if exporter_disabled { None } else { non_empty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| non_empty("OTEL_EXPORTER_OTLP_ENDPOINT")) };
 
         let mut warnings = Vec::new();
-        if let Some(protocol) = non_empty("OTEL_EXPORTER_OTLP_PROTOCOL")
-            .filter(|p| !p.trim().eq_ignore_ascii_case("grpc"))
-        {
+        if let Some(protocol) = non_empty("OTEL_EXPORTER_OTLP_PROTOCOL").filter(|p| !p.trim().eq_ignore_ascii_case("grpc")) {
             warnings.push(format!(
                 "OTEL_EXPORTER_OTLP_PROTOCOL={protocol} is not supported; exporting with grpc \
                  (point the endpoint at the collector's gRPC port, 4317 for Jaeger)"
@@ -135,10 +118,7 @@ impl TelemetryConfig {
             log_filter: non_empty("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
             log_format,
             otlp_endpoint,
-            sampler: SamplerConfig::parse(
-                non_empty("OTEL_TRACES_SAMPLER").as_deref(),
-                non_empty("OTEL_TRACES_SAMPLER_ARG").as_deref(),
-            ),
+            sampler: SamplerConfig::parse(non_empty("OTEL_TRACES_SAMPLER").as_deref(), non_empty("OTEL_TRACES_SAMPLER_ARG").as_deref()),
             warnings,
         }
     }
@@ -158,10 +138,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn config(vars: &[(&str, &str)]) -> TelemetryConfig {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         TelemetryConfig::from_lookup("eso-test", |k| map.get(k).cloned())
     }
 
@@ -177,34 +154,19 @@ mod tests {
 
     #[test]
     fn service_name_precedence_follows_the_spec() {
-        let attrs = (
-            "OTEL_RESOURCE_ATTRIBUTES",
-            "deployment.environment=dev,service.name=from-attrs",
-        );
+        let attrs = ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=dev,service.name=from-attrs");
         assert_eq!(config(&[attrs]).service_name, "from-attrs");
         let both = config(&[attrs, ("OTEL_SERVICE_NAME", "from-env")]);
         assert_eq!(both.service_name, "from-env");
-        assert_eq!(
-            config(&[("OTEL_SERVICE_NAME", "")]).service_name,
-            "eso-test"
-        );
+        assert_eq!(config(&[("OTEL_SERVICE_NAME", "")]).service_name, "eso-test");
     }
 
     #[test]
     fn exporter_only_when_an_endpoint_is_set() {
-        assert_eq!(
-            config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")]).otlp_endpoint,
-            None
-        );
+        assert_eq!(config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")]).otlp_endpoint, None);
         let set = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4317");
-        assert_eq!(
-            config(&[set]).otlp_endpoint.as_deref(),
-            Some("http://jaeger:4317")
-        );
-        assert_eq!(
-            config(&[set, ("OTEL_TRACES_EXPORTER", "none")]).otlp_endpoint,
-            None
-        );
+        assert_eq!(config(&[set]).otlp_endpoint.as_deref(), Some("http://jaeger:4317"));
+        assert_eq!(config(&[set, ("OTEL_TRACES_EXPORTER", "none")]).otlp_endpoint, None);
         let http = config(&[set, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]);
         assert_eq!(http.warnings.len(), 1);
         let grpc = config(&[set, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]);
@@ -213,35 +175,17 @@ mod tests {
 
     #[test]
     fn log_format_json_is_case_insensitive() {
-        assert_eq!(
-            config(&[("LOG_FORMAT", "JSON")]).log_format,
-            LogFormat::Json
-        );
-        assert_eq!(
-            config(&[("LOG_FORMAT", "pretty")]).log_format,
-            LogFormat::Text
-        );
+        assert_eq!(config(&[("LOG_FORMAT", "JSON")]).log_format, LogFormat::Json);
+        assert_eq!(config(&[("LOG_FORMAT", "pretty")]).log_format, LogFormat::Text);
     }
 
     #[test]
     fn sampler_values_from_the_spec() {
         let parse = SamplerConfig::parse;
         assert_eq!(parse(Some("always_off"), None), SamplerConfig::AlwaysOff);
-        assert_eq!(
-            parse(Some("traceidratio"), Some("0.25")),
-            SamplerConfig::TraceIdRatio(0.25)
-        );
-        assert_eq!(
-            parse(Some("traceidratio"), Some("7")),
-            SamplerConfig::TraceIdRatio(1.0)
-        );
-        assert_eq!(
-            parse(Some("parentbased_traceidratio"), Some("0.5")),
-            SamplerConfig::ParentBasedTraceIdRatio(0.5)
-        );
-        assert_eq!(
-            parse(Some("jaeger_remote"), None),
-            SamplerConfig::ParentBasedAlwaysOn
-        );
+        assert_eq!(parse(Some("traceidratio"), Some("0.25")), SamplerConfig::TraceIdRatio(0.25));
+        assert_eq!(parse(Some("traceidratio"), Some("7")), SamplerConfig::TraceIdRatio(1.0));
+        assert_eq!(parse(Some("parentbased_traceidratio"), Some("0.5")), SamplerConfig::ParentBasedTraceIdRatio(0.5));
+        assert_eq!(parse(Some("jaeger_remote"), None), SamplerConfig::ParentBasedAlwaysOn);
     }
 }

@@ -107,11 +107,7 @@ pub fn init(default_service_name: &'static str) -> anyhow::Result<Telemetry> {
 pub fn init_with_config(config: TelemetryConfig) -> anyhow::Result<Telemetry> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let provider = install_subscriber(&config)?;
-    Ok(Telemetry {
-        provider,
-        metrics: metrics::handle(),
-        config,
-    })
+    Ok(Telemetry { provider, metrics: metrics::handle(), config })
 }
 
 /// Installs the global subscriber; `None` if one was already installed.
@@ -122,14 +118,7 @@ fn install_subscriber(config: &TelemetryConfig) -> anyhow::Result<Option<SdkTrac
     }
     let provider = traces::tracer_provider(config)?;
     let (filter, filter_warning) = logging::env_filter(&config.log_filter);
-    let subscriber = tracing_subscriber::registry()
-        .with(traces::layer(&provider))
-        .with(logging::layer(
-            config,
-            filter,
-            std::io::stdout,
-            logging::use_ansi(),
-        ));
+    let subscriber = tracing_subscriber::registry().with(traces::layer(&provider)).with(logging::layer(config, filter, std::io::stdout, logging::use_ansi()));
     if tracing::subscriber::set_global_default(subscriber).is_err() {
         // Lost a race with another init: that one's provider is in charge.
         traces::shutdown_provider(&provider, SHUTDOWN_TIMEOUT);

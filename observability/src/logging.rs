@@ -27,12 +27,7 @@ use crate::config::{LogFormat, TelemetryConfig};
 pub(crate) fn env_filter(directives: &str) -> (EnvFilter, Option<String>) {
     match EnvFilter::try_new(directives) {
         Ok(filter) => (filter, None),
-        Err(error) => (
-            EnvFilter::new("info"),
-            Some(format!(
-                "invalid RUST_LOG {directives:?} ({error}); using \"info\""
-            )),
-        ),
+        Err(error) => (EnvFilter::new("info"), Some(format!("invalid RUST_LOG {directives:?} ({error}); using \"info\""))),
     }
 }
 
@@ -42,12 +37,7 @@ pub(crate) fn use_ansi() -> bool {
 }
 
 /// The fmt layer for `config`, writing to `make_writer`, filtered by `filter`.
-pub(crate) fn layer<S, W>(
-    config: &TelemetryConfig,
-    filter: EnvFilter,
-    make_writer: W,
-    ansi: bool,
-) -> Box<dyn Layer<S> + Send + Sync + 'static>
+pub(crate) fn layer<S, W>(config: &TelemetryConfig, filter: EnvFilter, make_writer: W, ansi: bool) -> Box<dyn Layer<S> + Send + Sync + 'static>
 where
     S: Subscriber + for<'span> LookupSpan<'span> + Send + Sync,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -57,23 +47,13 @@ where
             .with_writer(make_writer)
             .with_ansi(false)
             .fmt_fields(JsonFields::new())
-            .event_format(WithTraceId {
-                inner: Format::default()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(true),
-                json: true,
-            })
+            .event_format(WithTraceId { inner: Format::default().json().flatten_event(true).with_current_span(true).with_span_list(true), json: true })
             .with_filter(filter)
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(make_writer)
             .with_ansi(ansi)
-            .event_format(WithTraceId {
-                inner: Format::default().with_ansi(ansi),
-                json: false,
-            })
+            .event_format(WithTraceId { inner: Format::default().with_ansi(ansi), json: false })
             .with_filter(filter)
             .boxed(),
     }
@@ -101,12 +81,7 @@ where
     N: for<'w> FormatFields<'w> + 'static,
     F: FormatEvent<S, N>,
 {
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let Some(trace_id) = current_trace_id() else {
             return self.inner.format_event(ctx, writer, event);
         };
@@ -114,8 +89,7 @@ where
         // and splice the trace id in. The inner formatter carries its own ANSI
         // setting, so colours survive the detour.
         let mut line = String::with_capacity(256);
-        self.inner
-            .format_event(ctx, Writer::new(&mut line), event)?;
+        self.inner.format_event(ctx, Writer::new(&mut line), event)?;
         if self.json {
             match line.strip_prefix('{') {
                 Some(rest) => write!(writer, "{{\"trace_id\":\"{trace_id}\",{rest}"),
@@ -144,10 +118,7 @@ mod tests {
 
     impl std::io::Write for Buffer {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .map_err(|_| std::io::ErrorKind::Other)?
-                .extend_from_slice(buf);
+            self.0.lock().map_err(|_| std::io::ErrorKind::Other)?.extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -164,24 +135,18 @@ mod tests {
 
     /// Logs one line inside a saga span and one outside any span.
     fn log_lines(format: &str) -> (Vec<String>, String) {
-        let config = TelemetryConfig::from_lookup("eso-test", |k| {
-            (k == "LOG_FORMAT").then(|| format.to_owned())
-        });
+        let config = TelemetryConfig::from_lookup("eso-test", |k| (k == "LOG_FORMAT").then(|| format.to_owned()));
         let provider = SdkTracerProvider::builder().build();
         let buffer = Buffer::default();
-        let subscriber = tracing_subscriber::registry()
-            .with(crate::traces::layer(&provider))
-            .with(layer(&config, env_filter("info").0, buffer.clone(), false));
+        let subscriber = tracing_subscriber::registry().with(crate::traces::layer(&provider)).with(layer(&config, env_filter("info").0, buffer.clone(), false));
         let trace_id = tracing::subscriber::with_default(subscriber, || {
-            let span =
-                tracing::info_span!("saga.step", saga.id = "s-42", event.type = "order_created");
+            let span = tracing::info_span!("saga.step", saga.id = "s-42", event.type = "order_created");
             let trace_id = crate::propagation::trace_id(&span).unwrap_or_default();
             span.in_scope(|| tracing::info!(amount = 207, "stepped"));
             tracing::info!("outside");
             trace_id
         });
-        let out = String::from_utf8(buffer.0.lock().map(|b| b.clone()).unwrap_or_default())
-            .unwrap_or_default();
+        let out = String::from_utf8(buffer.0.lock().map(|b| b.clone()).unwrap_or_default()).unwrap_or_default();
         (out.lines().map(str::to_owned).collect(), trace_id)
     }
 
@@ -190,16 +155,8 @@ mod tests {
         let (lines, trace_id) = log_lines("text");
         assert_eq!(trace_id.len(), 32);
         assert_eq!(lines.len(), 2, "{lines:?}");
-        assert!(
-            lines[0].contains("saga.id=\"s-42\"") || lines[0].contains("saga.id=s-42"),
-            "{}",
-            lines[0]
-        );
-        assert!(
-            lines[0].ends_with(&format!("trace_id={trace_id}")),
-            "{}",
-            lines[0]
-        );
+        assert!(lines[0].contains("saga.id=\"s-42\"") || lines[0].contains("saga.id=s-42"), "{}", lines[0]);
+        assert!(lines[0].ends_with(&format!("trace_id={trace_id}")), "{}", lines[0]);
         assert!(!lines[1].contains("trace_id"), "{}", lines[1]);
     }
 
@@ -208,10 +165,7 @@ mod tests {
         let (lines, trace_id) = log_lines("json");
         assert_eq!(lines.len(), 2, "{lines:?}");
         let inside = &lines[0];
-        assert!(
-            inside.starts_with(&format!("{{\"trace_id\":\"{trace_id}\",")),
-            "{inside}"
-        );
+        assert!(inside.starts_with(&format!("{{\"trace_id\":\"{trace_id}\",")), "{inside}");
         assert!(inside.contains("\"saga.id\":\"s-42\""), "{inside}");
         assert!(inside.contains("\"message\":\"stepped\""), "{inside}");
         assert!(inside.ends_with('}'), "{inside}");

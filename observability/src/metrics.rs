@@ -19,9 +19,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Bucket bounds in seconds: 1 ms to 10 s covers an HTTP request, an append,
 /// and a NATS round trip; anything slower is a timeout anyway.
-const BUCKETS_SECONDS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const BUCKETS_SECONDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// How often queued histogram samples are folded in when nobody scrapes
 /// (rendering does it too); this bounds their memory.
@@ -53,14 +51,12 @@ pub(crate) fn handle() -> PrometheusHandle {
 }
 
 fn spawn_upkeep(handle: PrometheusHandle) {
-    let spawned = std::thread::Builder::new()
-        .name("metrics-upkeep".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(UPKEEP_EVERY);
-                handle.run_upkeep();
-            }
-        });
+    let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+        loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        }
+    });
     if let Err(error) = spawned {
         tracing::warn!(%error, "could not start the metrics upkeep thread; histograms are folded in on scrape only");
     }
@@ -74,14 +70,8 @@ mod tests {
         ::metrics::counter!("eso_test_events_total", "event_type" => "order_created").increment(3);
         ::metrics::histogram!("eso_test_step_duration_seconds").record(0.003);
         let text = handle.render();
-        assert!(
-            text.contains("eso_test_events_total{event_type=\"order_created\"} 3"),
-            "{text}"
-        );
-        assert!(
-            text.contains("eso_test_step_duration_seconds_bucket{le=\"0.005\"} 1"),
-            "{text}"
-        );
+        assert!(text.contains("eso_test_events_total{event_type=\"order_created\"} 3"), "{text}");
+        assert!(text.contains("eso_test_step_duration_seconds_bucket{le=\"0.005\"} 1"), "{text}");
         // A second handle sees the same registry.
         assert!(super::handle().render().contains("eso_test_events_total"));
     }

@@ -103,10 +103,7 @@ struct NatsInjector<'a>(&'a mut async_nats::HeaderMap);
 impl Injector for NatsInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
         // `insert` with a `&str` name panics on invalid names; parse instead.
-        if let (Ok(name), Ok(value)) = (
-            key.parse::<async_nats::header::HeaderName>(),
-            value.parse::<async_nats::HeaderValue>(),
-        ) {
+        if let (Ok(name), Ok(value)) = (key.parse::<async_nats::header::HeaderName>(), value.parse::<async_nats::HeaderValue>()) {
             self.0.insert(name, value);
         }
     }
@@ -118,18 +115,11 @@ impl Extractor for NatsExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         // NATS header names are case-sensitive; W3C says lower case, but be
         // lenient with senders that capitalise (`Traceparent`).
-        self.0
-            .iter()
-            .find(|(name, _)| AsRef::<str>::as_ref(*name).eq_ignore_ascii_case(key))
-            .and_then(|(_, values)| values.first())
-            .map(|v| v.as_str())
+        self.0.iter().find(|(name, _)| AsRef::<str>::as_ref(*name).eq_ignore_ascii_case(key)).and_then(|(_, values)| values.first()).map(|v| v.as_str())
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0
-            .iter()
-            .map(|(name, _)| AsRef::<str>::as_ref(name))
-            .collect()
+        self.0.iter().map(|(name, _)| AsRef::<str>::as_ref(name)).collect()
     }
 }
 
@@ -196,10 +186,7 @@ mod tests {
             server.in_scope(|| {});
         });
         let (client, server) = (spans.named("send"), spans.named("handle"));
-        assert_eq!(
-            server.span_context.trace_id(),
-            client.span_context.trace_id()
-        );
+        assert_eq!(server.span_context.trace_id(), client.span_context.trace_id());
         assert_eq!(server.parent_span_id, client.span_context.span_id());
         assert_eq!(server.span_kind, opentelemetry::trace::SpanKind::Server);
     }
@@ -207,10 +194,7 @@ mod tests {
     #[test]
     fn nats_header_names_are_matched_case_insensitively() {
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            "Traceparent",
-            format!("00-{REMOTE_TRACE}-{REMOTE_SPAN}-01").as_str(),
-        );
+        headers.insert("Traceparent", format!("00-{REMOTE_TRACE}-{REMOTE_SPAN}-01").as_str());
         let (id, _) = with_tracing(|| {
             let span = tracing::info_span!("handle");
             set_parent_from_nats(&span, Some(&headers));
@@ -232,10 +216,7 @@ mod tests {
             resumed.in_scope(|| {});
         });
         let (original, resumed) = (spans.named("original"), spans.named("resumed"));
-        assert_eq!(
-            resumed.span_context.trace_id(),
-            original.span_context.trace_id()
-        );
+        assert_eq!(resumed.span_context.trace_id(), original.span_context.trace_id());
         assert_eq!(resumed.parent_span_id, original.span_context.span_id());
     }
 
@@ -257,11 +238,7 @@ mod tests {
         let ((), spans) = with_tracing(|| {
             let outer = tracing::info_span!("outer");
             let _entered = outer.enter();
-            for garbage in [
-                "garbage",
-                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-zzzzzzzzzzzzzzzz-01",
-            ] {
+            for garbage in ["garbage", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "00-4bf92f3577b34da6a3ce929d0e0e4736-zzzzzzzzzzzzzzzz-01"] {
                 let span = tracing::info_span!("inner");
                 set_parent_from_http(&span, &http_headers(garbage));
                 let mut map = BTreeMap::new();
@@ -271,11 +248,7 @@ mod tests {
             }
         });
         let outer = spans.named("outer");
-        let inner: Vec<_> = spans
-            .spans()
-            .into_iter()
-            .filter(|s| s.name == "inner")
-            .collect();
+        let inner: Vec<_> = spans.spans().into_iter().filter(|s| s.name == "inner").collect();
         assert_eq!(inner.len(), 3);
         for span in inner {
             assert_eq!(span.parent_span_id, outer.span_context.span_id());

@@ -14,26 +14,17 @@ pub(crate) struct Collected(Arc<Mutex<Vec<SpanData>>>);
 
 impl Collected {
     pub(crate) fn spans(&self) -> Vec<SpanData> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     pub(crate) fn named(&self, name: &str) -> SpanData {
-        self.spans()
-            .into_iter()
-            .find(|s| s.name == name)
-            .unwrap_or_else(|| panic!("no span named {name} in {:#?}", self.spans()))
+        self.spans().into_iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no span named {name} in {:#?}", self.spans()))
     }
 }
 
 impl SpanExporter for Collected {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(batch);
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).extend(batch);
         Ok(())
     }
 }
@@ -42,9 +33,7 @@ impl SpanExporter for Collected {
 /// exported synchronously on close), and returns its result and the spans.
 pub(crate) fn with_tracing<R>(f: impl FnOnce() -> R) -> (R, Collected) {
     let collected = Collected::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(collected.clone())
-        .build();
+    let provider = SdkTracerProvider::builder().with_simple_exporter(collected.clone()).build();
     let subscriber = tracing_subscriber::registry().with(crate::traces::layer(&provider));
     let result = tracing::subscriber::with_default(subscriber, f);
     (result, collected)

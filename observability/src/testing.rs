@@ -22,12 +22,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
@@ -89,31 +85,18 @@ impl OtlpReceiver {
     }
 
     async fn serve(keep: bool) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the OTLP test receiver")?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the OTLP test receiver")?;
         let addr = listener.local_addr()?;
         let spans = Store::default();
         let received = Arc::new(AtomicUsize::new(0));
-        let service = TraceServiceServer::new(Collector {
-            spans: keep.then(|| Arc::clone(&spans)),
-            received: Arc::clone(&received),
-        });
+        let service = TraceServiceServer::new(Collector { spans: keep.then(|| Arc::clone(&spans)), received: Arc::clone(&received) });
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         let server = tokio::spawn(async move {
-            if let Err(error) = tonic::transport::Server::builder()
-                .serve_with_incoming(service, incoming)
-                .await
-            {
+            if let Err(error) = tonic::transport::Server::builder().serve_with_incoming(service, incoming).await {
                 eprintln!("OTLP test receiver stopped: {error}");
             }
         });
-        Ok(Self {
-            addr,
-            spans,
-            received,
-            server,
-        })
+        Ok(Self { addr, spans, received, server })
     }
 
     /// The URL to put in `OTEL_EXPORTER_OTLP_ENDPOINT`, e.g. `http://127.0.0.1:40123`.
@@ -128,20 +111,13 @@ impl OtlpReceiver {
 
     /// Every span received so far, in arrival order (none when counting).
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.spans
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.spans.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Polls until `pred` holds for the received spans or `timeout` passes,
     /// then returns the spans either way (so the assertion that follows can
     /// print what did arrive).
-    pub async fn wait_for(
-        &self,
-        pred: impl Fn(&[ReceivedSpan]) -> bool,
-        timeout: Duration,
-    ) -> Vec<ReceivedSpan> {
+    pub async fn wait_for(&self, pred: impl Fn(&[ReceivedSpan]) -> bool, timeout: Duration) -> Vec<ReceivedSpan> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let spans = self.spans();
@@ -167,39 +143,21 @@ struct Collector {
 
 #[tonic::async_trait]
 impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+    async fn export(&self, request: tonic::Request<ExportTraceServiceRequest>) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let request = request.into_inner();
-        let count = request
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
+        let count = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
         self.received.fetch_add(count, Ordering::Relaxed);
         if let Some(spans) = &self.spans {
-            spans
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend(flatten(request));
+            spans.lock().unwrap_or_else(PoisonError::into_inner).extend(flatten(request));
         }
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
 
 fn flatten(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
     let mut out = Vec::new();
     for resource_spans in request.resource_spans {
-        let resource = attributes(
-            resource_spans
-                .resource
-                .map(|r| r.attributes)
-                .unwrap_or_default(),
-        );
+        let resource = attributes(resource_spans.resource.map(|r| r.attributes).unwrap_or_default());
         let service_name = resource.get("service.name").cloned().unwrap_or_default();
         for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
             let kind = match SpanKind::try_from(span.kind) {
@@ -218,8 +176,7 @@ fn flatten(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
             out.push(ReceivedSpan {
                 trace_id: hex(&span.trace_id),
                 span_id: hex(&span.span_id),
-                parent_span_id: (!span.parent_span_id.is_empty())
-                    .then(|| hex(&span.parent_span_id)),
+                parent_span_id: (!span.parent_span_id.is_empty()).then(|| hex(&span.parent_span_id)),
                 name: span.name,
                 kind: kind.to_owned(),
                 service_name: service_name.clone(),
@@ -236,9 +193,7 @@ fn flatten(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
 }
 
 fn attributes(kvs: Vec<KeyValue>) -> BTreeMap<String, String> {
-    kvs.into_iter()
-        .map(|kv| (kv.key, kv.value.map(render).unwrap_or_default()))
-        .collect()
+    kvs.into_iter().map(|kv| (kv.key, kv.value.map(render).unwrap_or_default())).collect()
 }
 
 fn render(value: AnyValue) -> String {
@@ -260,10 +215,8 @@ fn render(value: AnyValue) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }

@@ -44,10 +44,7 @@ pub(crate) fn resource(service_name: &str) -> Resource {
             defaults.push(KeyValue::new("host.name", host.to_owned()));
         }
     }
-    if let Some(exe) = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-    {
+    if let Some(exe) = std::env::current_exe().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())) {
         defaults.push(KeyValue::new("process.executable.name", exe));
     }
     Resource::builder_empty()
@@ -65,15 +62,11 @@ pub(crate) fn resource(service_name: &str) -> Resource {
 /// gRPC channel spawns its connection task on it); otherwise, or if the
 /// endpoint is not a valid URI, it returns an error instead of panicking.
 pub(crate) fn tracer_provider(config: &TelemetryConfig) -> anyhow::Result<SdkTracerProvider> {
-    let builder = SdkTracerProvider::builder()
-        .with_sampler(config.sampler.to_sampler())
-        .with_resource(resource(&config.service_name));
+    let builder = SdkTracerProvider::builder().with_sampler(config.sampler.to_sampler()).with_resource(resource(&config.service_name));
     let Some(endpoint) = &config.otlp_endpoint else {
         return Ok(builder.build());
     };
-    tokio::runtime::Handle::try_current().context(
-        "OTEL_EXPORTER_OTLP_ENDPOINT is set: observability::init must run inside a Tokio runtime",
-    )?;
+    tokio::runtime::Handle::try_current().context("OTEL_EXPORTER_OTLP_ENDPOINT is set: observability::init must run inside a Tokio runtime")?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint.clone())
@@ -109,13 +102,8 @@ where
 /// `#[tokio::main]` default) or after the runtime has finished other work.
 pub(crate) fn shutdown_provider(provider: &SdkTracerProvider, timeout: Duration) {
     let run = || provider.shutdown_with_timeout(timeout);
-    let on_multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    let result = if on_multi_thread {
-        tokio::task::block_in_place(run)
-    } else {
-        run()
-    };
+    let on_multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    let result = if on_multi_thread { tokio::task::block_in_place(run) } else { run() };
     match result {
         Ok(()) | Err(OTelSdkError::AlreadyShutdown) => {}
         Err(error) => {
@@ -145,13 +133,7 @@ mod tests {
         let provider = tracer_provider(&config)?;
         let subscriber = tracing_subscriber::registry().with(layer(&provider));
         tracing::subscriber::with_default(subscriber, || {
-            let request = tracing::info_span!(
-                "request",
-                otel.name = "POST /",
-                otel.kind = "server",
-                http.request.method = "POST",
-                http.route = "/",
-            );
+            let request = tracing::info_span!("request", otel.name = "POST /", otel.kind = "server", http.request.method = "POST", http.route = "/",);
             let _entered = request.enter();
             let command = tracing::info_span!(
                 "command",
@@ -166,43 +148,21 @@ mod tests {
         // Idempotent, and quick the second time.
         shutdown_provider(&provider, Duration::from_secs(5));
 
-        let spans = receiver
-            .wait_for(|s| s.len() >= 2, Duration::from_secs(10))
-            .await;
+        let spans = receiver.wait_for(|s| s.len() >= 2, Duration::from_secs(10)).await;
         let find = |name: &str| spans.iter().find(|s| s.name == name).cloned();
-        let (Some(request), Some(command)) = (find("POST /"), find("eso.cmd.payment.process send"))
-        else {
+        let (Some(request), Some(command)) = (find("POST /"), find("eso.cmd.payment.process send")) else {
             panic!("expected both spans, got {spans:#?}");
         };
         assert_eq!(command.trace_id, request.trace_id);
-        assert_eq!(
-            command.parent_span_id.as_deref(),
-            Some(request.span_id.as_str())
-        );
+        assert_eq!(command.parent_span_id.as_deref(), Some(request.span_id.as_str()));
         assert_eq!(request.parent_span_id, None);
         assert_eq!(request.trace_id.len(), 32);
-        assert_eq!(
-            (request.kind.as_str(), command.kind.as_str()),
-            ("server", "client")
-        );
+        assert_eq!((request.kind.as_str(), command.kind.as_str()), ("server", "client"));
         assert_eq!(request.service_name, "eso-e2e");
-        assert_eq!(
-            request
-                .attributes
-                .get("http.request.method")
-                .map(String::as_str),
-            Some("POST")
-        );
-        assert_eq!(
-            command.attributes.get("saga.id").map(String::as_str),
-            Some("saga-1")
-        );
+        assert_eq!(request.attributes.get("http.request.method").map(String::as_str), Some("POST"));
+        assert_eq!(command.attributes.get("saga.id").map(String::as_str), Some("saga-1"));
         assert_eq!(command.events, vec!["sent".to_owned()]);
-        assert!(
-            request.resource.contains_key("service.version"),
-            "{:?}",
-            request.resource
-        );
+        assert!(request.resource.contains_key("service.version"), "{:?}", request.resource);
         assert!(request.start_unix_nanos <= command.start_unix_nanos);
         assert!(command.end_unix_nanos <= request.end_unix_nanos);
         Ok(())
@@ -210,9 +170,7 @@ mod tests {
 
     #[test]
     fn an_endpoint_outside_a_runtime_is_an_error_not_a_panic() {
-        let config = TelemetryConfig::from_lookup("eso", |key| {
-            (key == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://127.0.0.1:4317".to_owned())
-        });
+        let config = TelemetryConfig::from_lookup("eso", |key| (key == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://127.0.0.1:4317".to_owned()));
         assert!(tracer_provider(&config).is_err());
     }
 }

@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::bus::{Bus, LocalBus, NatsBus};
 use crate::config::Config;
+use crate::definitions;
 use crate::runtime::Runtime;
 use crate::store::{self, Store};
-use crate::definitions;
 
 /// Longest wait for command round trips in flight at shutdown (they are
 /// bounded by their own timeouts; this guards against a stuck one).

@@ -17,8 +17,5 @@ pub fn now() -> Millis {
 /// RFC 3339 with microseconds, UTC (`2026-11-25T18:31:00.123456Z`).
 pub fn rfc3339(us: i64) -> String {
     let nanos = i128::from(us) * 1000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok().and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()).unwrap_or_default()
 }

@@ -9,10 +9,10 @@
 
 use std::collections::BTreeMap;
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use db::Column::{BigInt, Text};
 use db::{Backend, insert_rows, recordset};
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sqlx::Row;

@@ -213,12 +213,7 @@ impl Runtime {
                 },
             };
             let saga = row.saga.clone();
-            let def = self
-                .inner
-                .registry
-                .get(&saga.definition)
-                .ok_or_else(|| RuntimeError::DefinitionNotLoaded(id, saga.definition.clone()))?
-                .clone();
+            let def = self.inner.registry.get(&saga.definition).ok_or_else(|| RuntimeError::DefinitionNotLoaded(id, saga.definition.clone()))?.clone();
             let started = Instant::now();
             let decision = match sagas::step(&def, Some(&saga), &input, clock::now()) {
                 Ok(d) => d,
@@ -263,8 +258,7 @@ impl Runtime {
             if decision.saga.terminal {
                 self.inner.finishes.finished(id);
             }
-            metrics::histogram!("eso_step_seconds", "definition" => def.name.clone(), "state" => saga.state.clone())
-                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("eso_step_seconds", "definition" => def.name.clone(), "state" => saga.state.clone()).record(started.elapsed().as_secs_f64());
             self.record_outcome(&def, &saga, &decision.saga, &decision.events, row.created_at);
             let _entered = span.enter();
             self.dispatch(decision.commands);

@@ -26,11 +26,8 @@ pub struct Embedded {
 pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Embedded> {
     let (pool, backend) = db::connect(url, max_connections).await?;
     migrations::run(&pool, backend).await?;
-    let participants: Vec<Arc<dyn Participant>> = vec![
-        Arc::new(Payment::new(pool.clone(), backend)),
-        Arc::new(Delivery::new(pool.clone(), backend)),
-        Arc::new(TripAgency::new(pool.clone(), backend)),
-    ];
+    let participants: Vec<Arc<dyn Participant>> =
+        vec![Arc::new(Payment::new(pool.clone(), backend)), Arc::new(Delivery::new(pool.clone(), backend)), Arc::new(TripAgency::new(pool.clone(), backend))];
     Ok(Embedded { participants, pool })
 }
 

@@ -84,11 +84,8 @@ impl Payment {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        let charged = sqlx::query("SELECT outcome FROM payments WHERE command_id = $1")
-            .bind(charge)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get::<String, _>("outcome")?;
+        let charged =
+            sqlx::query("SELECT outcome FROM payments WHERE command_id = $1").bind(charge).fetch_one(&mut *tx).await?.try_get::<String, _>("outcome")?;
         tx.commit().await?;
         Ok(charged)
     }

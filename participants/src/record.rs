@@ -32,10 +32,7 @@ impl Recorder {
     /// sets besides `created_at` (stamped by the recorder) and must include
     /// `command_id` and `outcome`.
     pub fn spawn(pool: AnyPool, backend: Backend, table: &str, columns: &[(&str, Column)]) -> Recorder {
-        let insert = format!(
-            "{} ON CONFLICT (command_id) DO NOTHING RETURNING command_id",
-            insert_rows(backend, table, columns, &["created_at"])
-        );
+        let insert = format!("{} ON CONFLICT (command_id) DO NOTHING RETURNING command_id", insert_rows(backend, table, columns, &["created_at"]));
         let recorded = format!("SELECT outcome FROM {table} WHERE command_id = $1");
         let (jobs, rx) = mpsc::channel(MAX_BATCH * 8);
         tokio::spawn(run(pool, insert, recorded, rx));

@@ -44,10 +44,7 @@ struct Health {
 
 /// The whole life of a participant binary: configuration from the
 /// environment, migrations, health server, NATS responder, clean shutdown.
-pub async fn run_binary(
-    service: &'static str,
-    make: fn(sqlx::AnyPool, db::Backend) -> Arc<dyn Participant>,
-) -> anyhow::Result<()> {
+pub async fn run_binary(service: &'static str, make: fn(sqlx::AnyPool, db::Backend) -> Arc<dyn Participant>) -> anyhow::Result<()> {
     let telemetry = Arc::new(observability::init(service)?);
     let result = run(telemetry.clone(), make).await;
     if let Err(e) = &result {
@@ -70,11 +67,7 @@ async fn run(telemetry: Arc<observability::Telemetry>, make: fn(sqlx::AnyPool, d
     };
     let (pool, backend) = db::connect(&database_url, pool_size).await?;
     migrations::run(&pool, backend).await?;
-    let client = async_nats::ConnectOptions::new()
-        .name("eso-participant")
-        .retry_on_initial_connect()
-        .connect(&nats_url)
-        .await?;
+    let client = async_nats::ConnectOptions::new().name("eso-participant").retry_on_initial_connect().connect(&nats_url).await?;
     let participant = make(pool.clone(), backend);
     tracing::info!(participant = participant.name(), database = %db::redact(&database_url), nats = %nats_url, port, "starting");
 

@@ -49,10 +49,7 @@ pub struct ErrorReply {
 impl CommandMessage {
     /// A string field of the payload, or a clear error naming it.
     pub fn field(&self, name: &str) -> Result<&str, Error> {
-        self.payload
-            .get(name)
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::BadCommand(format!("payload field `{name}` is missing or not a string")))
+        self.payload.get(name).and_then(Value::as_str).ok_or_else(|| Error::BadCommand(format!("payload field `{name}` is missing or not a string")))
     }
 }
 

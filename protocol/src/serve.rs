@@ -16,11 +16,7 @@ const MAX_IN_FLIGHT: usize = 512;
 
 /// Answers `participant`'s subjects until `shutdown` resolves, then stops
 /// taking messages and finishes the ones in hand.
-pub async fn serve_nats(
-    client: Client,
-    participant: Arc<dyn Participant>,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+pub async fn serve_nats(client: Client, participant: Arc<dyn Participant>, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let queue = format!("eso-{}", participant.name());
     let mut subscriptions = Vec::new();
     for subject in participant.subjects() {

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use toml::Spanned;
 use sha2::{Digest, Sha256};
+use toml::Spanned;
 
 use crate::inputs::{self, InputSpec, RawInputs};
 use crate::validate;

@@ -50,15 +50,8 @@ pub enum InputKind {
 
 impl InputKind {
     /// Every kind, as a definition names it.
-    pub const ALL: [InputKind; 7] = [
-        InputKind::String,
-        InputKind::Integer,
-        InputKind::Number,
-        InputKind::Boolean,
-        InputKind::Uuid,
-        InputKind::Object,
-        InputKind::Any,
-    ];
+    pub const ALL: [InputKind; 7] =
+        [InputKind::String, InputKind::Integer, InputKind::Number, InputKind::Boolean, InputKind::Uuid, InputKind::Object, InputKind::Any];
 
     /// The name a definition uses for this kind (`"integer"`).
     pub fn name(self) -> &'static str {

@@ -93,8 +93,7 @@ pub fn step(def: &Definition, saga: Option<&Saga>, input: &Input, now: Millis) -
             // The same check callers run before starting; a start that
             // skipped it is refused here, so no saga starts on bad data.
             let problems = inputs::problems(&def.name, &def.inputs, data);
-            let missing: Vec<String> =
-                problems.iter().filter(|(_, p)| *p == InputProblem::Required).map(|(name, _)| name.clone()).collect();
+            let missing: Vec<String> = problems.iter().filter(|(_, p)| *p == InputProblem::Required).map(|(name, _)| name.clone()).collect();
             if !missing.is_empty() {
                 return Err(Ignored::MissingInputs(missing));
             }
@@ -121,18 +120,12 @@ pub fn step(def: &Definition, saga: Option<&Saga>, input: &Input, now: Millis) -
                 Some(p) if p.command.id == *command_id => {}
                 _ => return Err(Ignored::StaleReply(*command_id)),
             }
-            let transition = state.on_reply.get(outcome).ok_or_else(|| Ignored::UnknownOutcome {
-                state: state.name.clone(),
-                outcome: outcome.clone(),
-            })?;
+            let transition = state.on_reply.get(outcome).ok_or_else(|| Ignored::UnknownOutcome { state: state.name.clone(), outcome: outcome.clone() })?;
             let cause = Cause::Reply { command_id: *command_id, outcome: outcome.clone(), data: data.clone() };
             take(def, saga, transition, cause, now)
         }
         Input::Event { name, data } => {
-            let transition = state
-                .on_event
-                .get(name)
-                .ok_or_else(|| Ignored::UnknownEvent { state: state.name.clone(), name: name.clone() })?;
+            let transition = state.on_event.get(name).ok_or_else(|| Ignored::UnknownEvent { state: state.name.clone(), name: name.clone() })?;
             take(def, saga, transition, Cause::Event { name: name.clone(), data: data.clone() }, now)
         }
         Input::Deadline => deadline(def, saga, now)?,
@@ -165,10 +158,8 @@ fn take(def: &Definition, saga: &Saga, transition: &Transition, cause: Cause, no
         Some((last, noted)) => (last.clone(), noted),
         None => (transition.goto.clone(), &[][..]),
     };
-    let mut events: Vec<Event> = noted
-        .iter()
-        .map(|t| Event { event_type: t.clone(), change: Change::Noted { state: saga.state.clone(), cause: cause.clone() } })
-        .collect();
+    let mut events: Vec<Event> =
+        noted.iter().map(|t| Event { event_type: t.clone(), change: Change::Noted { state: saga.state.clone(), cause: cause.clone() } }).collect();
     events.push(Event {
         event_type: last,
         change: Change::Moved {
@@ -200,11 +191,7 @@ fn deadline(def: &Definition, saga: &Saga, now: Millis) -> Result<Vec<Event>, Ig
             Event { event_type: RETRIED.into(), change: Change::Retried { state: saga.state.clone(), attempt, pending: next } }
         }
         Phase::AwaitingReply if pending.attempt <= spec.retries => {
-            let next = Pending {
-                phase: Phase::BackingOff,
-                deadline: now.after(spec.backoff_after(pending.attempt)),
-                ..pending.clone()
-            };
+            let next = Pending { phase: Phase::BackingOff, deadline: now.after(spec.backoff_after(pending.attempt)), ..pending.clone() };
             let change = Change::AttemptTimedOut { state: saga.state.clone(), attempt: pending.attempt, pending: next };
             Event { event_type: ATTEMPT_TIMED_OUT.into(), change }
         }

@@ -95,7 +95,10 @@ pub enum Change {
     },
     /// An event of a transition that precedes the one that moves the saga
     /// (e.g. `payment_confirmed` before `order_confirmed`).
-    Noted { state: String, cause: Cause },
+    Noted {
+        state: String,
+        cause: Cause,
+    },
     Moved {
         from: String,
         to: String,
@@ -104,8 +107,16 @@ pub enum Change {
         cause: Cause,
         pending: Option<Pending>,
     },
-    AttemptTimedOut { state: String, attempt: u32, pending: Pending },
-    Retried { state: String, attempt: u32, pending: Pending },
+    AttemptTimedOut {
+        state: String,
+        attempt: u32,
+        pending: Pending,
+    },
+    Retried {
+        state: String,
+        attempt: u32,
+        pending: Pending,
+    },
 }
 
 /// Why a transition was taken.
@@ -194,9 +205,7 @@ impl Change {
     /// The command this change puts on the wire, if it sends one.
     pub fn sends(&self) -> Option<&Command> {
         match self {
-            Change::Started { pending: Some(p), .. }
-            | Change::Moved { pending: Some(p), .. }
-            | Change::Retried { pending: p, .. } => Some(&p.command),
+            Change::Started { pending: Some(p), .. } | Change::Moved { pending: Some(p), .. } | Change::Retried { pending: p, .. } => Some(&p.command),
             _ => None,
         }
     }

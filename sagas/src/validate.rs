@@ -10,11 +10,11 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use crate::inputs::{InputKind, InputSpec, RawInput, RawInputs};
 use crate::definition::{
-    CommandSpec, Definition, DefinitionErrors, Located, MAX_RETRIES, Problem, RESERVED_EVENTS,
-    RawCommand, RawDefinition, RawState, RawTransition, State, Transition, parse_duration,
+    CommandSpec, Definition, DefinitionErrors, Located, MAX_RETRIES, Problem, RESERVED_EVENTS, RawCommand, RawDefinition, RawState, RawTransition, State,
+    Transition, parse_duration,
 };
+use crate::inputs::{InputKind, InputSpec, RawInput, RawInputs};
 
 type At<'a> = dyn Fn(Range<usize>, Problem) -> Located + 'a;
 
@@ -70,11 +70,7 @@ impl Checker<'_> {
         Transition { record, goto }
     }
 
-    fn transitions(
-        &mut self,
-        raw: &BTreeMap<Spanned<String>, Spanned<RawTransition>>,
-        states: &BTreeSet<String>,
-    ) -> BTreeMap<String, Transition> {
+    fn transitions(&mut self, raw: &BTreeMap<Spanned<String>, Spanned<RawTransition>>, states: &BTreeSet<String>) -> BTreeMap<String, Transition> {
         raw.iter().map(|(key, t)| (self.name(key), self.transition(t, states))).collect()
     }
 
@@ -177,16 +173,7 @@ impl Checker<'_> {
                 self.report(key.span(), Problem::NoWayOut(name.clone()));
             }
         }
-        State {
-            name,
-            status,
-            terminal: s.terminal,
-            command,
-            compensates: s.compensates.as_ref().map(|c| c.get_ref().clone()),
-            on_reply,
-            on_timeout,
-            on_event,
-        }
+        State { name, status, terminal: s.terminal, command, compensates: s.compensates.as_ref().map(|c| c.get_ref().clone()), on_reply, on_timeout, on_event }
     }
 }
 
@@ -220,10 +207,9 @@ pub(crate) fn validate(raw: RawDefinition, hash: String, at: &At<'_>) -> Result<
                     let known = names.iter().cloned().collect();
                     check.report(target.span(), Problem::UnknownState { name: target.get_ref().clone(), known });
                 }
-                Some(t) if t.command.is_none() => check.report(
-                    target.span(),
-                    Problem::CompensatesNothing { state: key.get_ref().clone(), target: t.name.clone() },
-                ),
+                Some(t) if t.command.is_none() => {
+                    check.report(target.span(), Problem::CompensatesNothing { state: key.get_ref().clone(), target: t.name.clone() })
+                }
                 Some(_) => {}
             }
         }
@@ -289,27 +275,12 @@ pub(crate) fn validate(raw: RawDefinition, hash: String, at: &At<'_>) -> Result<
         return Err(DefinitionErrors(check.problems));
     }
     let order = order.into_iter().map(|k| k.get_ref().clone()).collect();
-    Ok(Definition {
-        name,
-        version,
-        description: raw.description,
-        initial,
-        started,
-        inputs: declared,
-        states,
-        order,
-        hash,
-    })
+    Ok(Definition { name, version, description: raw.description, initial, started, inputs: declared, states, order, hash })
 }
 
 /// The states a saga can move to directly from `state`.
 pub(crate) fn successors(state: &State) -> impl Iterator<Item = &str> {
-    state
-        .on_reply
-        .values()
-        .chain(state.on_timeout.iter())
-        .chain(state.on_event.values())
-        .map(|t| t.goto.as_str())
+    state.on_reply.values().chain(state.on_timeout.iter()).chain(state.on_event.values()).map(|t| t.goto.as_str())
 }
 
 fn reachable_from(states: &BTreeMap<String, State>, start: impl IntoIterator<Item = String>) -> BTreeSet<String> {
@@ -345,13 +316,9 @@ fn can_reach_terminal(states: &BTreeMap<String, State>) -> BTreeSet<String> {
 
 fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase()) && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 fn is_subject(subject: &str) -> bool {
-    !subject.is_empty()
-        && subject.split('.').all(|token| {
-            !token.is_empty() && token.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        })
+    !subject.is_empty() && subject.split('.').all(|token| !token.is_empty() && token.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
 }

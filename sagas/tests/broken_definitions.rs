@@ -21,7 +21,9 @@ fn every_broken_definition_is_refused_with_its_reason_and_location() {
         let source = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{name}: {e}"));
         let expect = source.lines().next().and_then(|l| l.strip_prefix("# expect: ")).unwrap_or_else(|| panic!("{name}: no `# expect:` line"));
         let (location, text) = match expect.split_once(' ') {
-            Some((loc, rest)) if loc.ends_with(':') || loc.contains(':') && loc.chars().next().is_some_and(|c| c.is_ascii_digit()) => (Some(loc.trim_end_matches(':')), rest),
+            Some((loc, rest)) if loc.ends_with(':') || loc.contains(':') && loc.chars().next().is_some_and(|c| c.is_ascii_digit()) => {
+                (Some(loc.trim_end_matches(':')), rest)
+            }
             _ => (None, expect),
         };
         let errors = match sagas::parse(&name, &source) {

@@ -221,10 +221,7 @@ fn the_plain_list_form_makes_every_name_required_and_of_any_type() {
     assert!(def.inputs.iter().all(|i| i.required && i.kind == InputKind::Any), "{:?}", def.inputs);
     assert_eq!(def.check_inputs(&object(json!({ "amount": 1, "description": ["any", "type"] }))), Ok(()));
     assert_eq!(def.check_inputs(&object(json!({ "amount": "1" }))), Err(problems(&[("description", "is required")])));
-    assert_eq!(
-        def.check_inputs(&object(json!({ "amount": "1", "description": "d", "x": 1 }))),
-        Err(problems(&[("x", "is not an input of saga `trip`")]))
-    );
+    assert_eq!(def.check_inputs(&object(json!({ "amount": "1", "description": "d", "x": 1 }))), Err(problems(&[("x", "is not an input of saga `trip`")])));
 }
 
 #[test]
@@ -247,10 +244,7 @@ fn a_start_without_its_required_inputs_is_refused_and_with_wrong_ones_too() {
     assert_eq!(missing, Err(Ignored::MissingInputs(vec!["name".into(), "nights".into()])));
     // given an ill-typed or undeclared field, then it is refused with the problems
     let wrong = start(valid_with(json!({ "nights": "3", "colour": "red" })));
-    assert_eq!(
-        wrong,
-        Err(Ignored::InvalidInputs(problems(&[("colour", "is not an input of saga `trip`"), ("nights", "must be an integer")])))
-    );
+    assert_eq!(wrong, Err(Ignored::InvalidInputs(problems(&[("colour", "is not an input of saga `trip`"), ("nights", "must be an integer")]))));
     let message = wrong.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(message.contains("`nights` must be an integer"), "{message}");
     // given valid data, then the saga starts with it (and its id)

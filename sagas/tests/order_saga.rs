@@ -52,12 +52,7 @@ fn a_silent_payment_is_retried_with_the_same_id_and_backoff_then_refunded_and_ca
     let events = run.exhaust();
     assert_eq!(
         events,
-        [
-            "command_timed_out", "command_retried",
-            "command_timed_out", "command_retried",
-            "command_timed_out", "command_retried",
-            "payment_timed_out",
-        ]
+        ["command_timed_out", "command_retried", "command_timed_out", "command_retried", "command_timed_out", "command_retried", "payment_timed_out",]
     );
     let payments: Vec<_> = run.sent.iter().filter(|c| c.subject == "eso.cmd.payment.process").collect();
     assert_eq!(payments.len(), 4, "first attempt and three retries");
@@ -86,10 +81,7 @@ fn a_failed_delivery_refunds_the_payment_then_cancels() {
     assert_eq!(refund.payload["compensates"]["command_id"], payment_id.to_string());
     assert_eq!(run.saga.data["payment"], json!({ "payment_id": "pay-1" }), "replies are kept under their state");
     assert_eq!(run.reply("refunded"), ["payment_refunded", "order_cancelled"]);
-    assert_eq!(
-        run.types(),
-        ["order_created", "payment_confirmed", "order_confirmed", "delivery_failed", "payment_refunded", "order_cancelled"]
-    );
+    assert_eq!(run.types(), ["order_created", "payment_confirmed", "order_confirmed", "delivery_failed", "payment_refunded", "order_cancelled"]);
     assert_eq!(run.saga.status, "cancelled");
     run.assert_replays();
 }

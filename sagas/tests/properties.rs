@@ -94,7 +94,11 @@ fn finish(def: &Definition, mut saga: Saga, mut now: Millis) -> Saga {
         }
         let state = def.state(&saga.state).unwrap_or_else(|| panic!("unknown state {}", saga.state));
         // Take whichever exit leads closest to a terminal state.
-        enum Exit<'a> { Reply(&'a String), Timeout, Event(&'a String) }
+        enum Exit<'a> {
+            Reply(&'a String),
+            Timeout,
+            Event(&'a String),
+        }
         let pending = saga.pending.clone();
         let mut exits: Vec<(usize, Exit)> = state.on_event.iter().map(|(n, t)| (distance[&t.goto], Exit::Event(n))).collect();
         if pending.is_some() {

@@ -27,10 +27,7 @@ fn a_trip_books_the_flight_then_the_hotel() {
 fn the_commands_carry_the_trip_fields() {
     let mut run = Run::trip("Ada");
     let flight = &run.sent[0].payload;
-    assert_eq!(
-        (&flight["traveller"], &flight["from"], &flight["to"], &flight["date"]),
-        (&json!("Ada"), &json!("AMS"), &json!("LIS"), &json!("2025-07-01"))
-    );
+    assert_eq!((&flight["traveller"], &flight["from"], &flight["to"], &flight["date"]), (&json!("Ada"), &json!("AMS"), &json!("LIS"), &json!("2025-07-01")));
     assert_eq!(flight["saga_id"], run.saga.id.to_string());
     assert_eq!(run.sent[0].timeout_ms, 2000);
     run.reply_with("booked", json!({ "flight_id": "KL1234" }));
@@ -83,12 +80,7 @@ fn a_hotel_that_never_answers_is_retried_then_the_flight_is_cancelled() {
     let events = run.exhaust();
     assert_eq!(
         events,
-        [
-            "command_timed_out", "command_retried",
-            "command_timed_out", "command_retried",
-            "command_timed_out", "command_retried",
-            "hotel_timed_out",
-        ]
+        ["command_timed_out", "command_retried", "command_timed_out", "command_retried", "command_timed_out", "command_retried", "hotel_timed_out",]
     );
     let hotels: Vec<_> = run.sent.iter().filter(|c| c.subject == "trip.hotel.book").collect();
     assert_eq!(hotels.len(), 4, "first attempt and three retries");

@@ -68,11 +68,13 @@ pub async fn assert_no_double_charge(pool: &sqlx::AnyPool, orders: &[Uuid]) {
         .and_then(|r| r.try_get("n"))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(unpaid, 0, "delivered orders without exactly one kept charge");
-    let kept: i64 = sqlx::query("SELECT COUNT(*) AS n FROM orders o JOIN payments p ON p.order_id = o.id WHERE o.status = 'cancelled' AND p.outcome = 'confirmed' AND p.refunded = 0")
-        .fetch_one(pool)
-        .await
-        .and_then(|r| r.try_get("n"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let kept: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM orders o JOIN payments p ON p.order_id = o.id WHERE o.status = 'cancelled' AND p.outcome = 'confirmed' AND p.refunded = 0",
+    )
+    .fetch_one(pool)
+    .await
+    .and_then(|r| r.try_get("n"))
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(kept, 0, "cancelled orders that kept the customer's money");
     let known: i64 = sqlx::query("SELECT COUNT(*) AS n FROM orders").fetch_one(pool).await.and_then(|r| r.try_get("n")).unwrap_or(-1);
     assert!(known as usize >= orders.len(), "accepted orders lost: {known} stored, {} accepted", orders.len());
@@ -100,10 +102,7 @@ pub async fn assert_events_published_once(pool: &sqlx::AnyPool, nats: &async_nat
         assert!(Instant::now() < deadline, "only {messages} of {events} events reached JetStream after {timeout:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
-        .await
-        .unwrap_or_else(|e| panic!("consumer: {e}"));
+    let consumer = stream.create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default()).await.unwrap_or_else(|e| panic!("consumer: {e}"));
     let mut messages = consumer.messages().await.unwrap_or_else(|e| panic!("messages: {e}"));
     let mut seen = std::collections::HashSet::new();
     for _ in 0..events {
@@ -112,13 +111,7 @@ pub async fn assert_events_published_once(pool: &sqlx::AnyPool, nats: &async_nat
         let id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.to_string()).unwrap_or_default();
         assert!(seen.insert(id.clone()), "event {id} is in JetStream twice");
     }
-    let ids: std::collections::HashSet<String> = sqlx::query("SELECT event_id FROM events")
-        .fetch_all(pool)
-        .await
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|r| r.try_get("event_id").ok())
-        .collect();
+    let ids: std::collections::HashSet<String> =
+        sqlx::query("SELECT event_id FROM events").fetch_all(pool).await.unwrap_or_default().iter().filter_map(|r| r.try_get("event_id").ok()).collect();
     assert_eq!(seen, ids, "JetStream holds other events than the store");
 }
-

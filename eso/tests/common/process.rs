@@ -79,7 +79,6 @@ fn spawn_eso(args: &[&str], env: &[(&str, String)], port: u16) -> Child {
         .unwrap_or_else(|e| panic!("spawn eso: {e}"))
 }
 
-
 /// `eso replay --dry-run` on the store `env` names: asserts that every
 /// saga's stored snapshot and projection rows equal the fold of its events.
 pub fn assert_replay_finds_no_difference(env: &[(&str, String)]) {

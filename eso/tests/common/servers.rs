@@ -177,4 +177,3 @@ pub async fn wait_for_port(port: u16, timeout: Duration) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
-

@@ -51,7 +51,11 @@ pub async fn get_by_query(State(state): State<AppState>, Query(params): Query<Ha
     order(&state, parse_id(id)?, wait::parse(&params)?).await
 }
 
-pub async fn get_by_path(State(state): State<AppState>, Path(id): Path<String>, Query(params): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+pub async fn get_by_path(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
     order(&state, parse_id(&id)?, wait::parse(&params)?).await
 }
 

@@ -35,12 +35,8 @@ pub async fn start(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let fields = json_request(&headers, body, state.max_body_bytes)?;
-    let def = state
-        .runtime
-        .registry()
-        .latest(&name)
-        .ok_or_else(|| ApiError::NotFound(format!("no saga definition named {:?} is loaded", truncate(&name))))?
-        .clone();
+    let def =
+        state.runtime.registry().latest(&name).ok_or_else(|| ApiError::NotFound(format!("no saga definition named {:?} is loaded", truncate(&name))))?.clone();
     let key = start_key(&headers, &fields)?;
     // The order saga's inputs go through its adapter, so an order started
     // here is the order `POST /` would have made.
@@ -75,9 +71,7 @@ pub(super) fn start_key(headers: &HeaderMap, fields: &Map<String, Value>) -> Res
 }
 
 pub(super) fn key_reused(id: Uuid) -> ApiError {
-    ApiError::Unprocessable(format!(
-        "this Idempotency-Key was given for another request, which started saga {id}; send a new key for a new request"
-    ))
+    ApiError::Unprocessable(format!("this Idempotency-Key was given for another request, which started saga {id}; send a new key for a new request"))
 }
 
 /// `GET /sagas/{id}` (`?wait=5s` answers once it has finished): where the

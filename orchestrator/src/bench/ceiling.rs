@@ -147,10 +147,8 @@ pub async fn postgres_version(admin_url: &str) -> anyhow::Result<(String, String
     )
     .fetch_all(&mut conn)
     .await?;
-    let settings: Vec<String> = rows
-        .iter()
-        .filter_map(|r| Some(format!("{}={}", r.try_get::<String, _>("name").ok()?, r.try_get::<String, _>("value").ok()?)))
-        .collect();
+    let settings: Vec<String> =
+        rows.iter().filter_map(|r| Some(format!("{}={}", r.try_get::<String, _>("name").ok()?, r.try_get::<String, _>("value").ok()?))).collect();
     Ok((full.split(" on ").next().unwrap_or(&full).to_string(), settings.join(" ")))
 }
 

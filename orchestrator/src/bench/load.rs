@@ -65,12 +65,7 @@ impl OrderView {
 
 impl Client {
     pub fn new(base: &str, mix: Mix) -> anyhow::Result<Client> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
-            .build()
-            .context("building the HTTP client")?;
+        let http = reqwest::Client::builder().no_proxy().timeout(REQUEST_TIMEOUT).tcp_nodelay(true).build().context("building the HTTP client")?;
         Ok(Client { http, base: base.trim_end_matches('/').to_string(), mix })
     }
 
@@ -203,15 +198,7 @@ pub async fn run(client: &Client, plan: Plan, after_load: impl FnOnce()) -> Raw 
     }
     let seen = tracker.take();
     let posts = std::mem::take(&mut *posts.lock().unwrap_or_else(PoisonError::into_inner));
-    Raw {
-        attempted,
-        post_us: posts.post_us,
-        post_errors: posts.errors,
-        first_post_error: posts.first_error,
-        started_wall_us,
-        elapsed: started.elapsed(),
-        seen,
-    }
+    Raw { attempted, post_us: posts.post_us, post_errors: posts.errors, first_post_error: posts.first_error, started_wall_us, elapsed: started.elapsed(), seen }
 }
 
 /// `concurrency` clients, each: POST, wait until its saga is terminal, repeat.
@@ -251,7 +238,14 @@ async fn closed(client: &Client, tracker: &Arc<Tracker>, posts: &Arc<Mutex<Posts
 
 /// POST `i` is due at `i / rate` seconds, sent then whether or not earlier
 /// ones were answered.
-async fn open(client: &Client, tracker: &Arc<Tracker>, posts: &Arc<Mutex<Posts>>, (rate, max_posts): (f64, usize), length: Length, (t0, wall0): (Instant, i64)) -> usize {
+async fn open(
+    client: &Client,
+    tracker: &Arc<Tracker>,
+    posts: &Arc<Mutex<Posts>>,
+    (rate, max_posts): (f64, usize),
+    length: Length,
+    (t0, wall0): (Instant, i64),
+) -> usize {
     let in_flight = Arc::new(Semaphore::new(max_posts.max(1)));
     let mut tasks = JoinSet::new();
     let mut i = 0usize;

@@ -75,11 +75,8 @@ pub(super) async fn measure(
             }
         })
         .collect();
-    let other_cpu_ms_per_saga = others
-        .iter()
-        .zip(others_before)
-        .filter_map(|(o, before)| Some((o.name().to_string(), per_saga(o.cpu_seconds()? - before?))))
-        .collect();
+    let other_cpu_ms_per_saga =
+        others.iter().zip(others_before).filter_map(|(o, before)| Some((o.name().to_string(), per_saga(o.cpu_seconds()? - before?)))).collect();
 
     let last_terminal = raw.seen.finished.iter().map(|f| f.terminal_wall_us).max();
     let seconds = match last_terminal {
@@ -112,11 +109,7 @@ pub(super) async fn measure(
         accepted: raw.post_us.len(),
         completed,
         unfinished: raw.seen.unfinished_accepted_wall_us.len(),
-        errors: Errors {
-            post: raw.post_errors,
-            poll: raw.seen.errors as usize,
-            first: raw.first_post_error.take().or_else(|| raw.seen.first_error.take()),
-        },
+        errors: Errors { post: raw.post_errors, poll: raw.seen.errors as usize, first: raw.first_post_error.take().or_else(|| raw.seen.first_error.take()) },
         seconds,
         completed_per_s,
         latency_ms: report::Latency::of(&mut latencies),

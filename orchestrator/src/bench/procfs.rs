@@ -33,12 +33,7 @@ pub struct Memory {
 
 pub fn memory(pid: u32) -> Option<Memory> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-    };
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
     Some(Memory { hwm_kib: field("VmHWM:")?, rss_kib: field("VmRSS:")? })
 }
 

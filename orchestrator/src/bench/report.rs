@@ -44,9 +44,7 @@ impl Machine {
     pub fn probe() -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let field = |text: &str, name: &str| {
-            text.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string())
-        };
+        let field = |text: &str, name: &str| text.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string());
         Machine {
             nproc: std::thread::available_parallelism().map_or(1, usize::from),
             memory_mib: field(&meminfo, "MemTotal").and_then(|v| v.trim_end_matches("kB").trim().parse::<u64>().ok()).map_or(0, |kib| kib / 1024),
@@ -63,12 +61,7 @@ impl Machine {
 
 fn git_source() -> Option<String> {
     let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        std::process::Command::new("git").args(args).output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
     let commit = git(&["rev-parse", "--short=12", "HEAD"])?;
     let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
@@ -261,11 +254,8 @@ pub fn print_row(p: &Point) {
         _ => "-".into(),
     };
     let kind = if p.hold { "hold" } else { p.kind };
-    let rss: Vec<String> = p
-        .processes
-        .iter()
-        .map(|q| format!("{} {}", short_name(&q.name), q.peak_rss_mib.map_or("?".into(), |m| format!("{m:.1}"))))
-        .collect();
+    let rss: Vec<String> =
+        p.processes.iter().map(|q| format!("{} {}", short_name(&q.name), q.peak_rss_mib.map_or("?".into(), |m| format!("{m:.1}")))).collect();
     println!(
         "  {:<6} {:>8} {:>7} {:>6} {:>8.1} {:>7.2} {:>7.2} {:>7.2} {:>8.1} {:>8.2} {:>8.2} {:>9}  {}",
         kind,
@@ -284,10 +274,7 @@ pub fn print_row(p: &Point) {
     );
     let mut detail = vec![format!("outcomes {}", p.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))];
     if let Some(s) = &p.server {
-        detail.push(format!(
-            "{:.2} commits/saga ({:.1} appends each, {:.2} ms mean)",
-            s.commits_per_saga, s.appends_per_commit, s.commit_ms_mean
-        ));
+        detail.push(format!("{:.2} commits/saga ({:.1} appends each, {:.2} ms mean)", s.commits_per_saga, s.appends_per_commit, s.commit_ms_mean));
         if s.command_retries + s.command_timeouts + s.append_conflicts > 0.0 {
             detail.push(format!("retries {} timeouts {} conflicts {}", s.command_retries, s.command_timeouts, s.append_conflicts));
         }
@@ -304,10 +291,7 @@ pub fn print_row(p: &Point) {
     if !cpu.is_empty() {
         detail.push(format!("CPU ms/saga: {}", cpu.join(", ")));
     }
-    detail.push(format!(
-        "seen by the poller p50 {:.2} p99 {:.2} ms ({:.1} GETs/saga)",
-        p.latency_seen_ms.p50, p.latency_seen_ms.p99, p.poll.gets_per_saga
-    ));
+    detail.push(format!("seen by the poller p50 {:.2} p99 {:.2} ms ({:.1} GETs/saga)", p.latency_seen_ms.p50, p.latency_seen_ms.p99, p.poll.gets_per_saga));
     println!("         {}", detail.join("; "));
     if p.unfinished > 0 || p.errors.post + p.errors.poll > 0 {
         println!(

@@ -16,16 +16,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// SIGTERM lets eso drain; after this it gets SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Variables of ours that a child must not inherit from the bench's environment.
-const CHILD_ENV_REMOVED: &[&str] = &[
-    "DATABASE_URL",
-    "NATS_URL",
-    "PORT",
-    "BIND",
-    "SAGAS_DIR",
-    "ESO_SQLITE_PATH",
-    "ESO_EMBED_PARTICIPANTS",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-];
+const CHILD_ENV_REMOVED: &[&str] =
+    &["DATABASE_URL", "NATS_URL", "PORT", "BIND", "SAGAS_DIR", "ESO_SQLITE_PATH", "ESO_EMBED_PARTICIPANTS", "OTEL_EXPORTER_OTLP_ENDPOINT"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SpawnMode {
@@ -260,10 +252,7 @@ impl Database {
     pub async fn create(admin_url: &str) -> anyhow::Result<Database> {
         let name = format!("eso_bench_{}", uuid::Uuid::new_v4().simple());
         let mut conn = admin_connection(admin_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .with_context(|| format!("CREATE DATABASE {name}"))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.with_context(|| format!("CREATE DATABASE {name}"))?;
         Ok(Database { admin_url: admin_url.to_string(), url: database_url(admin_url, &name), name })
     }
 

@@ -18,11 +18,7 @@ pub struct NatsBus {
 impl NatsBus {
     /// Connects (retrying until NATS is up) and makes sure the event stream exists.
     pub async fn connect(url: &str) -> anyhow::Result<NatsBus> {
-        let client = async_nats::ConnectOptions::new()
-            .name("eso-orchestrator")
-            .retry_on_initial_connect()
-            .connect(url)
-            .await?;
+        let client = async_nats::ConnectOptions::new().name("eso-orchestrator").retry_on_initial_connect().connect(url).await?;
         let jetstream = jetstream::new(client.clone());
         jetstream
             .get_or_create_stream(jetstream::stream::Config {

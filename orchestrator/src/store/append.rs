@@ -76,7 +76,10 @@ pub enum Committed {
     Conflict,
     /// The idempotency key already names this saga; `same_request` says
     /// whether it was given for the same body.
-    KeyTaken { saga: Uuid, same_request: bool },
+    KeyTaken {
+        saga: Uuid,
+        same_request: bool,
+    },
 }
 
 pub(super) type Job = (Append, oneshot::Sender<Result<Committed, StoreError>>);
@@ -197,8 +200,7 @@ impl Statements {
             [("id", Text), ("definition", Text), ("definition_version", BigInt)].into_iter().chain(SAGA_STATE).chain([("trace", Json)]).collect();
         let moved_sagas: Vec<_> = [("id", Text)].into_iter().chain(SAGA_STATE).chain([("expected", BigInt)]).collect();
         let set_state = SAGA_STATE.iter().map(|(name, _)| format!("{name} = r.{name}")).collect::<Vec<_>>().join(", ");
-        let events =
-            [("event_id", Text), ("stream_id", Text), ("version", BigInt), ("event_type", Text), ("data", Json), ("metadata", Json)];
+        let events = [("event_id", Text), ("stream_id", Text), ("version", BigInt), ("event_type", Text), ("data", Json), ("metadata", Json)];
         Statements {
             insert_sagas: Statement::cached(format!(
                 "{} ON CONFLICT (id) DO NOTHING RETURNING id",
@@ -316,13 +318,7 @@ async fn commit(pool: &AnyPool, sql: &Statements, projections: &Projections, app
         .iter()
         .map(|&i| {
             let (a, saga) = (&appends[i], &appends[i].saga);
-            NewSaga {
-                id: saga.id,
-                definition: &saga.definition.name,
-                definition_version: saga.definition.version,
-                state: SagaState::of(saga),
-                trace: &a.trace,
-            }
+            NewSaga { id: saga.id, definition: &saga.definition.name, definition_version: saga.definition.version, state: SagaState::of(saga), trace: &a.trace }
         })
         .collect();
     let moved_rows: Vec<MovedSaga> = moved
@@ -349,7 +345,8 @@ async fn commit(pool: &AnyPool, sql: &Statements, projections: &Projections, app
                 steps[p].push(step);
             }
         }
-        metadata.push((i, Metadata { correlation_id: a.saga.id, causation_id: &a.causation, step: a.expected, definition: &a.saga.definition, trace: &a.trace }));
+        metadata
+            .push((i, Metadata { correlation_id: a.saga.id, causation_id: &a.causation, step: a.expected, definition: &a.saga.definition, trace: &a.trace }));
     }
     let mut events = Vec::new();
     for (i, metadata) in &metadata {
@@ -417,11 +414,8 @@ async fn claim_key(tx: &mut Transaction<'static, Any>, key: &IdempotencyKey, sag
     if claimed.rows_affected() == 1 {
         return Ok(None);
     }
-    let row = sqlx::query("SELECT saga_id, fingerprint FROM saga_keys WHERE scope = $1 AND key = $2")
-        .bind(&key.scope)
-        .bind(&key.key)
-        .fetch_one(&mut **tx)
-        .await?;
+    let row =
+        sqlx::query("SELECT saga_id, fingerprint FROM saga_keys WHERE scope = $1 AND key = $2").bind(&key.scope).bind(&key.key).fetch_one(&mut **tx).await?;
     let existing: String = row.try_get("saga_id")?;
     // Keys recorded before requests had fingerprints match any request.
     let fingerprint: Option<String> = row.try_get("fingerprint")?;

@@ -125,10 +125,8 @@ impl Store {
 
     /// The saga's current state, if it exists.
     pub async fn load(&self, id: Uuid) -> Result<Option<SagaRow>, StoreError> {
-        let row = sqlx::query("SELECT snapshot, trace, created_at, updated_at FROM sagas WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_optional(&self.readers)
-            .await?;
+        let row =
+            sqlx::query("SELECT snapshot, trace, created_at, updated_at FROM sagas WHERE id = $1").bind(id.to_string()).fetch_optional(&self.readers).await?;
         row.map(|r| saga_row(&r)).transpose()
     }
 
@@ -177,12 +175,8 @@ impl Store {
 
     /// Every definition version recorded so far: `(name, version, hash, source)`.
     pub async fn definitions(&self) -> Result<Vec<(String, i64, String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT name, version, hash, source FROM saga_definitions ORDER BY name, version")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("name")?, r.try_get("version")?, r.try_get("hash")?, r.try_get("source")?)))
-            .collect()
+        let rows = sqlx::query("SELECT name, version, hash, source FROM saga_definitions ORDER BY name, version").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.try_get("name")?, r.try_get("version")?, r.try_get("hash")?, r.try_get("source")?))).collect()
     }
 
     /// Records a definition version (a no-op if it is already recorded) and

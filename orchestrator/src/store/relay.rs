@@ -88,11 +88,8 @@ async fn reader(store: &Store) -> Result<Session, StoreError> {
 async fn try_lead(store: &Store) -> Result<Option<PoolConnection<Any>>, StoreError> {
     let mut conn = store.pool.acquire().await?;
     ensure_cursor(&mut *conn).await?;
-    let locked: i64 = sqlx::query("SELECT CASE WHEN pg_try_advisory_lock($1) THEN 1 ELSE 0 END AS locked")
-        .bind(RELAY_LOCK)
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get("locked")?;
+    let locked: i64 =
+        sqlx::query("SELECT CASE WHEN pg_try_advisory_lock($1) THEN 1 ELSE 0 END AS locked").bind(RELAY_LOCK).fetch_one(&mut *conn).await?.try_get("locked")?;
     // Without the lock the connection goes back to the pool.
     Ok((locked == 1).then_some(conn))
 }
@@ -205,10 +202,7 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, session: &mut Session,
 }
 
 async fn ensure_cursor<'e, E: sqlx::Executor<'e, Database = Any>>(executor: E) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO outbox_cursor (relay, tx, position) VALUES ($1, '0', 0) ON CONFLICT (relay) DO NOTHING")
-        .bind(RELAY)
-        .execute(executor)
-        .await?;
+    sqlx::query("INSERT INTO outbox_cursor (relay, tx, position) VALUES ($1, '0', 0) ON CONFLICT (relay) DO NOTHING").bind(RELAY).execute(executor).await?;
     Ok(())
 }
 
@@ -328,11 +322,7 @@ fn outgoing(e: &StoredEvent) -> OutgoingEvent {
         event.type = %e.event_type,
         saga.id = %e.stream_id,
     );
-    let stored: BTreeMap<String, String> = e
-        .metadata
-        .get("trace")
-        .and_then(|t| serde_json::from_value(t.clone()).ok())
-        .unwrap_or_default();
+    let stored: BTreeMap<String, String> = e.metadata.get("trace").and_then(|t| serde_json::from_value(t.clone()).ok()).unwrap_or_default();
     observability::propagation::set_parent_from_map(&span, &stored);
     let mut headers = HeaderMap::new();
     observability::propagation::inject_nats(&span, &mut headers);
@@ -346,11 +336,5 @@ fn outgoing(e: &StoredEvent) -> OutgoingEvent {
         "metadata": e.metadata,
         "recorded_at": crate::clock::rfc3339(e.recorded_at),
     });
-    OutgoingEvent {
-        subject,
-        message_id: e.event_id.clone(),
-        headers,
-        payload: Bytes::from(serde_json::to_vec(&payload).unwrap_or_default()),
-        span,
-    }
+    OutgoingEvent { subject, message_id: e.event_id.clone(), headers, payload: Bytes::from(serde_json::to_vec(&payload).unwrap_or_default()), span }
 }

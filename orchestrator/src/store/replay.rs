@@ -172,11 +172,12 @@ impl Store {
                     let (was, now) = (before.get(id), after.get(id));
                     if was != now {
                         let show = |v: Option<&Value>| v.map_or_else(|| "no row".to_string(), Value::to_string);
-                        report
-                            .differences
-                            .entry(*id)
-                            .or_default()
-                            .push(format!("{}: stored {} but the events make {}", projection.name(), show(was), show(now)));
+                        report.differences.entry(*id).or_default().push(format!(
+                            "{}: stored {} but the events make {}",
+                            projection.name(),
+                            show(was),
+                            show(now)
+                        ));
                     }
                 }
             }

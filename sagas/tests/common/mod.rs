@@ -98,8 +98,7 @@ impl Run {
 
     pub fn reply_with(&mut self, outcome: &str, data: Value) -> Vec<String> {
         let command_id = self.pending_id();
-        self.try_input(Input::Reply { command_id, outcome: outcome.into(), data })
-            .unwrap_or_else(|e| panic!("reply {outcome}: {e}"))
+        self.try_input(Input::Reply { command_id, outcome: outcome.into(), data }).unwrap_or_else(|e| panic!("reply {outcome}: {e}"))
     }
 
     /// Time passes to the saga's deadline and the timer fires.
