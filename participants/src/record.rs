@@ -19,7 +19,9 @@ use crate::Error;
 /// Most answers in one statement.
 const MAX_BATCH: usize = 256;
 
-type Job = (Map<String, Value>, oneshot::Sender<Result<String, String>>);
+/// Where a recorded outcome (or why none could be) goes.
+type Reply = oneshot::Sender<Result<String, String>>;
+type Job = (Map<String, Value>, Reply);
 
 /// Records answers in a table keyed by `command_id` with an `outcome` column.
 #[derive(Clone)]
@@ -57,7 +59,7 @@ async fn run(pool: AnyPool, insert: String, recorded: String, mut rx: mpsc::Rece
         // A repeat of a command in the same batch (a retry that overtook
         // the first try) must get the first try's answer, not its own.
         let mut order: Vec<String> = Vec::new();
-        let mut by_id: HashMap<String, (Map<String, Value>, Vec<oneshot::Sender<Result<String, String>>>)> = HashMap::new();
+        let mut by_id: HashMap<String, (Map<String, Value>, Vec<Reply>)> = HashMap::new();
         for (row, reply) in batch {
             let id = row.get("command_id").and_then(Value::as_str).unwrap_or_default().to_string();
             by_id
