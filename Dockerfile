@@ -54,15 +54,17 @@ COPY --from=builder /out/migrations/ /app/migrations/
 
 WORKDIR /app
 # Without DATABASE_URL, eso keeps its embedded SQLite file in /app/data
-# (mount a volume there to keep it).
+# (mount a volume there to keep it). The binaries listen on loopback by
+# default; in a container the port must be reachable from outside it.
 ENV SAGAS_DIR=/app/sagas \
-    ESO_SQLITE_PATH=/app/data/eso.db
+    ESO_SQLITE_PATH=/app/data/eso.db \
+    BIND=0.0.0.0
 
 USER 10001:10001
 EXPOSE 3000 8080
 STOPSIGNAL SIGTERM
 
 # No HEALTHCHECK here: the port differs per binary (eso 3000, participants
-# 8080), so docker-compose.yml declares one per service with curl, and
+# 8080 as compose and the chart set it), so docker-compose.yml declares one per service with curl, and
 # Kubernetes uses its own probes on /healthz and /readyz.
 CMD ["eso"]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use orchestrator::config::Config;
 use orchestrator::definitions;
 
@@ -64,6 +64,8 @@ enum Command {
     Participant {
         #[arg(value_enum)]
         name: ParticipantName,
+        #[command(flatten)]
+        config: participants::serve::Config,
     },
     /// Rebuild every saga's snapshot and every projection (the order saga's
     /// `orders`) from the event log; exits non-zero if any stored row differed.
@@ -98,7 +100,21 @@ enum ParticipantName {
 
 fn main() -> ExitCode {
     tune_allocator();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // The orchestrator's flags go before a subcommand; a participant would
+    // silently ignore them.
+    if let Some(Command::Participant { .. }) = &cli.command
+        && let Some(flag) = matches.ids().find(|id| matches.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
+    {
+        eprintln!(
+            "eso: --{flag} configures the orchestrator, not a participant; give a participant's flags after `participant <name>` (see `eso participant --help`)"
+        );
+        return ExitCode::FAILURE;
+    }
     match cli.command {
         Some(Command::Saga { command }) => saga(command, &cli.config),
         other => {
@@ -110,12 +126,14 @@ fn main() -> ExitCode {
                 }
             };
             let result = match other {
-                Some(Command::Participant { name: ParticipantName::Payment }) => runtime
-                    .block_on(participants::serve::run_binary("eso-payment", |pool, backend| Arc::new(participants::payment::Payment::new(pool, backend)))),
-                Some(Command::Participant { name: ParticipantName::Delivery }) => runtime
-                    .block_on(participants::serve::run_binary("eso-delivery", |pool, backend| Arc::new(participants::delivery::Delivery::new(pool, backend)))),
-                Some(Command::Participant { name: ParticipantName::TripAgency }) => runtime
-                    .block_on(participants::serve::run_binary("eso-trip-agency", |pool, backend| Arc::new(participants::trip::TripAgency::new(pool, backend)))),
+                Some(Command::Participant { name, config }) => {
+                    let service = match name {
+                        ParticipantName::Payment => participants::serve::PAYMENT,
+                        ParticipantName::Delivery => participants::serve::DELIVERY,
+                        ParticipantName::TripAgency => participants::serve::TRIP_AGENCY,
+                    };
+                    runtime.block_on(participants::serve::run_binary(config, service))
+                }
                 Some(Command::Replay { dry_run }) => runtime.block_on(replay(&cli.config, dry_run)),
                 Some(Command::Bench(args)) => runtime.block_on(orchestrator::bench::run(*args)),
                 _ => runtime.block_on(serve(cli.config)),

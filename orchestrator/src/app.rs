@@ -78,7 +78,10 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, em
     let stop_relay = CancellationToken::new();
     let relay = tokio::spawn(store::run_relay(store.clone(), bus.clone(), stop_relay.clone()));
 
-    let listener = tokio::net::TcpListener::bind((config.bind, config.port)).await?;
+    let listener = tokio::net::TcpListener::bind((config.bind, config.port)).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!("port {} on {} is already in use; set PORT (or --port) to a free one", config.port, config.bind),
+        _ => anyhow::anyhow!("cannot listen on {}:{}: {e}", config.bind, config.port),
+    })?;
     let addr = listener.local_addr()?;
     let app = api::router(AppState {
         runtime: runtime.clone(),

@@ -12,11 +12,13 @@ pub struct Config {
     /// HTTP port of the API.
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,
-    /// Address to listen on.
-    #[arg(long, env = "BIND", default_value = "0.0.0.0")]
+    /// Address to listen on. Loopback unless told otherwise: on a laptop,
+    /// every other address is an unauthenticated API on whatever network it
+    /// joins (the image sets 0.0.0.0, as containers need).
+    #[arg(long, env = "BIND", default_value = "127.0.0.1")]
     pub bind: IpAddr,
     /// Postgres URL (production). Unset: embedded SQLite at ESO_SQLITE_PATH.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// The embedded store's file, used when DATABASE_URL is unset.
     #[arg(long, env = "ESO_SQLITE_PATH", default_value = "eso.db")]

@@ -1,8 +1,5 @@
-//! The delivery participant as its own process (Postgres + NATS).
+//! The delivery participant as its own process (Postgres + NATS); `--help` lists its configuration.
 
-use std::sync::Arc;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    participants::serve::run_binary("eso-delivery", |pool, backend| Arc::new(participants::delivery::Delivery::new(pool, backend))).await
+fn main() -> std::process::ExitCode {
+    participants::serve::main_of(participants::serve::DELIVERY)
 }

@@ -1,8 +1,5 @@
-//! The payment participant as its own process (Postgres + NATS).
+//! The payment participant as its own process (Postgres + NATS); `--help` lists its configuration.
 
-use std::sync::Arc;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    participants::serve::run_binary("eso-payment", |pool, backend| Arc::new(participants::payment::Payment::new(pool, backend))).await
+fn main() -> std::process::ExitCode {
+    participants::serve::main_of(participants::serve::PAYMENT)
 }
