@@ -295,6 +295,12 @@ async fn bad_input_gets_a_clear_error() {
     let r = raw("{\"amount\": 1, \"description\": \"test\"}", "text/plain").await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status().as_u16(), 415);
 
+    // The amount as written, not as an f64 renders it back.
+    for (body, status) in [("{\"amount\": 1.0000000000000001, \"description\": \"test\"}", 400), ("{\"amount\": 2.07e2, \"description\": \"test\"}", 201)] {
+        let r = raw(body, "application/json").await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status().as_u16(), status, "{body}");
+    }
+
     let huge = format!("{{\"amount\": 1, \"description\": \"{}\"}}", "x".repeat(100_000));
     // The server answers before reading the whole body and then closes the
     // connection: not one for the client to reuse for the next request.

@@ -22,9 +22,13 @@ impl Amount {
         if text.parse::<f64>().is_err() {
             return Err("must be a number".into());
         }
-        if text.contains(['e', 'E']) {
-            return Err("must be written as a plain decimal number like 207.00".into());
-        }
+        let plain;
+        let text = if text.contains(['e', 'E']) {
+            plain = without_exponent(text).ok_or_else(|| "must be a number".to_string())?;
+            plain.as_str()
+        } else {
+            text
+        };
         if text.starts_with('-') {
             return Err("must be greater than zero".into());
         }
@@ -68,6 +72,25 @@ impl fmt::Display for Amount {
     }
 }
 
+/// `1.5e2` as `150`, exactly: the decimal point moved in the digits, not
+/// through an `f64`. `None` for an exponent no amount could need.
+fn without_exponent(text: &str) -> Option<String> {
+    let (mantissa, exponent) = text.split_once(['e', 'E'])?;
+    let exponent: i32 = exponent.strip_prefix('+').unwrap_or(exponent).parse().ok().filter(|e: &i32| e.abs() <= 40)?;
+    let (sign, mantissa) = mantissa.strip_prefix('-').map_or(("", mantissa), |m| ("-", m));
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{whole}{fraction}");
+    let point = i32::try_from(whole.len()).ok()? + exponent;
+    let plain = if point <= 0 {
+        format!("0.{}{digits}", "0".repeat(point.unsigned_abs() as usize))
+    } else if point as usize >= digits.len() {
+        format!("{digits}{}", "0".repeat(point as usize - digits.len()))
+    } else {
+        format!("{}.{}", &digits[..point as usize], &digits[point as usize..])
+    };
+    Some(format!("{sign}{plain}"))
+}
+
 /// What the order is for: non-empty, at most 500 characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Description(String);
@@ -104,7 +127,19 @@ mod tests {
 
     #[test]
     fn amounts() {
-        for (text, cents) in [("207.00", 20700), ("207", 20700), ("0.01", 1), ("207.5", 20750), ("1.10", 110), ("007.00", 700), ("9999999999.99", MAX_CENTS)] {
+        for (text, cents) in [
+            ("207.00", 20700),
+            ("207", 20700),
+            ("0.01", 1),
+            ("207.5", 20750),
+            ("1.10", 110),
+            ("007.00", 700),
+            ("9999999999.99", MAX_CENTS),
+            ("1e3", 100000),
+            ("2.07E+2", 20700),
+            ("1.5e-1", 15),
+            ("1e-2", 1),
+        ] {
             assert_eq!(Amount::parse(text).map(Amount::cents), Ok(cents), "{text}");
         }
         for (text, why) in [
@@ -114,7 +149,10 @@ mod tests {
             ("1.001", "two decimals"),
             ("10000000000.00", "at most 9999999999.99"),
             ("99999999999999999999999", "at most"),
-            ("1e3", "plain decimal"),
+            ("1.0000000000000001", "two decimals"),
+            ("1.0001e1", "two decimals"),
+            ("1e40", "at most"),
+            ("1e999", "a number"),
             ("\"207\"", "not a string"),
             ("true", "a number"),
             ("null", "a number"),

@@ -28,11 +28,14 @@ pub const DEFINITION: &str = "order";
 /// Field errors, keyed by field, as clients of the original API expect.
 pub type FieldErrors = BTreeMap<String, Vec<String>>;
 
-/// Turns the seed body into a [`NewOrder`], collecting every field's problems.
-pub fn parse(fields: &Map<String, Value>) -> Result<NewOrder, FieldErrors> {
+/// Turns the seed body (`fields`, parsed from `body`) into a [`NewOrder`],
+/// collecting every field's problems. The amount is read as the client
+/// wrote it: serde_json holds a number as an `f64`, whose rendering turns
+/// `1.0000000000000001` into `1.0`, two decimals it never had.
+pub fn parse(fields: &Map<String, Value>, body: &[u8]) -> Result<NewOrder, FieldErrors> {
     let amount = match fields.get("amount") {
         None | Some(Value::Null) => Err("is required".to_string()),
-        Some(Value::Number(n)) => Amount::parse(&n.to_string()),
+        Some(Value::Number(n)) => Amount::parse(&written_amount(body).unwrap_or_else(|| n.to_string())),
         Some(Value::String(_)) => Err("must be a number, not a string".to_string()),
         Some(_) => Err("must be a number".to_string()),
     };
@@ -52,6 +55,16 @@ pub fn parse(fields: &Map<String, Value>) -> Result<NewOrder, FieldErrors> {
         (Ok(amount), Ok(description)) => Ok(NewOrder { amount, description }),
         _ => Err(errors),
     }
+}
+
+/// The body's `amount` as written, if the body reads as an object with one.
+fn written_amount(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Written<'a> {
+        #[serde(borrow)]
+        amount: Option<&'a serde_json::value::RawValue>,
+    }
+    Some(serde_json::from_slice::<Written>(body).ok()?.amount?.get().to_string())
 }
 
 /// The saga inputs of a new order: the amount as the API shows it, and
@@ -270,8 +283,8 @@ impl Projection for OrderProjection {
 /// (`POST /sagas/order`): the seed body's checks, and fresh user and payee
 /// ids unless the body brings its own. Other fields stay, so the
 /// definition's input check refuses them as undeclared.
-pub fn prepare(mut fields: Map<String, Value>) -> Result<Map<String, Value>, FieldErrors> {
-    let order = parse(&fields)?;
+pub fn prepare(mut fields: Map<String, Value>, body: &[u8]) -> Result<Map<String, Value>, FieldErrors> {
+    let order = parse(&fields, body)?;
     let mut data = inputs(&order);
     for id in ["user_id", "payee_id"] {
         match fields.remove(id) {

@@ -77,10 +77,16 @@ pub(crate) fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Re
     })
 }
 
+/// A JSON request's body: the object, and the bytes it was read from.
+pub(crate) struct JsonBody {
+    pub fields: Map<String, Value>,
+    pub bytes: Bytes,
+}
+
 /// A JSON request's body as an object: `415` for another content type,
 /// `413` past the limit, `400` for anything but a JSON object. Every route
 /// that takes a body reads it through here, so they share one rule.
-pub(crate) fn json_request(headers: &HeaderMap, body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn json_request(headers: &HeaderMap, body: Result<Bytes, BytesRejection>, limit: usize) -> Result<JsonBody, ApiError> {
     let body = read_body(body, limit)?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -89,7 +95,7 @@ pub(crate) fn json_request(headers: &HeaderMap, body: Result<Bytes, BytesRejecti
     if !is_json {
         return Err(ApiError::UnsupportedMediaType);
     }
-    json_object(&body)
+    Ok(JsonBody { fields: json_object(&body)?, bytes: body })
 }
 
 /// The body as a JSON object, or a `400` that says what is wrong with it.

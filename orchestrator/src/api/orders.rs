@@ -20,9 +20,9 @@ use crate::runtime::Started;
 /// `POST /`: `{"amount": 207.00, "description": "…"}` → `201 {"id": "…"}`;
 /// the order saga's start, with the seed API's body and answer.
 pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let fields = json_request(&headers, body, state.max_body_bytes)?;
-    let order = orders::parse(&fields).map_err(ApiError::Fields)?;
-    let key = start_key(&headers, &fields)?;
+    let body = json_request(&headers, body, state.max_body_bytes)?;
+    let order = orders::parse(&body.fields, &body.bytes).map_err(ApiError::Fields)?;
+    let key = start_key(&headers, &body.fields)?;
     loaded(&state)?;
     let started = state.runtime.start(orders::DEFINITION, orders::inputs(&order), key).await?;
     let (status, id) = match started {

@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{ApiError, AppState, json_request, truncate, wait};
+use super::{ApiError, AppState, JsonBody, json_request, truncate, wait};
 use crate::clock::rfc3339;
 use crate::orders;
 use crate::runtime::{StartKey, Started, Stepped};
@@ -34,13 +34,13 @@ pub async fn start(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let fields = json_request(&headers, body, state.max_body_bytes)?;
+    let JsonBody { fields, bytes } = json_request(&headers, body, state.max_body_bytes)?;
     let def =
         state.runtime.registry().latest(&name).ok_or_else(|| ApiError::NotFound(format!("no saga definition named {:?} is loaded", truncate(&name))))?.clone();
     let key = start_key(&headers, &fields)?;
     // The order saga's inputs go through its adapter, so an order started
     // here is the order `POST /` would have made.
-    let inputs = if def.name == orders::DEFINITION { orders::prepare(fields).map_err(ApiError::Fields)? } else { fields };
+    let inputs = if def.name == orders::DEFINITION { orders::prepare(fields, &bytes).map_err(ApiError::Fields)? } else { fields };
     match state.runtime.start(&def.name, inputs, key).await? {
         Started::Created(id, definition) => {
             let body = json!({ "id": id, "definition": { "name": definition.name, "version": definition.version, "hash": definition.hash } });
@@ -242,7 +242,7 @@ pub async fn send_event(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = parse_id(&id)?;
-    let fields = json_request(&headers, body, state.max_body_bytes)?;
+    let fields = json_request(&headers, body, state.max_body_bytes)?.fields;
     let name = match fields.get("name") {
         Some(Value::String(name)) if !name.is_empty() && name.len() <= MAX_NAME_LEN => name.clone(),
         Some(Value::String(_)) => return Err(ApiError::field("name", format!("must be 1 to {MAX_NAME_LEN} characters"))),
