@@ -106,16 +106,21 @@ pub fn now_us() -> i64 {
 
 /// The URL with any password replaced, for logs and errors.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:****{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
+    const HIDDEN: &str = "****";
+    // A URL that does not parse is not echoed: it may still hold a secret.
+    let Ok(mut parsed) = url::Url::parse(url) else { return format!("{HIDDEN} (not a URL)") };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some(HIDDEN));
     }
+    // libpq and sqlx also take credentials as query parameters
+    // (`?password=…`, `sslpassword`), and so may other URLs (`token`).
+    let secret = |key: &str| ["password", "secret", "token"].iter().any(|s| key.to_ascii_lowercase().contains(s));
+    if parsed.query_pairs().any(|(k, _)| secret(&k)) {
+        let pairs: Vec<(String, String)> =
+            parsed.query_pairs().map(|(k, v)| (k.to_string(), if secret(&k) { HIDDEN.to_string() } else { v.to_string() })).collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 /// The type of one column of a [`recordset`].
@@ -172,4 +177,26 @@ pub fn insert_rows(backend: Backend, table: &str, columns: &[(&str, Column)], st
     let names = columns.iter().map(|(name, _)| *name).chain(stamped.iter().copied()).collect::<Vec<_>>();
     let values = columns.iter().map(|(name, _)| format!("r.{name}")).chain(stamped.iter().map(|_| "$2".to_string())).collect::<Vec<_>>();
     format!("INSERT INTO {table} ({}) SELECT {} FROM {} WHERE true ORDER BY r.n", names.join(", "), values.join(", "), recordset(backend, columns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn every_credential_form_is_redacted() {
+        for (url, shown) in [
+            ("postgres://eso:hunter2@db:5432/eso", "postgres://eso:****@db:5432/eso"),
+            ("postgres://eso@db/eso?password=hunter2&sslmode=require", "postgres://eso@db/eso?password=****&sslmode=require"),
+            ("postgres://db/eso?user=eso&sslpassword=hunter2", "postgres://db/eso?user=eso&sslpassword=****"),
+            ("nats://app:hunter2@nats:4222", "nats://app:****@nats:4222"),
+            ("nats://nats:4222?token=hunter2", "nats://nats:4222?token=****"),
+            ("postgres://postgres@127.0.0.1:5432/postgres", "postgres://postgres@127.0.0.1:5432/postgres"),
+            ("sqlite:eso.db?mode=rwc", "sqlite:eso.db?mode=rwc"),
+            ("not a url with hunter2", "**** (not a URL)"),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+            assert!(!redact(url).contains("hunter2"));
+        }
+    }
 }

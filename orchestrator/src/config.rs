@@ -77,7 +77,7 @@ impl Config {
     /// One line for the first log message: which mode, where, no secrets.
     pub fn describe(&self) -> String {
         let store = db::redact(&self.database_url());
-        let bus = self.nats_url().unwrap_or("in-process");
+        let bus = self.nats_url().map_or_else(|| "in-process".to_string(), db::redact);
         let mode = if self.nats_url().is_some() && self.named_database().is_some() { "production" } else { "embedded" };
         format!(
             "mode={mode} store={store} bus={bus} participants={} sagas_dir={} port={}",

@@ -107,7 +107,7 @@ async fn run(config: Config, service: &Service, telemetry: Arc<observability::Te
     migrations::run(&pool, backend).await?;
     let client = async_nats::ConnectOptions::new().name("eso-participant").retry_on_initial_connect().connect(&nats_url).await?;
     let participant = (service.make)(pool.clone(), backend);
-    tracing::info!(participant = participant.name(), database = %db::redact(&database_url), nats = %nats_url, port, "starting");
+    tracing::info!(participant = participant.name(), database = %db::redact(&database_url), nats = %db::redact(&nats_url), port, "starting");
 
     let health = Health { pool, client: client.clone(), telemetry };
     let app = Router::new()
