@@ -31,8 +31,9 @@ impl Backend {
     }
 }
 
-/// Connects with a pool sized for the backend. SQLite gets one connection:
-/// it has a single writer anyway, and one connection avoids busy errors;
+/// Connects with a pool sized for the backend. SQLite's pool gets one
+/// connection, its writer: it has a single writer anyway, and one
+/// connection avoids busy errors;
 /// the orchestrator batches its writes, and reads go to [`readers`].
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<(AnyPool, Backend)> {
     sqlx::any::install_default_drivers();

@@ -23,11 +23,10 @@ const MIMALLOC_DEFAULT_PURGE_DELAY_MS: std::ffi::c_long = 1000;
 const PURGE_DELAY_MS: std::ffi::c_long = 50;
 
 /// mimalloc 3 gives freed pages back to the OS only after they have been
-/// free for a second. A burst (10,000 sagas accepted while their commands
-/// time out and are resent) then peaks at 170–194 MiB; returning them
-/// after 50 ms peaks at 140–151 MiB with no throughput measurably lost
-/// (10 ms cost 7–13 %; docs/benchmarks.md). `MIMALLOC_PURGE_DELAY` in the
-/// environment still wins.
+/// free for a second, so a burst of sagas holds far more memory than it
+/// needs; after 50 ms the peak falls with no throughput measurably lost
+/// (the figures: docs/benchmarks.md, "Memory"). `MIMALLOC_PURGE_DELAY` in
+/// the environment still wins.
 fn tune_allocator() {
     // SAFETY: plain integer options of the linked mimalloc. `main` calls
     // this before any other thread exists (mimalloc's option setters are

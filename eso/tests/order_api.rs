@@ -13,7 +13,10 @@ async fn the_seed_flow(mode: Mode) {
     let test = app.order("test top up e wallet").await;
     let xxx = app.order("xxx").await;
     let random = app.order("top up e wallet").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until the sagas end (with a deadline), not a fixed pause.
+    for id in [test, xxx] {
+        app.wait_terminal(id, Duration::from_secs(5)).await;
+    }
 
     let (status, body) = app.get(&format!("/?id={test}")).await;
     assert_eq!(status, 200);

@@ -17,5 +17,13 @@ pub fn now() -> Millis {
 /// RFC 3339 with microseconds, UTC (`2026-11-25T18:31:00.123456Z`).
 pub fn rfc3339(us: i64) -> String {
     let nanos = i128::from(us) * 1000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok().and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()).unwrap_or_default()
+    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok().and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()) {
+        Some(text) => text,
+        None => {
+            // Out of RFC 3339's range: a corrupt row. Said, not shown as "".
+            tracing::error!(microseconds = us, "a time out of RFC 3339's range");
+            metrics::counter!("eso_serialization_errors_total", "what" => "time").increment(1);
+            format!("invalid time ({us} µs since 1970)")
+        }
+    }
 }

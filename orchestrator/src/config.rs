@@ -29,7 +29,7 @@ pub struct Config {
     /// Directory of saga definitions (`*.toml`). Without one, the built-in order saga.
     #[arg(long, env = "SAGAS_DIR", default_value = "sagas/definitions")]
     pub sagas_dir: PathBuf,
-    /// Database connections (Postgres; SQLite always uses one).
+    /// Database connections (Postgres; on SQLite one writer, with readers beside it).
     #[arg(long, env = "ESO_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
     /// How often due timers are polled, in milliseconds.

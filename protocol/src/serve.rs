@@ -80,7 +80,13 @@ pub async fn answer(client: &Client, participant: &dyn Participant, message: Mes
                 span.record("outcome", reply.outcome.as_str());
                 tracing::info!(outcome = %reply.outcome, "answered");
                 metrics::counter!("eso_participant_commands_total", "participant" => participant.name(), "outcome" => reply.outcome.clone()).increment(1);
-                serde_json::to_vec(&reply).unwrap_or_default()
+                serde_json::to_vec(&reply).unwrap_or_else(|e| {
+                    // Never an empty message: the orchestrator would wait
+                    // out its timeout not knowing why.
+                    tracing::error!(error = %e, "the reply does not serialise; answering with an error instead");
+                    metrics::counter!("eso_serialization_errors_total", "what" => "reply").increment(1);
+                    error_reply(format!("the participant's reply does not serialise: {e}"))
+                })
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not answer; the orchestrator will retry");
@@ -108,5 +114,7 @@ pub async fn answer(client: &Client, participant: &dyn Participant, message: Mes
 }
 
 fn error_reply(error: String) -> Vec<u8> {
-    serde_json::to_vec(&ErrorReply { error }).unwrap_or_default()
+    // A struct of one string always serialises; the literal is for the
+    // impossible case, so the message is never empty.
+    serde_json::to_vec(&ErrorReply { error }).unwrap_or_else(|_| br#"{"error":"unreadable error"}"#.to_vec())
 }

@@ -149,7 +149,8 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, session: &mut Session,
         let events: Vec<StoredEvent> = rows.iter().map(super::stored_event).collect::<Result<_, _>>()?;
         if !events.is_empty() {
             let count = events.len();
-            let (acked, failure) = match bus.publish(events.iter().map(outgoing).collect()).await {
+            let messages = events.iter().map(outgoing).collect::<Result<Vec<_>, _>>()?;
+            let (acked, failure) = match bus.publish(messages).await {
                 Ok(()) => (count, None),
                 Err(e) => (e.acked, Some(e.error)),
             };
@@ -212,8 +213,8 @@ async fn ensure_cursor<'e, E: sqlx::Executor<'e, Database = Any>>(executor: E) -
 /// commit, on the connection SQLite's one writer shares with the committer
 /// and the participants. So the relay keeps its position in memory and
 /// writes it at most every [`CURSOR_EVERY`], and before it stops or returns
-/// an error (with its reads moved off the writer: 8–10 % more sagas/s
-/// embedded, docs/benchmarks.md). A crash republishes at most that
+/// an error (the gain, with its reads moved off the writer: docs/benchmarks.md).
+/// A crash republishes at most that
 /// much, which JetStream drops as repeats (by `Nats-Msg-Id`), as it does
 /// after any crash between a publish and its cursor write.
 struct Cursor {
@@ -309,7 +310,9 @@ async fn read_cursor<'e, E: sqlx::Executor<'e, Database = Any>>(executor: E) -> 
 /// The message for one event, with a producer span in the saga's trace
 /// (the trace context stored with the event) whose context travels in the
 /// message headers to whoever consumes the stream.
-fn outgoing(e: &StoredEvent) -> OutgoingEvent {
+/// An event that does not serialise stops the relay (an error, counted)
+/// rather than going out empty or being skipped: the stream stays in order.
+fn outgoing(e: &StoredEvent) -> Result<OutgoingEvent, StoreError> {
     let subject = format!("eso.events.{}", e.event_type);
     let span = tracing::info_span!(
         "event.publish",
@@ -336,5 +339,9 @@ fn outgoing(e: &StoredEvent) -> OutgoingEvent {
         "metadata": e.metadata,
         "recorded_at": crate::clock::rfc3339(e.recorded_at),
     });
-    OutgoingEvent { subject, message_id: e.event_id.clone(), headers, payload: Bytes::from(serde_json::to_vec(&payload).unwrap_or_default()), span }
+    let payload = serde_json::to_vec(&payload).map_err(|err| {
+        metrics::counter!("eso_serialization_errors_total", "what" => "event").increment(1);
+        StoreError::Corrupt(format!("event {} does not serialise: {err}", e.event_id))
+    })?;
+    Ok(OutgoingEvent { subject, message_id: e.event_id.clone(), headers, payload: Bytes::from(payload), span })
 }
