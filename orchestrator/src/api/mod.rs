@@ -1,27 +1,22 @@
-//! The HTTP API: routes, the shared state, and the middleware that gives
-//! every request a server span (continuing an incoming `traceparent`), a
-//! trace id header and request metrics.
+//! The HTTP API: routes and the shared state; the layers around them (a
+//! server span per request, metrics, timeout, body limit) are in `layers.rs`.
 
 mod definitions;
 mod error;
 mod health;
+mod layers;
 mod orders;
 mod sagas;
 mod wait;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::get;
 use serde_json::{Map, Value};
-use tracing::Instrument;
 
 pub use error::ApiError;
 pub use wait::MAX_WAIT;
@@ -44,7 +39,7 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
-    Router::new()
+    let routes = Router::new()
         .route("/", get(orders::get_by_query).post(orders::create))
         .route("/orders", axum::routing::post(orders::create))
         .route("/orders/{id}", get(orders::get_by_path))
@@ -59,10 +54,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn(observe))
-        .with_state(state)
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    layers::around(routes, limit).with_state(state)
 }
 
 /// The request body, or the error that says why it could not be read
@@ -105,41 +98,6 @@ pub(crate) fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
         Ok(_) => Err(ApiError::BadRequest("body must be a JSON object".into())),
         Err(e) => Err(ApiError::BadRequest(format!("malformed JSON: {e}"))),
     }
-}
-
-/// The server span and metrics of each request.
-async fn observe(request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_string();
-    // A read held by `?wait=` lasts as long as its saga: kept apart in the
-    // metrics, it does not hide how fast plain reads are.
-    let waits = request.uri().query().is_some_and(|q| q.split('&').any(|pair| pair.starts_with("wait=")));
-    let metric_route = if waits { format!("{route}?wait") } else { route.clone() };
-    let method = request.method().to_string();
-    let span = tracing::info_span!(
-        "http.request",
-        otel.name = %format!("{method} {route}"),
-        otel.kind = "server",
-        http.request.method = %method,
-        http.route = %route,
-        url.path = %request.uri().path(),
-        http.response.status_code = tracing::field::Empty,
-        saga.id = tracing::field::Empty,
-        order.id = tracing::field::Empty,
-    );
-    observability::propagation::set_parent_from_http(&span, request.headers());
-    let started = Instant::now();
-    let mut response = next.run(request).instrument(span.clone()).await;
-    let status = response.status().as_u16();
-    span.record("http.response.status_code", status);
-    if let Some(trace_id) = observability::propagation::trace_id(&span)
-        && let Ok(value) = HeaderValue::from_str(&trace_id)
-    {
-        response.headers_mut().insert("x-trace-id", value);
-    }
-    let labels = [("method", method), ("route", metric_route), ("status", status.to_string())];
-    metrics::counter!("eso_http_requests_total", &labels).increment(1);
-    metrics::histogram!("eso_http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
-    response
 }
 
 /// At most 64 characters of `s`, for echoing input in an error.
