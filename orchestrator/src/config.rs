@@ -92,3 +92,24 @@ impl Config {
 pub fn sqlite_url(path: &Path) -> String {
     format!("sqlite:{}?mode=rwc", path.display())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: super::Config,
+    }
+
+    /// On a laptop, `cargo run` must not open the API to every network.
+    #[test]
+    fn the_api_listens_on_loopback_unless_told_otherwise() {
+        let config = Cli::parse_from(["eso"]).config;
+        if std::env::var_os("BIND").is_none() {
+            assert_eq!(config.bind, std::net::IpAddr::from([127, 0, 0, 1]));
+        }
+        assert_eq!(Cli::parse_from(["eso", "--bind", "0.0.0.0"]).config.bind, std::net::IpAddr::from([0, 0, 0, 0]));
+    }
+}

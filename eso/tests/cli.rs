@@ -1,0 +1,57 @@
+//! What a new user meets at the command line: a clear line for a taken
+//! port, flags that reach the process they configure, and no secret in
+//! `--help`.
+
+use std::net::TcpListener;
+use std::process::{Command, Output};
+
+fn eso(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_eso"))
+        .args(args)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("eso {args:?}: {e}"))
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Nothing behind these: a participant binds its port before it connects.
+const NOWHERE: [(&str, &str); 3] = [("DATABASE_URL", "postgres://eso:hunter2@127.0.0.1:1/eso"), ("NATS_URL", "nats://127.0.0.1:1"), ("RUST_LOG", "off")];
+
+#[test]
+fn a_taken_port_is_one_line_that_names_the_variable() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let port = taken.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}")).to_string();
+    let output = eso(&["participant", "payment", "--port", &port], &NOWHERE);
+    assert!(!output.status.success());
+    let said = stderr(&output);
+    assert!(said.contains(&format!("port {port} on 127.0.0.1 is already in use; set PORT")), "{said}");
+    assert_eq!(said.trim().lines().count(), 1, "one line, no backtrace: {said}");
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = dir.path().join("eso.db").display().to_string();
+    let output = eso(&[], &[("PORT", port.as_str()), ("ESO_SQLITE_PATH", store.as_str()), ("RUST_LOG", "off")]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("is already in use; set PORT"), "{}", stderr(&output));
+}
+
+#[test]
+fn the_orchestrators_flags_are_refused_before_a_participant() {
+    let output = eso(&["--port", "4000", "participant", "payment"], &NOWHERE);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("--port configures the orchestrator, not a participant"), "{}", stderr(&output));
+}
+
+#[test]
+fn help_lists_the_configuration_without_the_database_password() {
+    for args in [&["--help"][..], &["participant", "payment", "--help"][..]] {
+        let output = eso(args, &NOWHERE);
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{args:?}");
+        assert!(help.contains("DATABASE_URL") && help.contains("--port"), "{args:?}: {help}");
+        assert!(!help.contains("hunter2"), "{args:?} shows the database password: {help}");
+    }
+}
