@@ -1,16 +1,16 @@
 //! The system under test: a server someone else runs (`--url`), or one the
-//! benchmark starts as child processes of this very `eso` executable
+//! benchmark starts as child processes of the `eso` binary
 //! (`--spawn embedded|postgres`), each with its own temporary directory,
-//! database and `nats-server`, so runs never see each other's data.
+//! database and `nats-server` (from the test kit), so runs never see each
+//! other's data.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tokio::process::{Child, Command};
+use testkit::{Database, NatsServer, Output, Process, ProcessSpec, Signal};
 
-use super::procfs::{self, Proc};
+use crate::procfs::{self, Proc};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// SIGTERM lets eso drain; after this it gets SIGKILL.
@@ -40,6 +40,7 @@ impl SpawnMode {
 /// How to start children; built once from the command line.
 #[derive(Debug, Clone)]
 pub struct SpawnOptions {
+    /// The `eso` binary.
     pub exe: PathBuf,
     pub sagas_dir: PathBuf,
     pub admin_url: String,
@@ -59,7 +60,7 @@ pub struct Target {
     /// The Postgres database of a spawned production-mode target.
     pub database: Option<Database>,
     pub nats_url: Option<String>,
-    children: Vec<(String, Child, PathBuf)>,
+    children: Vec<Process>,
     nats: Option<NatsServer>,
     dir: Option<PathBuf>,
     keep: bool,
@@ -116,7 +117,7 @@ impl Target {
                 env.push(("ESO_SQLITE_PATH".into(), dir.join("eso.db").display().to_string()));
             }
             SpawnMode::Postgres => {
-                let database = Database::create(&opts.admin_url).await?;
+                let database = Database::create(&opts.admin_url, "eso_bench").await?;
                 env.push(("DATABASE_URL".into(), database.url.clone()));
                 self.database = Some(database);
                 let nats_url = match &opts.nats_url {
@@ -124,7 +125,9 @@ impl Target {
                     None => {
                         let nats = NatsServer::start(&opts.nats_server, &dir.join("nats")).await?;
                         let url = nats.url.clone();
-                        self.processes.push(Proc { name: "nats-server".into(), pid: nats.pid });
+                        if let Some(pid) = nats.pid() {
+                            self.processes.push(Proc { name: "nats-server".into(), pid });
+                        }
                         self.nats = Some(nats);
                         url
                     }
@@ -136,7 +139,7 @@ impl Target {
         }
         env.extend(opts.child_env.iter().cloned());
 
-        let port = free_port()?;
+        let port = testkit::free_port();
         let mut eso_env = env.clone();
         eso_env.push(("BIND".into(), "127.0.0.1".into()));
         eso_env.push(("SAGAS_DIR".into(), opts.sagas_dir.display().to_string()));
@@ -146,7 +149,7 @@ impl Target {
             // After the orchestrator, so the database exists with its schema; the
             // participants then add their own tables (their own migrations).
             for name in ["payment", "delivery"] {
-                let port = free_port()?;
+                let port = testkit::free_port();
                 self.start_child(&format!("eso participant {name}"), &opts.exe, &["participant", name], &env, port, dir).await?;
             }
         }
@@ -155,39 +158,37 @@ impl Target {
         Ok(())
     }
 
+    /// Starts a child (the kit waits for its port), then waits for `/readyz`.
     async fn start_child(&mut self, name: &str, exe: &Path, args: &[&str], env: &[(String, String)], port: u16, dir: &Path) -> anyhow::Result<()> {
         let log_path = dir.join(format!("{}.log", name.replace(' ', "-")));
-        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let mut command = Command::new(exe);
-        command.args(args);
-        for key in CHILD_ENV_REMOVED {
-            command.env_remove(key);
-        }
-        command.envs(env.iter().map(|(k, v)| (k, v))).env("PORT", port.to_string());
-        command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).kill_on_drop(true);
-        let child = command.spawn().with_context(|| format!("starting {} {}", exe.display(), args.join(" ")))?;
-        let pid = child.id().context("child exited at once")?;
-        self.children.push((name.to_string(), child, log_path.clone()));
-        self.processes.push(Proc { name: name.to_string(), pid });
+        let spec = ProcessSpec::new(name, exe, port)
+            .args(args)
+            .env_remove(CHILD_ENV_REMOVED)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("PORT", port.to_string())
+            .output(Output::File(log_path))
+            .ready_timeout(READY_TIMEOUT);
+        let started = Instant::now();
+        let mut child = Process::spawn(spec).await?;
+        self.processes.push(Proc { name: name.to_string(), pid: child.pid() });
         let ready = format!("http://127.0.0.1:{port}/readyz");
         let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build()?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
+        let outcome = loop {
             if let Ok(r) = http.get(&ready).send().await
                 && r.status().is_success()
             {
-                return Ok(());
+                break Ok(());
             }
-            if let Some((_, child, _)) = self.children.last_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                bail!("{name} exited ({status}) before it was ready; its log:\n{}", tail(&log_path));
+            if let Some(status) = child.exited() {
+                break Err(anyhow::anyhow!("{name} exited ({status}) before it was ready{}", child.log_tail()));
             }
-            if Instant::now() > deadline {
-                bail!("{name} not ready at {ready} after {READY_TIMEOUT:?}; its log:\n{}", tail(&log_path));
+            if started.elapsed() > READY_TIMEOUT {
+                break Err(anyhow::anyhow!("{name} not ready at {ready} after {READY_TIMEOUT:?}{}", child.log_tail()));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
+        self.children.push(child);
+        outcome
     }
 
     /// Pids of participant processes we started.
@@ -197,9 +198,9 @@ impl Target {
 
     /// Whether every child is still running (a crash mid-run fails the bench).
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        for (name, child, log) in &mut self.children {
-            if let Ok(Some(status)) = child.try_wait() {
-                bail!("{name} exited during the benchmark ({status}); its log:\n{}", tail(log));
+        for child in &mut self.children {
+            if let Some(status) = child.exited() {
+                bail!("{} exited during the benchmark ({status}){}", child.spec.name, child.log_tail());
             }
         }
         Ok(())
@@ -209,24 +210,21 @@ impl Target {
     /// database and the temporary directory unless `--keep`.
     pub async fn stop(mut self) {
         // A paused (--hold) process would not act on SIGTERM.
-        signal(&self.participants(), "CONT");
-        for (_, child, _) in &self.children {
-            if let Some(pid) = child.id() {
-                terminate(pid);
-            }
+        testkit::signal(&self.participants(), Signal::SIGCONT);
+        for child in &self.children {
+            child.terminate();
         }
-        for (name, child, _) in &mut self.children {
-            if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
-                eprintln!("{name} did not stop within {STOP_GRACE:?} of SIGTERM; killing it");
-                let _ = child.kill().await;
+        for child in &mut self.children {
+            if !child.wait_or_kill(STOP_GRACE).await {
+                eprintln!("{} did not stop within {STOP_GRACE:?} of SIGTERM; killed it", child.spec.name);
             }
         }
         if let Some(mut nats) = self.nats.take() {
-            nats.stop().await;
+            nats.stop(STOP_GRACE).await;
         }
         if let Some(db) = self.database.take() {
             if self.keep {
-                println!("kept database {}", db.url);
+                println!("kept database {}", db::redact(&db.url));
             } else if let Err(e) = db.drop_database().await {
                 eprintln!("could not drop database {}: {e:#}", db.name);
             }
@@ -241,124 +239,46 @@ impl Target {
     }
 }
 
-/// A database of the benchmark's own on the Postgres server at the admin URL.
-pub struct Database {
-    pub admin_url: String,
-    pub name: String,
-    pub url: String,
+/// Flushes dirty buffers now, so a checkpoint owed to earlier writes
+/// (the ceiling's, a previous run's, `CREATE DATABASE`'s) does not land
+/// in the middle of the first points.
+pub async fn checkpoint(db: &Database) -> anyhow::Result<()> {
+    let mut conn = testkit::admin_connection(&db.admin_url).await?;
+    sqlx::query("CHECKPOINT").execute(&mut conn).await?;
+    Ok(())
 }
 
-impl Database {
-    pub async fn create(admin_url: &str) -> anyhow::Result<Database> {
-        let name = format!("eso_bench_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = admin_connection(admin_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.with_context(|| format!("CREATE DATABASE {name}"))?;
-        Ok(Database { admin_url: admin_url.to_string(), url: database_url(admin_url, &name), name })
-    }
-
-    /// Flushes dirty buffers now, so a checkpoint owed to earlier writes
-    /// (the ceiling's, a previous run's, `CREATE DATABASE`'s) does not land
-    /// in the middle of the first points.
-    pub async fn checkpoint(&self) -> anyhow::Result<()> {
-        let mut conn = admin_connection(&self.admin_url).await?;
-        sqlx::query("CHECKPOINT").execute(&mut conn).await?;
-        Ok(())
-    }
-
-    /// Checkpoints the server has done since its statistics were reset
-    /// (timed and requested); a checkpoint's writes and fsyncs show up in
-    /// commit latency, so the report counts them per point.
-    pub async fn checkpoints(&self) -> Option<i64> {
-        let mut conn = admin_connection(&self.admin_url).await.ok()?;
-        for query in [
-            "SELECT checkpoints_timed + checkpoints_req AS n FROM pg_stat_bgwriter",
-            // PostgreSQL 17 moved them.
-            "SELECT num_timed + num_requested AS n FROM pg_stat_checkpointer",
-        ] {
-            if let Ok(row) = sqlx::query(query).fetch_one(&mut conn).await {
-                return sqlx::Row::try_get::<i64, _>(&row, "n").ok();
-            }
+/// Checkpoints the server has done since its statistics were reset
+/// (timed and requested); a checkpoint's writes and fsyncs show up in
+/// commit latency, so the report counts them per point.
+pub async fn checkpoints(db: &Database) -> Option<i64> {
+    let mut conn = testkit::admin_connection(&db.admin_url).await.ok()?;
+    for query in [
+        "SELECT checkpoints_timed + checkpoints_req AS n FROM pg_stat_bgwriter",
+        // PostgreSQL 17 moved them.
+        "SELECT num_timed + num_requested AS n FROM pg_stat_checkpointer",
+    ] {
+        if let Ok(row) = sqlx::query(query).fetch_one(&mut conn).await {
+            return sqlx::Row::try_get::<i64, _>(&row, "n").ok();
         }
-        None
     }
-
-    pub async fn drop_database(&self) -> anyhow::Result<()> {
-        let mut conn = admin_connection(&self.admin_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))).execute(&mut conn).await?;
-        Ok(())
-    }
+    None
 }
 
-pub async fn admin_connection(admin_url: &str) -> anyhow::Result<sqlx::AnyConnection> {
-    sqlx::any::install_default_drivers();
-    <sqlx::AnyConnection as sqlx::Connection>::connect(admin_url).await.with_context(|| {
-        format!(
-            "cannot reach PostgreSQL at {} (set --admin-url; start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`)",
-            db::redact(admin_url)
-        )
-    })
-}
-
-/// The admin URL with its database name replaced, query string kept.
-pub fn database_url(admin_url: &str, name: &str) -> String {
-    let (base, query) = admin_url.split_once('?').map_or((admin_url, None), |(b, q)| (b, Some(q)));
-    let after_scheme = base.find("://").map_or(0, |i| i + 3);
-    let server = match base[after_scheme..].find('/') {
-        Some(slash) => &base[..after_scheme + slash],
-        None => base,
+/// The `eso` binary to spawn: `--eso PATH`, or the `eso` beside this
+/// executable (`target/release/eso` beside `target/release/eso-bench`).
+pub fn find_eso(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe().context("finding this executable")?.with_file_name(format!("eso{}", std::env::consts::EXE_SUFFIX)),
     };
-    match query {
-        Some(q) => format!("{server}/{name}?{q}"),
-        None => format!("{server}/{name}"),
+    if !path.is_file() {
+        bail!(
+            "no eso binary at {} to spawn: build it (`cargo build --release -p eso -p eso-bench`, or `cargo build -p eso` for a debug run) or pass --eso PATH",
+            path.display()
+        );
     }
-}
-
-/// A private `nats-server -js` on a free port with its store in `dir`.
-pub struct NatsServer {
-    pub url: String,
-    pub pid: u32,
-    child: Child,
-}
-
-impl NatsServer {
-    pub async fn start(binary: &Path, dir: &Path) -> anyhow::Result<NatsServer> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let port = free_port()?;
-        let child = Command::new(binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {} (install the nats-server package or pass --nats-server PATH or --nats-url URL)", binary.display()))?;
-        let pid = child.id().context("nats-server exited at once")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            if Instant::now() > deadline {
-                bail!("nats-server did not listen on port {port} within 10 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(NatsServer { url: format!("nats://127.0.0.1:{port}"), pid, child })
-    }
-
-    pub async fn stop(&mut self) {
-        terminate(self.pid);
-        if tokio::time::timeout(STOP_GRACE, self.child.wait()).await.is_err() {
-            let _ = self.child.kill().await;
-        }
-    }
-}
-
-/// `nats-server` from `/usr/sbin` (the Debian package) or PATH.
-pub fn find_nats_server() -> PathBuf {
-    ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("nats-server"))
+    Ok(path)
 }
 
 /// `sagas/definitions/` (holding the order saga the load runs) in the
@@ -374,45 +294,4 @@ pub fn scratch_dir(what: &str) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("eso-bench-{what}-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
-}
-
-pub fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// SIGTERM through `kill(1)`, which saves a libc dependency; if it cannot
-/// run, the caller's SIGKILL after the grace period still stops the child.
-fn terminate(pid: u32) {
-    signal(&[pid], "TERM");
-}
-
-/// Sends a signal (`TERM`, `STOP`, `CONT`) with `kill(1)`.
-pub fn signal(pids: &[u32], name: &str) {
-    if pids.is_empty() {
-        return;
-    }
-    let mut command = std::process::Command::new("kill");
-    command.arg(format!("-{name}")).args(pids.iter().map(u32::to_string)).stderr(Stdio::null());
-    if let Err(e) = command.status() {
-        eprintln!("kill -{name}: {e}");
-    }
-}
-
-fn tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::database_url;
-
-    #[test]
-    fn replaces_the_database_name() {
-        assert_eq!(database_url("postgres://postgres@127.0.0.1:5432/postgres", "x"), "postgres://postgres@127.0.0.1:5432/x");
-        assert_eq!(database_url("postgres://u:p@h/db?sslmode=disable", "x"), "postgres://u:p@h/x?sslmode=disable");
-        assert_eq!(database_url("postgres://h:5432", "x"), "postgres://h:5432/x");
-    }
 }

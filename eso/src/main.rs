@@ -75,8 +75,6 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Load-test eso: throughput, latency, memory, and the machine's ceiling.
-    Bench(Box<orchestrator::bench::BenchArgs>),
 }
 
 #[derive(Subcommand)]
@@ -117,7 +115,6 @@ fn main() -> ExitCode {
                 Some(Command::Participant { name: ParticipantName::TripAgency }) => runtime
                     .block_on(participants::serve::run_binary("eso-trip-agency", |pool, backend| Arc::new(participants::trip::TripAgency::new(pool, backend)))),
                 Some(Command::Replay { dry_run }) => runtime.block_on(replay(&cli.config, dry_run)),
-                Some(Command::Bench(args)) => runtime.block_on(orchestrator::bench::run(*args)),
                 _ => runtime.block_on(serve(cli.config)),
             };
             match result {
