@@ -81,3 +81,16 @@ pub fn find_nats_server() -> PathBuf {
         .find(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("nats-server"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_missing_nats_server_says_how_to_install_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = NatsServer::start(Path::new("/nonexistent/nats-server"), dir.path()).await.err().expect("started a binary that does not exist");
+        let message = format!("{error:#}");
+        assert!(message.contains("apt-get install nats-server") && message.contains("/nonexistent/nats-server"), "{message}");
+    }
+}
