@@ -212,7 +212,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("json", nargs="+", help="files written by `eso-bench --json`")
     parser.add_argument("-o", "--out", default="benchmarks.svg", help="SVG file to write")
-    parser.add_argument("--title", default="eso bench", help="chart title")
+    parser.add_argument("--title", default="eso-bench", help="chart title")
     args = parser.parse_args()
     points, meta = load(args.json)
     if not points:
