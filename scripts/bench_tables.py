@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Markdown tables for docs/benchmarks.md from `eso bench --json` files.
+"""Markdown tables for docs/benchmarks.md from `eso-bench --json` files.
 
     python3 scripts/bench_tables.py docs/bench/closed.json docs/bench/open.json ...
 

@@ -8,12 +8,15 @@
 # with the payment and delivery participants as processes, on a copy of
 # sagas/definitions/order.toml whose commands wait 120 s (so nothing times out or
 # retries). Pauses both participants (SIGSTOP), POSTs SAGAS orders at RATE
-# per second with `eso bench --url`, prints eso's RSS once every order is in,
+# per second with `eso-bench --url` (ESO_BENCH, default the eso-bench beside
+# ESO_BINARY: cargo build --release -p eso -p eso-bench), prints eso's RSS once every order is in,
 # resumes the participants and prints the peak after they answered.
 # HEAPTRACK=1 runs eso under heaptrack (build it without mimalloc first).
 set -euo pipefail
 
 eso=$(realpath "${1:-target/release/eso}")
+eso_bench=${ESO_BENCH:-$(dirname "$eso")/eso-bench}
+[[ -x $eso_bench ]] || { echo "no eso-bench at $eso_bench: cargo build --release -p eso -p eso-bench, or set ESO_BENCH" >&2; exit 1; }
 rate=${2:-1000}
 sagas=${3:-10000}
 pg=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -54,7 +57,7 @@ rss() { grep -E '^(VmRSS|VmHWM)' "/proc/$eso_pid/status" | tr -s ' \t\n' ' '; }
 echo "idle: $(rss)"
 
 kill -STOP "$payment" "$delivery"
-"$eso" bench --url http://127.0.0.1:3999 --rate "$rate" --sagas "$sagas" --max-posts 64 --warmup 0 --no-ceiling --drain-timeout 300s > "$work/bench.log" 2>&1 &
+"$eso_bench" --url http://127.0.0.1:3999 --rate "$rate" --sagas "$sagas" --max-posts 64 --warmup 0 --no-ceiling --drain-timeout 300s > "$work/bench.log" 2>&1 &
 bench=$!
 until [[ $(psql "${pg%/*}/held" -tAc 'SELECT count(*) FROM orders') -ge $sagas ]]; do sleep 1; done
 sleep 2

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Draw `eso bench --json` results as one SVG chart, with no dependencies.
+"""Draw `eso-bench --json` results as one SVG chart, with no dependencies.
 
     python3 scripts/plot_bench.py bench.json [more.json ...] -o docs/benchmarks.svg
 
@@ -210,9 +210,9 @@ def chart(points, meta, title):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("json", nargs="+", help="files written by `eso bench --json`")
+    parser.add_argument("json", nargs="+", help="files written by `eso-bench --json`")
     parser.add_argument("-o", "--out", default="benchmarks.svg", help="SVG file to write")
-    parser.add_argument("--title", default="eso bench", help="chart title")
+    parser.add_argument("--title", default="eso-bench", help="chart title")
     args = parser.parse_args()
     points, meta = load(args.json)
     if not points:

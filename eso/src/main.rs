@@ -76,8 +76,6 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Load-test eso: throughput, latency, memory, and the machine's ceiling.
-    Bench(Box<orchestrator::bench::BenchArgs>),
 }
 
 #[derive(Subcommand)]
@@ -134,7 +132,6 @@ fn main() -> ExitCode {
                     runtime.block_on(participants::serve::run_binary(config, service))
                 }
                 Some(Command::Replay { dry_run }) => runtime.block_on(replay(&cli.config, dry_run)),
-                Some(Command::Bench(args)) => runtime.block_on(orchestrator::bench::run(*args)),
                 _ => runtime.block_on(serve(cli.config)),
             };
             match result {

@@ -168,12 +168,10 @@ async fn sigterm_finishes_in_flight_work_and_flushes_the_outbox() {
     let _delivery = cluster.participant("delivery").await;
     let mut orchestrator = cluster.orchestrator().await;
     let accepted = post_many(&[orchestrator.url()], 100).await;
-    let pid = orchestrator.child.id().to_string();
-    let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status();
-    assert!(sent.is_ok_and(|s| s.success()));
+    testkit::signal(&[orchestrator.pid()], testkit::Signal::SIGTERM);
     let started = std::time::Instant::now();
     let status = loop {
-        if let Ok(Some(status)) = orchestrator.child.try_wait() {
+        if let Some(status) = orchestrator.exited() {
             break status;
         }
         assert!(started.elapsed() < Duration::from_secs(20), "eso did not exit within 20 s of SIGTERM");

@@ -346,7 +346,7 @@ async fn bad_input_gets_a_clear_error() {
 }
 
 /// Latency of the `test` saga, POST to `delivered`, printed (not asserted:
-/// timing belongs in benchmarks, see `eso bench`).
+/// timing belongs in benchmarks, see `eso-bench`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_test_order_is_delivered_within_the_old_systems_budget() {
     let mut app = TestApp::start(Mode::Embedded).await;

@@ -4,7 +4,6 @@
 
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod bus;
 pub mod clock;
 pub mod config;

@@ -1,14 +1,15 @@
 //! Test harness: real Postgres (a fresh database per test), real NATS (a
 //! `nats-server` per test, on a free port, so tests cannot answer each
 //! other's commands), the orchestrator in-process or as a child process.
+//! The servers and processes come from the test kit (`testkit`, shared
+//! with eso-bench); this module gives them the tests' panicking API.
 //!
 //! A test that needs a server it cannot reach fails and says how to start
 //! it; it never passes silently.
 #![allow(dead_code, unused_imports)]
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 

@@ -16,67 +16,43 @@ pub fn process_env(postgres: &Postgres, nats: &Nats) -> Vec<(&'static str, Strin
     ]
 }
 
-/// `eso` (or one of its subcommands) as a child process we can kill.
-pub struct Process {
-    pub child: Child,
-    pub port: u16,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-}
+/// `eso` (or one of its subcommands) as a child process we can kill
+/// (the kit's [`testkit::Process`], which it derefs to).
+pub struct Process(testkit::Process);
 
 impl Process {
     pub async fn spawn(args: &[&str], env: &[(&str, String)]) -> Process {
         let port = free_port();
-        let mut p = Process {
-            child: spawn_eso(args, env, port),
-            port,
-            args: args.iter().map(|s| s.to_string()).collect(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
-        };
-        wait_for_port(p.port, Duration::from_secs(30)).await;
-        let _ = &mut p;
-        p
+        let output = if std::env::var("ESO_TEST_LOGS").is_ok() { testkit::Output::Inherit } else { testkit::Output::Null };
+        let spec = testkit::ProcessSpec::new(format!("eso {}", args.join(" ")), env!("CARGO_BIN_EXE_eso"), port)
+            .args(args)
+            .env_remove(["OTEL_EXPORTER_OTLP_ENDPOINT"])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("PORT", port.to_string())
+            .env("BIND", "127.0.0.1")
+            .env("SAGAS_DIR", PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sagas/definitions").display().to_string())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .output(output);
+        Process(testkit::Process::spawn(spec).await.unwrap_or_else(|e| panic!("{e:#}")))
     }
 
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL: no shutdown code runs, as in a crash or an OOM kill.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
+    /// SIGKILL, then the same command on the same port.
     pub async fn restart(&mut self) {
-        self.kill();
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let env: Vec<(&str, String)> = self.env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        self.child = spawn_eso(&args, &env, self.port);
-        wait_for_port(self.port, Duration::from_secs(30)).await;
+        self.0.restart().await.unwrap_or_else(|e| panic!("{e:#}"));
     }
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
+impl std::ops::Deref for Process {
+    type Target = testkit::Process;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
-fn spawn_eso(args: &[&str], env: &[(&str, String)], port: u16) -> Child {
-    let log = std::env::var("ESO_TEST_LOGS").is_ok();
-    Command::new(env!("CARGO_BIN_EXE_eso"))
-        .args(args)
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("PORT", port.to_string())
-        .env("BIND", "127.0.0.1")
-        .env("SAGAS_DIR", PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sagas/definitions"))
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-        .stdout(if log { Stdio::inherit() } else { Stdio::null() })
-        .stderr(if log { Stdio::inherit() } else { Stdio::null() })
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn eso: {e}"))
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 /// `eso replay --dry-run` on the store `env` names: asserts that every

@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use super::args::BenchArgs;
-use super::load::{self, Client, Length, Plan, Shape};
-use super::poller::PollSettings;
-use super::procfs;
-use super::report::{self, Ceiling, Errors, Point, PollStats, ProcessPoint, Ratios, ServerStats};
-use super::target::{self, Target};
+use crate::args::BenchArgs;
+use crate::load::{self, Client, Length, Plan, Shape};
+use crate::poller::PollSettings;
+use crate::procfs;
+use crate::report::{self, Ceiling, Errors, Point, PollStats, ProcessPoint, Ratios, ServerStats};
+use crate::target::{self, Target};
 
 /// Whether a point counts as a success: every saga finished, no POST failed.
 pub(super) fn point_ok(p: &Point) -> bool {
@@ -34,7 +34,7 @@ pub(super) async fn measure(
     let others_before: Vec<Option<f64>> = others.iter().map(|o| o.cpu_seconds()).collect();
     let metrics_before = client.metrics().await.ok();
     let checkpoints_before = match &target.database {
-        Some(db) => db.checkpoints().await,
+        Some(db) => target::checkpoints(db).await,
         None => None,
     };
     let sampler = procfs::RssSampler::start(&procs);
@@ -43,11 +43,11 @@ pub(super) async fn measure(
     let hold = args.hold && matches!(shape, Shape::Open { .. });
     let participants = target.participants();
     if hold {
-        target::signal(&participants, "STOP");
+        testkit::signal(&participants, testkit::Signal::SIGSTOP);
     }
     let mut raw = load::run(client, plan, || {
         if hold {
-            target::signal(&participants, "CONT");
+            testkit::signal(&participants, testkit::Signal::SIGCONT);
         }
     })
     .await;
@@ -55,7 +55,7 @@ pub(super) async fn measure(
     let peaks = sampler.finish().await;
     let metrics_after = client.metrics().await.ok();
     let checkpoints_after = match &target.database {
-        Some(db) => db.checkpoints().await,
+        Some(db) => target::checkpoints(db).await,
         None => None,
     };
     let completed = raw.seen.finished.len();

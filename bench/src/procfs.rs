@@ -1,5 +1,6 @@
-//! What the benchmark reads about processes from `/proc` (Linux only; on
-//! other systems every reading is `None` and the report says so): resident
+//! What the benchmark reads about processes from `/proc`, through the
+//! `procfs` crate (Linux only; on other systems every reading is `None` and
+//! the report says so): resident
 //! memory (`VmHWM`, the peak since start, and `VmRSS`, now), CPU time, and
 //! a sampler that keeps the highest `VmRSS` seen while a point runs.
 
@@ -10,9 +11,6 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`): 100 on
-/// every Linux architecture eso is built for.
-const TICKS_PER_SECOND: f64 = 100.0;
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
 /// A process the report follows, by a name for people and its pid.
@@ -31,28 +29,29 @@ pub struct Memory {
     pub rss_kib: u64,
 }
 
+fn process(pid: u32) -> Option<::procfs::process::Process> {
+    ::procfs::process::Process::new(i32::try_from(pid).ok()?).ok()
+}
+
+/// `VmHWM` and `VmRSS` of `/proc/<pid>/status`.
 pub fn memory(pid: u32) -> Option<Memory> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
-    Some(Memory { hwm_kib: field("VmHWM:")?, rss_kib: field("VmRSS:")? })
+    let status = process(pid)?.status().ok()?;
+    Some(Memory { hwm_kib: status.vmhwm?, rss_kib: status.vmrss? })
 }
 
 /// User plus system CPU time the process has used, in seconds.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / TICKS_PER_SECOND)
+    let stat = process(pid)?.stat().ok()?;
+    Some(stat_cpu_seconds(&stat))
+}
+
+fn stat_cpu_seconds(stat: &::procfs::process::Stat) -> f64 {
+    (stat.utime + stat.stime) as f64 / ::procfs::ticks_per_second() as f64
 }
 
 /// The command line of a process, for naming pids given on the command line.
 pub fn command_name(pid: u32) -> Option<String> {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let words: Vec<String> = cmdline.split(|b| *b == 0).filter(|w| !w.is_empty()).map(|w| String::from_utf8_lossy(w).into_owned()).collect();
+    let words = process(pid)?.cmdline().ok()?;
     let program = words.first()?.rsplit('/').next().unwrap_or_default().to_string();
     Some(match words.get(1) {
         Some(arg) if !arg.starts_with('-') => format!("{program} {}", words[1..].join(" ")),
@@ -66,16 +65,8 @@ pub fn command_name(pid: u32) -> Option<String> {
 /// lower bound; backends live as long as their pool connections, so in
 /// practice it is exact.
 pub fn cpu_seconds_by_name(comm: &str) -> Option<f64> {
-    let entries = std::fs::read_dir("/proc").ok()?;
-    let mut total = 0.0;
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if name.trim() == comm {
-            total += cpu_seconds(pid).unwrap_or(0.0);
-        }
-    }
-    Some(total)
+    let all = ::procfs::process::all_processes().ok()?;
+    Some(all.flatten().filter_map(|p| p.stat().ok()).filter(|stat| stat.comm == comm).map(|stat| stat_cpu_seconds(&stat)).sum())
 }
 
 /// Samples `VmRSS` of some processes every 100 ms and keeps each one's

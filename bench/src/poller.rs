@@ -26,7 +26,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::{Notify, oneshot};
 use uuid::Uuid;
 
-use super::load::{Client, OrderView};
+use crate::load::{Client, OrderView};
 
 /// How long the poller sleeps with nothing to do (a new saga wakes it sooner).
 const IDLE: Duration = Duration::from_millis(50);
@@ -134,7 +134,7 @@ impl Tracker {
         s.seq += 1;
         let key = (Instant::now(), s.seq);
         s.schedule.insert(key, id);
-        s.watches.insert(id, Watch { sent_wall_us, accepted_wall_us: crate::clock::now_us(), done: Some(tx) });
+        s.watches.insert(id, Watch { sent_wall_us, accepted_wall_us: orchestrator::clock::now_us(), done: Some(tx) });
         drop(s);
         self.wake.notify_one();
         rx
@@ -194,7 +194,7 @@ impl Tracker {
 
     fn record(&self, id: Uuid, answer: anyhow::Result<OrderView>) {
         let now = Instant::now();
-        let now_wall = crate::clock::now_us();
+        let now_wall = orchestrator::clock::now_us();
         let mut guard = self.lock();
         let s = &mut *guard;
         s.gets += 1;

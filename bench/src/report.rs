@@ -37,6 +37,8 @@ pub struct Machine {
     /// fsync, synchronous_commit, wal_sync_method, shared_buffers, max_connections.
     pub postgres_settings: Option<String>,
     pub nats_server: Option<String>,
+    /// `debug` or `release`: the profile eso-bench was built with, which is
+    /// the spawned eso's when it is the one beside it (one `cargo build`).
     pub eso_profile: &'static str,
 }
 

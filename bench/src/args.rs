@@ -1,21 +1,25 @@
-//! The `eso bench` command line, and the points and lengths it asks for.
+//! The `eso-bench` command line, and the points and lengths it asks for.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
 
-use super::load::{Length, Mix, Shape};
-use super::target::SpawnMode;
+use crate::load::{Length, Mix, Shape};
+use crate::target::SpawnMode;
 
 /// A point's length when neither --sagas nor --duration is given.
 const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 
 /// Load-test eso and report throughput, latency, memory and the machine's ceiling.
-#[derive(clap::Args, Debug, Clone)]
-#[command(after_help = "Examples:\n  \
-    eso bench --spawn embedded,postgres --concurrency 1,16,64 --rate 100,200 --json bench.json\n  \
-    eso bench --url http://127.0.0.1:3000 --pid $(pgrep -x eso) --concurrency 8 --sagas 2000 --no-ceiling")]
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "eso-bench",
+    version,
+    after_help = "Examples:\n  \
+    eso-bench --spawn embedded,postgres --concurrency 1,16,64 --rate 100,200 --json bench.json\n  \
+    eso-bench --url http://127.0.0.1:3000 --pid $(pgrep -x eso) --concurrency 8 --sagas 2000 --no-ceiling"
+)]
 pub struct BenchArgs {
     /// Load a server that is already running, at this base URL.
     #[arg(long, conflicts_with = "spawn", required_unless_present = "spawn")]
@@ -25,6 +29,10 @@ pub struct BenchArgs {
     /// participants as processes), or both, comma-separated, in turn.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub spawn: Vec<SpawnMode>,
+    /// The `eso` binary --spawn starts (default: the `eso` beside this
+    /// executable, e.g. target/release/eso beside target/release/eso-bench).
+    #[arg(long)]
+    pub eso: Option<PathBuf>,
     /// Closed-loop points: this many clients, each with one saga in flight
     /// (comma-separated for a sweep). Default 8 when --rate is not given.
     #[arg(long, value_delimiter = ',')]
@@ -46,7 +54,7 @@ pub struct BenchArgs {
     #[arg(long = "pid", value_delimiter = ',')]
     pub pids: Vec<u32>,
     /// Postgres server for --spawn postgres and the ceiling (a database is created on it per run).
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(long, default_value = testkit::ADMIN_URL_DEFAULT)]
     pub admin_url: String,
     /// Use this NATS (with JetStream) instead of starting a private nats-server.
     #[arg(long)]
@@ -60,7 +68,7 @@ pub struct BenchArgs {
     /// Export spawned processes' traces to this OTLP/gRPC endpoint.
     #[arg(long)]
     pub otlp_endpoint: Option<String>,
-    /// Export traces to an OTLP receiver inside the bench (needs `--features bench-receiver`).
+    /// Export traces to an OTLP receiver inside the bench (needs eso-bench built with `--features with-receiver`).
     #[arg(long, conflicts_with = "otlp_endpoint")]
     pub with_receiver: bool,
     /// Extra environment for spawned processes, e.g. `ESO_DB_POOL=32` (repeatable).

@@ -18,8 +18,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use super::poller::{PollSettings, Seen, Tracker};
-use crate::clock::now_us;
+use crate::poller::{PollSettings, Seen, Tracker};
+use orchestrator::clock::now_us;
 
 const TERMINAL: &[&str] = &["delivered", "cancelled", "failed"];
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -107,12 +107,17 @@ impl Client {
     }
 }
 
+/// Every counter, gauge and untyped series of a Prometheus text exposition,
+/// summed by name across labels. A histogram's or summary's `_sum` and
+/// `_count` are series of their own here; buckets and quantiles are skipped.
 fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
     let mut sums = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
-        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
-        let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else { continue };
-        *sums.entry(line[..name_end].to_string()).or_insert(0.0) += value;
+    let Ok(scrape) = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))) else { return sums };
+    for sample in scrape.samples {
+        use prometheus_parse::Value;
+        if let Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) = sample.value {
+            *sums.entry(sample.metric).or_insert(0.0) += v;
+        }
     }
     sums
 }

@@ -1,12 +1,13 @@
-//! `eso bench`: a load generator for eso, in the workspace so it builds
-//! and runs wherever eso does.
+//! `eso-bench`: a load generator for eso, a workspace member of its own so
+//! it builds and runs wherever eso does without shipping in the server.
 //!
 //! It starts order sagas over HTTP (closed loop at a concurrency, or open
 //! loop at a rate), follows each to its terminal status, and reports
 //! completed sagas per second, POST→terminal and POST latency, errors,
 //! and each eso process's memory and CPU per saga. It can start the server
-//! itself (`--spawn embedded|postgres`, child processes of this executable,
-//! each run on its own database and NATS), and it measures the machine's
+//! itself (`--spawn embedded|postgres`, child processes of the `eso`
+//! binary, `--eso PATH` or the one beside this executable, each run on its
+//! own database and NATS, from the test kit `testkit`), and it measures the machine's
 //! ceiling (Postgres and SQLite single-row commits per second, NATS round
 //! trips per second) in the same run so figures compare across machines.
 //! Results go to stdout as a table and to `--json FILE`; see
@@ -32,34 +33,51 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use clap::Parser;
 
-pub use args::BenchArgs;
-pub use load::Mix;
+use args::BenchArgs;
 use load::{Client, Length, Plan, Shape};
 use poller::PollSettings;
 use report::{Ceiling, Machine, Point, ProcessMemory, Summary, TargetSummary};
-pub use target::SpawnMode;
-use target::{SpawnOptions, Target};
+use target::{SpawnMode, SpawnOptions, Target};
 
 /// Between points, so one point's tail (relay, timers) is not the next one's load.
 const SETTLE: Duration = Duration::from_millis(500);
 
+fn main() -> std::process::ExitCode {
+    let args = BenchArgs::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("eso-bench: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("eso-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the benchmark; fails (after printing and writing every figure) if a
 /// saga never finished, a POST failed, or a spawned process died.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let shapes = args.shapes()?;
     let length = args.length();
     if args.hold && (args.spawn.contains(&SpawnMode::Embedded) || args.url.is_some()) {
         bail!("--hold pauses participant processes: only with --spawn postgres");
     }
-    if args.poll_wait > crate::api::MAX_WAIT || args.poll_wait.is_zero() {
-        bail!("--poll-wait must be more than 0 and at most {} (the server's limit for ?wait=)", humantime::format_duration(crate::api::MAX_WAIT));
+    if args.poll_wait > orchestrator::api::MAX_WAIT || args.poll_wait.is_zero() {
+        bail!("--poll-wait must be more than 0 and at most {} (the server's limit for ?wait=)", humantime::format_duration(orchestrator::api::MAX_WAIT));
     }
     if args.url.is_some() && (args.otlp_endpoint.is_some() || args.with_receiver) {
         bail!("--otlp-endpoint and --with-receiver configure spawned processes; with --url, set OTEL_EXPORTER_OTLP_ENDPOINT on the server yourself");
     }
-    let exe = std::env::current_exe().context("finding the eso executable")?;
-    let nats_server = args.nats_server.clone().unwrap_or_else(target::find_nats_server);
+    let exe = if args.spawn.is_empty() { PathBuf::from("eso") } else { target::find_eso(args.eso.as_deref())? };
+    let nats_server = args.nats_server.clone().unwrap_or_else(testkit::find_nats_server);
     let started_at = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
 
     let mut machine = Machine::probe();
@@ -87,7 +105,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         machine.source.as_deref().unwrap_or("unknown source")
     );
     if machine.eso_profile == "debug" {
-        println!("note: a debug build; for figures to publish use `cargo build --release -p eso` and target/release/eso");
+        println!("note: a debug build; for figures to publish use `cargo build --release -p eso -p eso-bench` and target/release/eso-bench");
     }
 
     let ceiling = if args.no_ceiling { None } else { Some(ceiling::measure(&args, &nats_server).await) };
@@ -216,7 +234,7 @@ async fn run_target(
         println!("warm-up: {} sagas", raw.seen.finished.len());
     }
     if let Some(db) = &target.database
-        && let Err(e) = db.checkpoint().await
+        && let Err(e) = target::checkpoint(db).await
     {
         println!("note: CHECKPOINT before the points failed (not a superuser?): {e:#}");
     }
@@ -233,32 +251,34 @@ async fn run_target(
 
 /// The in-process OTLP receiver of `--with-receiver`, when built in.
 struct Receiver {
-    #[cfg(feature = "bench-receiver")]
+    #[cfg(feature = "with-receiver")]
     inner: Option<observability::testing::OtlpReceiver>,
 }
 
 impl Receiver {
     async fn start(wanted: bool) -> anyhow::Result<Receiver> {
-        #[cfg(feature = "bench-receiver")]
+        #[cfg(feature = "with-receiver")]
         {
             let inner = if wanted { Some(observability::testing::OtlpReceiver::counting().await?) } else { None };
             Ok(Receiver { inner })
         }
-        #[cfg(not(feature = "bench-receiver"))]
+        #[cfg(not(feature = "with-receiver"))]
         {
             if wanted {
-                bail!("--with-receiver needs eso built with `--features bench-receiver` (cargo build --release -p eso --features bench-receiver)");
+                bail!(
+                    "--with-receiver needs eso-bench built with `--features with-receiver` (cargo build --release -p eso -p eso-bench --features eso-bench/with-receiver)"
+                );
             }
             Ok(Receiver {})
         }
     }
 
     fn endpoint(&self) -> Option<String> {
-        #[cfg(feature = "bench-receiver")]
+        #[cfg(feature = "with-receiver")]
         {
             self.inner.as_ref().map(|r| r.endpoint())
         }
-        #[cfg(not(feature = "bench-receiver"))]
+        #[cfg(not(feature = "with-receiver"))]
         {
             None
         }
@@ -266,11 +286,11 @@ impl Receiver {
 
     /// Spans received so far.
     fn spans(&self) -> Option<usize> {
-        #[cfg(feature = "bench-receiver")]
+        #[cfg(feature = "with-receiver")]
         {
             self.inner.as_ref().map(observability::testing::OtlpReceiver::received)
         }
-        #[cfg(not(feature = "bench-receiver"))]
+        #[cfg(not(feature = "with-receiver"))]
         {
             None
         }

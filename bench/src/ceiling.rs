@@ -13,9 +13,11 @@ use anyhow::Context;
 use futures::StreamExt;
 use sqlx::Row;
 
-use super::args::BenchArgs;
-use super::report::Ceiling;
-use super::target::{self, Database};
+use crate::args::BenchArgs;
+use crate::report::Ceiling;
+use testkit::Database;
+
+use crate::target;
 
 const PAYLOAD: &str = r#"{"type":"ceiling","data":{"amount":"10.50","description":"test ceiling"}}"#;
 
@@ -23,7 +25,7 @@ const PAYLOAD: &str = r#"{"type":"ceiling","data":{"amount":"10.50","description
 /// autocommit single-row INSERTs into a scratch table of a scratch
 /// database for `seconds`. Returns inserts (= commits) per second.
 pub async fn pg_inserts(admin_url: &str, connections: usize, seconds: Duration) -> anyhow::Result<f64> {
-    let db = Database::create(admin_url).await?;
+    let db = Database::create(admin_url, "eso_bench_ceiling").await?;
     let result = async {
         let pool = sqlx::any::AnyPoolOptions::new()
             .max_connections(connections as u32)
@@ -65,7 +67,7 @@ async fn insert_loop(pool: &sqlx::AnyPool, connections: usize, seconds: Duration
             while Instant::now() < deadline {
                 sqlx::query("INSERT INTO scratch (payload, recorded_at) VALUES ($1, $2)")
                     .bind(PAYLOAD)
-                    .bind(crate::clock::now_us())
+                    .bind(orchestrator::clock::now_us())
                     .execute(&mut *conn)
                     .await?;
                 inserts.fetch_add(1, Ordering::Relaxed);
@@ -139,7 +141,7 @@ pub async fn nats_round_trips(url: &str, requesters: usize, seconds: Duration) -
 /// The Postgres server's version (`PostgreSQL 15.x (Debian …)`) and the
 /// settings that decide its commit rate.
 pub async fn postgres_version(admin_url: &str) -> anyhow::Result<(String, String)> {
-    let mut conn = super::target::admin_connection(admin_url).await?;
+    let mut conn = testkit::admin_connection(admin_url).await?;
     let full: String = sqlx::query("SELECT version() AS v").fetch_one(&mut conn).await?.try_get("v")?;
     let rows = sqlx::query(
         "SELECT name, current_setting(name) AS value FROM pg_settings \
@@ -182,7 +184,7 @@ pub async fn measure(args: &BenchArgs, nats_server: &Path) -> Ceiling {
     let mut private = None;
     let url = match &args.nats_url {
         Some(url) => Some(url.clone()),
-        None => match target::NatsServer::start(nats_server, &dir.join("nats")).await {
+        None => match testkit::NatsServer::start(nats_server, &dir.join("nats")).await {
             Ok(n) => {
                 let url = n.url.clone();
                 private = Some(n);
@@ -201,7 +203,7 @@ pub async fn measure(args: &BenchArgs, nats_server: &Path) -> Ceiling {
         }
     }
     if let Some(mut n) = private {
-        n.stop().await;
+        n.stop(Duration::from_secs(10)).await;
     }
     let _ = std::fs::remove_dir_all(&dir);
     c
