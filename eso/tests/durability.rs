@@ -113,7 +113,7 @@ async fn two_orchestrators_share_one_database_and_one_nats() {
 async fn a_postgres_crash_mid_flight_loses_nothing_accepted() {
     let mut postgres = PrivatePostgres::start().await;
     let nats = Nats::start().await;
-    let mut env = common::process_env(&Postgres { url: postgres.url.clone() }, &nats);
+    let mut env = common::process_env(&Postgres::at(&postgres.url), &nats);
     env.retain(|(k, _)| *k != "ESO_DB_POOL");
     let _payment = Process::spawn(&["participant", "payment"], &env).await;
     let _delivery = Process::spawn(&["participant", "delivery"], &env).await;

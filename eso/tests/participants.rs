@@ -25,11 +25,12 @@ async fn sqlite() -> (AnyPool, Backend, tempfile::TempDir) {
     (pool, backend, dir)
 }
 
-async fn postgres() -> (AnyPool, Backend) {
+/// A fresh database (dropped with the returned guard) and a pool on it.
+async fn postgres() -> (AnyPool, Backend, Postgres) {
     let database = Postgres::fresh().await;
     let (pool, backend) = db::connect(&database.url, 8).await.unwrap_or_else(|e| panic!("postgres: {e}"));
     participants::migrations::run(&pool, backend).await.unwrap_or_else(|e| panic!("migrate: {e}"));
-    (pool, backend)
+    (pool, backend, database)
 }
 
 fn charge(command_id: Uuid, description: &str) -> CommandMessage {
@@ -118,7 +119,7 @@ async fn sqlite_repeats_get_the_first_answer() {
 
 #[tokio::test]
 async fn postgres_repeats_get_the_first_answer() {
-    let (pool, backend) = postgres().await;
+    let (pool, backend, _database) = postgres().await;
     repeats_get_the_first_answer(pool, backend).await;
 }
 
@@ -130,7 +131,7 @@ async fn sqlite_a_refund_before_its_charge_voids_it() {
 
 #[tokio::test]
 async fn postgres_a_refund_before_its_charge_voids_it() {
-    let (pool, backend) = postgres().await;
+    let (pool, backend, _database) = postgres().await;
     a_refund_before_its_charge_voids_it(pool, backend).await;
 }
 
@@ -138,6 +139,6 @@ async fn postgres_a_refund_before_its_charge_voids_it() {
 async fn deliveries_are_recorded_once_on_both_backends() {
     let (pool, backend, _dir) = sqlite().await;
     deliveries_are_recorded_once(pool, backend).await;
-    let (pool, backend) = postgres().await;
+    let (pool, backend, _database) = postgres().await;
     deliveries_are_recorded_once(pool, backend).await;
 }

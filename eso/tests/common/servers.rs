@@ -13,20 +13,45 @@ pub async fn pool(url: &str) -> sqlx::AnyPool {
 }
 
 /// A database of its own on the Postgres server at `DATABASE_URL`
-/// (default: the local server, user postgres). Left in place after the
-/// test, for inspection.
+/// (default: the local server, user postgres), dropped when the test is
+/// done with it (kept with `ESO_KEEP_TEST_DATABASES=1`, for inspection).
 pub struct Postgres {
     pub url: String,
+    owned: Option<testkit::Database>,
 }
 
 impl Postgres {
     pub async fn fresh() -> Postgres {
         let database = testkit::Database::create(&testkit::admin_url(), "eso_test").await.unwrap_or_else(|e| panic!("this test needs PostgreSQL: {e:#}"));
-        Postgres { url: database.url }
+        Postgres { url: database.url.clone(), owned: Some(database) }
+    }
+
+    /// A database the test does not own (a private server's), never dropped.
+    pub fn at(url: &str) -> Postgres {
+        Postgres { url: url.to_string(), owned: None }
     }
 
     pub async fn pool(&self) -> sqlx::AnyPool {
         pool(&self.url).await
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let Some(database) = self.owned.take() else { return };
+        if std::env::var_os("ESO_KEEP_TEST_DATABASES").is_some() {
+            return;
+        }
+        // A drop runs inside the test's runtime, which cannot block on a
+        // future: the drop gets a thread and a runtime of its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(database.drop_database())
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("could not drop a test database: {e:#}");
+        }
     }
 }
 
