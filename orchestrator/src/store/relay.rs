@@ -310,6 +310,7 @@ async fn read_cursor<'e, E: sqlx::Executor<'e, Database = Any>>(executor: E) -> 
 /// The message for one event, with a producer span in the saga's trace
 /// (the trace context stored with the event) whose context travels in the
 /// message headers to whoever consumes the stream.
+///
 /// An event that does not serialise stops the relay (an error, counted)
 /// rather than going out empty or being skipped: the stream stays in order.
 fn outgoing(e: &StoredEvent) -> Result<OutgoingEvent, StoreError> {
