@@ -185,7 +185,7 @@ impl fmt::Display for Violation {
 impl Violation {
     /// The counterexample as a Mermaid `stateDiagram-v2` of the states it passed.
     pub fn mermaid(&self, def: &Definition) -> String {
-        let mut out = format!("---\ntitle: {} v{}: {}\n---\nstateDiagram-v2\n", def.name, def.version, kind_name(&self.kind));
+        let mut out = format!("---\ntitle: {} v{}, {}\n---\nstateDiagram-v2\n", def.name, def.version, kind_name(&self.kind));
         let mut from = "[*]".to_string();
         for hop in &self.path {
             let label = match &hop.step {
