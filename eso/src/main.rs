@@ -83,6 +83,11 @@ enum SagaCommand {
     /// Validate definition files (every `*.toml` in SAGAS_DIR when none are
     /// named); prints every problem as file:line:column and exits non-zero.
     Check { files: Vec<PathBuf> },
+    /// Explore every configuration a saga on each definition can reach (every
+    /// `*.toml` in SAGAS_DIR when none are named): dead ends, compensations
+    /// skipped on the way to a failure, inputs the machine must ignore. Prints
+    /// each violation with a shortest counterexample and exits non-zero.
+    Verify { files: Vec<PathBuf> },
     /// Print a definition as a Mermaid stateDiagram-v2.
     Graph { file: PathBuf },
 }
@@ -171,6 +176,13 @@ fn saga(command: SagaCommand, config: &Config) -> ExitCode {
     match command {
         SagaCommand::Check { files } => {
             if definitions::check(&files, &config.sagas_dir) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        SagaCommand::Verify { files } => {
+            if definitions::verify(&files, &config.sagas_dir) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -90,27 +90,32 @@ pub async fn load(store: &Store, dir: &Path) -> anyhow::Result<Registry> {
     Ok(registry)
 }
 
+/// The files given, or every definition in `dir` when none are; `None`
+/// (after saying why on stderr) when `dir` cannot be read or holds none.
+fn files_or_dir(files: &[PathBuf], dir: &Path) -> Option<Vec<PathBuf>> {
+    if !files.is_empty() {
+        return Some(files.to_vec());
+    }
+    match files_in(dir) {
+        Ok(found) if !found.is_empty() => Some(found),
+        Ok(_) => {
+            eprintln!("{}: no saga definitions (*.toml) there", dir.display());
+            None
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", dir.display());
+            None
+        }
+    }
+}
+
 /// `eso saga check`: parses `files`, or every `*.toml` in `dir` (SAGAS_DIR)
 /// when none are given. Prints `path: ok (name vN, K states, hash …)` per
 /// valid file to stdout and every problem as `file:line:column: reason` to
 /// stderr; returns whether every file was valid. A `dir` that cannot be read
 /// or holds no definitions counts as a failure: there is nothing to vouch for.
 pub fn check(files: &[PathBuf], dir: &Path) -> bool {
-    let files = if files.is_empty() {
-        match files_in(dir) {
-            Ok(found) if !found.is_empty() => found,
-            Ok(_) => {
-                eprintln!("{}: no saga definitions (*.toml) there", dir.display());
-                return false;
-            }
-            Err(e) => {
-                eprintln!("{}: {e}", dir.display());
-                return false;
-            }
-        }
-    } else {
-        files.to_vec()
-    };
+    let Some(files) = files_or_dir(files, dir) else { return false };
     let mut valid = true;
     for path in &files {
         match parse_file(path) {
@@ -125,6 +130,43 @@ pub fn check(files: &[PathBuf], dir: &Path) -> bool {
         }
     }
     valid
+}
+
+/// `eso saga verify`: parses `files` (or every `*.toml` in `dir`, as
+/// [`check`] does) and explores each with [`sagas::verify::verify`]. Prints
+/// `path: verified (N configurations, bound B, T ms)` per clean file to
+/// stdout; every violation with its counterexample (readable, then as a
+/// Mermaid path) and every invalid file to stderr. Returns whether every
+/// file was valid and verified clean.
+pub fn verify(files: &[PathBuf], dir: &Path) -> bool {
+    let Some(files) = files_or_dir(files, dir) else { return false };
+    let mut clean = true;
+    for path in &files {
+        let def = match parse_file(path) {
+            Ok((def, _)) => def,
+            Err(e) => {
+                clean = false;
+                eprintln!("{e:#}");
+                continue;
+            }
+        };
+        let started = std::time::Instant::now();
+        let report = sagas::verify::verify(&def);
+        let ms = started.elapsed().as_millis();
+        if report.is_clean() {
+            println!("{}: verified ({} configurations, bound {}, {ms} ms)", path.display(), report.configurations, report.bound);
+            continue;
+        }
+        clean = false;
+        eprintln!("{}: {} violation(s) ({} configurations, bound {}, {ms} ms)", path.display(), report.violations.len(), report.configurations, report.bound);
+        for violation in &report.violations {
+            eprintln!("{}: {violation}", path.display());
+            if !violation.path.is_empty() {
+                eprintln!("{}", violation.mermaid(&def));
+            }
+        }
+    }
+    clean
 }
 
 #[cfg(test)]
@@ -156,5 +198,17 @@ mod tests {
         assert!(!check(&[], dir.path()));
         assert!(!check(std::slice::from_ref(&broken), &shipped()), "given files are checked, not the folder");
         assert!(check(&[shipped().join("order.toml")], dir.path()));
+    }
+
+    #[test]
+    fn verify_passes_the_shipped_sagas_and_fails_a_skipped_compensation() {
+        assert!(verify(&[], &shipped()), "every shipped definition verifies");
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!verify(&[], dir.path()), "nothing to verify is not a pass");
+        let broken = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sagas/tests/broken_verify/delivery_failure_skips_refund.toml");
+        assert!(!verify(std::slice::from_ref(&broken), &shipped()));
+        let invalid = dir.path().join("invalid.toml");
+        std::fs::write(&invalid, "name = \"x\"\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(!verify(&[invalid], &shipped()));
     }
 }

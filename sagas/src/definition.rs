@@ -54,6 +54,10 @@ pub struct State {
     /// What the saga's subject (the order) shows while in this state.
     pub status: String,
     pub terminal: bool,
+    /// Whether ending here is a success or a failure (terminal states only;
+    /// when absent, [`crate::verify::is_success`] decides by `status`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
     /// Sent on entry; its replies, or its final timeout, move the saga on.
     pub command: Option<CommandSpec>,
     /// The earlier state whose effect this state's command undoes.
@@ -64,6 +68,25 @@ pub struct State {
     pub on_timeout: Option<Transition>,
     /// Transitions on events sent to the saga from outside (signals).
     pub on_event: BTreeMap<String, Transition>,
+}
+
+/// How a saga that ends in a terminal state ended, as the definition says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+impl Outcome {
+    /// The outcome a definition names (`"success"`, `"failure"`), if it is one.
+    pub fn from_name(name: &str) -> Option<Outcome> {
+        match name {
+            "success" => Some(Outcome::Success),
+            "failure" => Some(Outcome::Failure),
+            _ => None,
+        }
+    }
 }
 
 /// The command a state sends on entry.
@@ -222,6 +245,10 @@ pub enum Problem {
     NothingRecorded,
     #[error("{0}")]
     OutOfRange(String),
+    #[error("state `{0}` has an `outcome` but is not terminal: only a terminal state ends a saga in success or failure")]
+    OutcomeNotTerminal(String),
+    #[error("bad outcome `{0}`: write `outcome = \"success\"` or `outcome = \"failure\"`")]
+    BadOutcome(String),
     #[error("field `{field}` is neither an input nor a state's reply (inputs: {}; states: {})", .inputs.join(", "), .states.join(", "))]
     UnknownField { field: String, inputs: Vec<String>, states: Vec<String> },
     #[error("state `{0}` has the name of an input: its reply would replace that input")]
@@ -255,6 +282,7 @@ pub(crate) struct RawState {
     pub status: Option<Spanned<String>>,
     #[serde(default)]
     pub terminal: bool,
+    pub outcome: Option<Spanned<String>>,
     pub command: Option<Spanned<RawCommand>>,
     pub compensates: Option<Spanned<String>>,
     #[serde(default)]

@@ -13,8 +13,9 @@ pub mod machine;
 pub mod registry;
 pub mod saga;
 mod validate;
+pub mod verify;
 
-pub use definition::{Definition, DefinitionErrors, DefinitionId, Located, Problem, parse};
+pub use definition::{Definition, DefinitionErrors, DefinitionId, Located, Outcome, Problem, parse};
 pub use inputs::{InputKind, InputProblem, InputSpec};
 pub use machine::{Cause, Change, Command, Decision, Event, FoldError, Ignored, Input, Millis, Pending, Phase, Saga, step};
 pub use registry::{Registry, RegistryError};

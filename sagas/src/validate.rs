@@ -11,8 +11,8 @@ use std::ops::Range;
 use toml::Spanned;
 
 use crate::definition::{
-    CommandSpec, Definition, DefinitionErrors, Located, MAX_RETRIES, Problem, RESERVED_EVENTS, RawCommand, RawDefinition, RawState, RawTransition, State,
-    Transition, parse_duration,
+    CommandSpec, Definition, DefinitionErrors, Located, MAX_RETRIES, Outcome, Problem, RESERVED_EVENTS, RawCommand, RawDefinition, RawState, RawTransition,
+    State, Transition, parse_duration,
 };
 use crate::inputs::{InputKind, InputSpec, RawInput, RawInputs};
 
@@ -173,7 +173,26 @@ impl Checker<'_> {
                 self.report(key.span(), Problem::NoWayOut(name.clone()));
             }
         }
-        State { name, status, terminal: s.terminal, command, compensates: s.compensates.as_ref().map(|c| c.get_ref().clone()), on_reply, on_timeout, on_event }
+        let outcome = s.outcome.as_ref().and_then(|o| {
+            let outcome = Outcome::from_name(o.get_ref());
+            if outcome.is_none() {
+                self.report(o.span(), Problem::BadOutcome(o.get_ref().clone()));
+            } else if !s.terminal {
+                self.report(o.span(), Problem::OutcomeNotTerminal(name.clone()));
+            }
+            outcome
+        });
+        State {
+            name,
+            status,
+            terminal: s.terminal,
+            outcome,
+            command,
+            compensates: s.compensates.as_ref().map(|c| c.get_ref().clone()),
+            on_reply,
+            on_timeout,
+            on_event,
+        }
     }
 }
 
