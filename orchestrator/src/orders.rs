@@ -161,14 +161,14 @@ impl OrderProjection {
             // clients can tell an order has moved.
             update: Statement::planned_each_time(format!(
                 "UPDATE orders SET status = r.status, updated_at = CASE WHEN r.at > orders.updated_at THEN r.at ELSE orders.updated_at + 1 END \
-                 FROM {} WHERE orders.id = r.id AND $2 >= 0",
+                 FROM {} WHERE orders.id = r.id",
                 recordset(backend, &[("id", Text), ("status", Text), ("at", BigInt)])
             )),
             select: Statement::planned_each_time(format!(
-                "SELECT {} FROM orders WHERE id IN (SELECT r.id FROM {ids}) AND $2 >= 0",
+                "SELECT {} FROM orders WHERE id IN (SELECT r.id FROM {ids})",
                 COLUMNS.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
             )),
-            delete: Statement::planned_each_time(format!("DELETE FROM orders WHERE id IN (SELECT r.id FROM {ids}) AND $2 >= 0")),
+            delete: Statement::planned_each_time(format!("DELETE FROM orders WHERE id IN (SELECT r.id FROM {ids})")),
         }
     }
 }

@@ -160,12 +160,7 @@ impl Runtime {
             Err(ignored) => return Err(RuntimeError::Store(StoreError::Corrupt(ignored.to_string()))),
         };
         let trace = observability::propagation::to_map(&span);
-        let key = key.map(|k| IdempotencyKey {
-            scope: def.name.clone(),
-            key: k.key,
-            fingerprint: k.fingerprint,
-            expired_before: clock::now_us().saturating_sub(i64::try_from(self.inner.key_lifetime.as_micros()).unwrap_or(i64::MAX)),
-        });
+        let key = key.map(|k| IdempotencyKey { scope: def.name.clone(), key: k.key, fingerprint: k.fingerprint, expired_before: self.keys_expired_before() });
         let append = Append {
             saga: decision.saga.clone(),
             expected: 0,
@@ -399,8 +394,7 @@ impl Runtime {
             }
             if last_sweep.elapsed() >= KEY_SWEEP_INTERVAL {
                 last_sweep = Instant::now();
-                let before = clock::now_us().saturating_sub(i64::try_from(self.inner.key_lifetime.as_micros()).unwrap_or(i64::MAX));
-                match self.inner.store.forget_keys(before).await {
+                match self.inner.store.forget_keys(self.keys_expired_before()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(keys = n, "expired idempotency keys forgotten"),
                     Err(e) => tracing::warn!(error = %e, "cannot forget expired idempotency keys"),
@@ -435,6 +429,12 @@ impl Runtime {
                 }
             }
         }
+    }
+
+    /// Idempotency keys recorded before this time (Unix microseconds) are
+    /// past their lifetime.
+    fn keys_expired_before(&self) -> i64 {
+        clock::now_us().saturating_sub(i64::try_from(self.inner.key_lifetime.as_micros()).unwrap_or(i64::MAX))
     }
 
     /// Waits for command round trips in flight (bounded by their timeouts).

@@ -2,18 +2,13 @@
 //! Each file's first line says what loading it must report:
 //! `# expect: [LINE:COLUMN ]text`. Adding a file adds a case.
 
+mod common;
+
 use std::path::Path;
 
 #[test]
 fn every_broken_definition_is_refused_with_its_reason_and_location() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/broken");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
+    let files = common::toml_files("tests/broken");
     assert!(files.len() >= 20, "the broken library shrank to {}", files.len());
     let mut failures = vec![];
     for path in &files {

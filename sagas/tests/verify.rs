@@ -6,18 +6,13 @@
 use std::path::Path;
 use std::time::Instant;
 
-use sagas::verify::{self, ViolationKind, render_path};
+mod common;
 
-fn shipped(name: &str) -> sagas::Definition {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("definitions").join(name);
-    let source = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    sagas::parse(name, &source).unwrap_or_else(|e| panic!("{e}"))
-}
+use sagas::verify::{self, ViolationKind, render_path};
 
 #[test]
 fn the_shipped_sagas_verify_clean() {
-    for name in ["order.toml", "trip.toml"] {
-        let def = shipped(name);
+    for (name, def) in [("order.toml", common::order()), ("trip.toml", common::trip())] {
         let started = Instant::now();
         let report = verify::verify(&def);
         let took = started.elapsed();
@@ -31,14 +26,7 @@ fn the_shipped_sagas_verify_clean() {
 
 #[test]
 fn every_broken_verify_definition_parses_and_fails_with_its_counterexample() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/broken_verify");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
+    let files = common::toml_files("tests/broken_verify");
     assert!(files.len() >= 3, "the broken_verify library shrank to {}", files.len());
     let mut failures = vec![];
     for path in &files {
@@ -72,7 +60,7 @@ fn every_broken_verify_definition_parses_and_fails_with_its_counterexample() {
 /// shows the check works on the explored configurations.
 #[test]
 fn a_dead_end_is_found_with_the_shortest_path_to_it() {
-    let mut def = shipped("order.toml");
+    let mut def = common::order();
     let Some(refund) = def.states.get_mut("refund") else { panic!("order has a refund state") };
     // The refund now only bounces on an outside event.
     refund.command = None;

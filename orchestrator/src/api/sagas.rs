@@ -189,19 +189,21 @@ pub async fn list(State(state): State<AppState>, Query(params): Query<HashMap<St
     let mut filters = Vec::new();
     let mut known_state = wanted_state.is_none();
     for name in names {
-        let states = registry.iter().filter(|d| d.name == name).flat_map(|d| d.states.values());
+        // Every loaded version's states: a saga shows one of them.
+        let states: Vec<&sagas::definition::State> = registry.iter().filter(|d| d.name == name).flat_map(|d| d.states.values()).collect();
         let statuses: BTreeSet<String> = states
+            .iter()
             .filter(|s| wanted_state.as_ref().is_none_or(|w| &s.name == w))
             .filter(|s| terminal.is_none_or(|t| s.terminal == t))
             .map(|s| s.status.clone())
             .filter(|s| status.as_ref().is_none_or(|wanted| s == wanted))
             .collect();
-        known_state |= wanted_state.as_ref().is_some_and(|w| registry.iter().any(|d| d.name == name && d.state(w).is_some()));
+        known_state |= wanted_state.as_ref().is_some_and(|w| states.iter().any(|s| &s.name == w));
         for status in statuses {
             // A condition the status already implies is left out: with it,
             // Postgres may judge the rows rarer than they are and trade the
             // ordered walk of the index for a bitmap of every match.
-            let showing: Vec<_> = registry.iter().filter(|d| d.name == name).flat_map(|d| d.states.values()).filter(|s| s.status == status).collect();
+            let showing: Vec<_> = states.iter().filter(|s| s.status == status).collect();
             let state = wanted_state.clone().filter(|w| showing.iter().any(|s| &s.name != w));
             let terminal = terminal.filter(|&t| showing.iter().any(|s| s.terminal != t));
             filters.push(Filter { definition: name.clone(), status, state, terminal, after, limit });

@@ -61,7 +61,7 @@ impl Store {
         let ids_sql = recordset(self.backend, &[("id", Text)]);
         let events_sql = format!(
             "SELECT e.stream_id, e.version, e.event_type, e.data, e.metadata, e.recorded_at FROM events e JOIN {ids_sql} ON e.stream_id = r.id \
-             WHERE e.recorded_at >= $2 ORDER BY e.stream_id, e.version"
+             ORDER BY e.stream_id, e.version"
         );
         loop {
             let mut tx = self.pool.begin().await?;
@@ -91,6 +91,7 @@ impl Store {
             let id_rows: Vec<Value> = ids.iter().map(|id| serde_json::json!({ "id": id.to_string() })).collect();
             let event_rows = sqlx::query(AssertSqlSafe(events_sql.clone()))
                 .bind(serde_json::to_string(&id_rows)?)
+                // `$2` (a commit time in the batch statements) is not used here.
                 .bind(0_i64)
                 .bind(id_rows.len() as i64)
                 .fetch_all(&mut *tx)

@@ -7,6 +7,20 @@ use sagas::{Command, Decision, Definition, Event, Ignored, Input, Millis, Saga, 
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+/// The `*.toml` files of a folder of this crate (`tests/broken`), sorted:
+/// a library of cases where adding a file adds a case.
+pub fn toml_files(folder: &str) -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(folder);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
 pub const ORDER: &str = include_str!("../../definitions/order.toml");
 
 pub fn order() -> Definition {
