@@ -18,7 +18,8 @@ use crate::inputs::{self, InputSpec, RawInputs};
 use crate::validate;
 
 /// Event types the machine records on its own; user transitions may not reuse them.
-pub const RESERVED_EVENTS: [&str; 2] = [crate::machine::ATTEMPT_TIMED_OUT, crate::machine::RETRIED];
+pub const RESERVED_EVENTS: [&str; 4] =
+    [crate::machine::ATTEMPT_TIMED_OUT, crate::machine::RETRIED, crate::machine::OPERATOR_RETRIED, crate::machine::OPERATOR_RESUMED];
 
 /// Longest timeout or backoff a step may ask for: a typo like `2h` instead of
 /// `2s` should be caught, not leave sagas hanging for a day.
@@ -68,6 +69,14 @@ pub struct State {
     pub on_timeout: Option<Transition>,
     /// Transitions on events sent to the saga from outside (signals).
     pub on_event: BTreeMap<String, Transition>,
+    /// What an operator's cancel does in this state: a compensation path
+    /// (`POST /sagas/{id}/actions/cancel`); none means cancel is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<Transition>,
+    /// The states an operator may send a saga that ended here back to
+    /// (`POST /sagas/{id}/actions/resume`); failed terminal states only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repair: Vec<String>,
 }
 
 /// How a saga that ends in a terminal state ended, as the definition says.
@@ -255,6 +264,12 @@ pub enum Problem {
     StateShadowsInput(String),
     #[error("unknown type `{kind}` for input `{input}` (types are: {})", crate::InputKind::ALL.map(|k| k.name()).join(", "))]
     UnknownInputType { input: String, kind: String },
+    #[error("state `{0}` has `repair` but is not terminal: only a saga that ended can be resumed (a running one can be retried or cancelled)")]
+    RepairNotTerminal(String),
+    #[error("state `{0}` ends the saga in success, so there is nothing to repair: `repair` belongs on a failed terminal state")]
+    RepairOfSuccess(String),
+    #[error("`repair` target `{0}` is terminal: a resumed saga must have something left to do")]
+    RepairTargetTerminal(String),
 }
 
 fn hint(known: &[String]) -> String {
@@ -290,6 +305,9 @@ pub(crate) struct RawState {
     pub on_timeout: Option<Spanned<RawTransition>>,
     #[serde(default)]
     pub on_event: BTreeMap<Spanned<String>, Spanned<RawTransition>>,
+    pub cancel: Option<Spanned<RawTransition>>,
+    #[serde(default)]
+    pub repair: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -14,12 +14,16 @@ use uuid::Uuid;
 
 use crate::definition::{Definition, DefinitionId, Transition};
 use crate::inputs::{self, InputProblem};
-pub use crate::saga::{Cause, Change, Command, Event, FoldError, Millis, Pending, Phase, Saga};
+pub use crate::saga::{Act, Action, Cause, Change, Command, Event, FoldError, Millis, Pending, Phase, Saga};
 
 /// Recorded when one attempt of a command timed out and a retry is due after backoff.
 pub const ATTEMPT_TIMED_OUT: &str = "command_timed_out";
 /// Recorded when a command is sent again (same command id) after a timeout.
 pub const RETRIED: &str = "command_retried";
+/// Recorded when an operator sends the pending command again (same command id) at once.
+pub const OPERATOR_RETRIED: &str = "operator_retried";
+/// Recorded when an operator sends a saga that ended in failure back into a repair state.
+pub const OPERATOR_RESUMED: &str = "operator_resumed";
 
 /// What happens to a saga.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +36,8 @@ pub enum Input {
     Deadline,
     /// A named event from outside (e.g. a cancellation request).
     Event { name: String, data: Value },
+    /// An operator's repair: retry, cancel or resume, as the definition allows.
+    Operator(Act),
 }
 
 /// The outcome of a step: events to append (in order), commands to send once
@@ -79,6 +85,21 @@ pub enum Ignored {
     NotDue { deadline: Millis, now: Millis },
     #[error("state `{0}` is not in the definition")]
     UnknownState(String),
+    /// The saga already took an operator action with this key.
+    #[error("an operator action with key `{0}` was already applied to this saga")]
+    Repeated(String),
+    #[error("state `{0}` is waiting on no command: there is nothing to retry")]
+    NothingToRetry(String),
+    #[error("state `{0}` declares no `cancel` transition: the definition does not say how to cancel here")]
+    NoCancel(String),
+    #[error("the saga is still running (in state `{0}`): only a saga that ended can be resumed; retry or cancel it instead")]
+    StillRunning(String),
+    #[error("`{to}` is not a repair target of state `{state}` ({})", targets(.allowed))]
+    NotRepairable { state: String, to: String, allowed: Vec<String> },
+}
+
+fn targets(allowed: &[String]) -> String {
+    if allowed.is_empty() { "it lists none under `repair`".into() } else { format!("its `repair` targets: {}", allowed.join(", ")) }
 }
 
 fn describe(problems: &BTreeMap<String, Vec<String>>) -> String {
@@ -109,12 +130,15 @@ pub fn step(def: &Definition, saga: Option<&Saga>, input: &Input, now: Millis) -
     if saga.definition != def.id() {
         return Err(Ignored::WrongDefinition { saga: saga.definition.clone(), given: def.id() });
     }
+    if let Input::Operator(act) = input {
+        return operate(def, saga, act, now).map(|events| decide(saga.clone(), events));
+    }
     if saga.terminal {
         return Err(Ignored::Finished(saga.state.clone()));
     }
     let state = def.state(&saga.state).ok_or_else(|| Ignored::UnknownState(saga.state.clone()))?;
     let events = match input {
-        Input::Start { .. } => return Err(Ignored::AlreadyStarted),
+        Input::Start { .. } | Input::Operator(_) => return Err(Ignored::AlreadyStarted),
         Input::Reply { command_id, outcome, data } => {
             match &saga.pending {
                 Some(p) if p.command.id == *command_id => {}
@@ -188,7 +212,7 @@ fn deadline(def: &Definition, saga: &Saga, now: Millis) -> Result<Vec<Event>, Ig
             let mut command = pending.command.clone();
             command.attempt = attempt;
             let next = Pending { command, attempt, phase: Phase::AwaitingReply, deadline: now.after(spec.timeout) };
-            Event { event_type: RETRIED.into(), change: Change::Retried { state: saga.state.clone(), attempt, pending: next } }
+            Event { event_type: RETRIED.into(), change: Change::Retried { state: saga.state.clone(), attempt, pending: next, by: None } }
         }
         Phase::AwaitingReply if pending.attempt <= spec.retries => {
             let next = Pending { phase: Phase::BackingOff, deadline: now.after(spec.backoff_after(pending.attempt)), ..pending.clone() };
@@ -202,6 +226,50 @@ fn deadline(def: &Definition, saga: &Saga, now: Millis) -> Result<Vec<Event>, Ig
         }
     };
     Ok(vec![event])
+}
+
+/// An operator's action, where the definition allows it. A repeated act
+/// (same key) changes nothing, so a client's retry of the request, or a
+/// bulk job that resumes after a crash, does not act twice.
+fn operate(def: &Definition, saga: &Saga, act: &Act, now: Millis) -> Result<Vec<Event>, Ignored> {
+    if let Some(key) = act.key.as_ref().filter(|k| saga.acts.contains(*k)) {
+        return Err(Ignored::Repeated(key.clone()));
+    }
+    let state = def.state(&saga.state).ok_or_else(|| Ignored::UnknownState(saga.state.clone()))?;
+    let cause = Cause::Operator(act.clone());
+    match &act.action {
+        Action::Retry | Action::Cancel if saga.terminal => Err(Ignored::Finished(saga.state.clone())),
+        Action::Retry => {
+            let (Some(pending), Some(spec)) = (&saga.pending, &state.command) else { return Err(Ignored::NothingToRetry(saga.state.clone())) };
+            // One more attempt, sent now: it counts against the state's
+            // retries like any other, so a retried step still gives up.
+            let attempt = pending.attempt + 1;
+            let mut command = pending.command.clone();
+            command.attempt = attempt;
+            let next = Pending { command, attempt, phase: Phase::AwaitingReply, deadline: now.after(spec.timeout) };
+            let change = Change::Retried { state: saga.state.clone(), attempt, pending: next, by: Some(act.clone()) };
+            Ok(vec![Event { event_type: OPERATOR_RETRIED.into(), change }])
+        }
+        Action::Cancel => {
+            let transition = state.cancel.as_ref().ok_or_else(|| Ignored::NoCancel(saga.state.clone()))?;
+            Ok(take(def, saga, transition, cause, now))
+        }
+        Action::Resume { .. } if !saga.terminal => Err(Ignored::StillRunning(saga.state.clone())),
+        Action::Resume { to } if !state.repair.contains(to) => {
+            Err(Ignored::NotRepairable { state: saga.state.clone(), to: to.clone(), allowed: state.repair.clone() })
+        }
+        Action::Resume { to } => {
+            let transition = Transition { record: vec![OPERATOR_RESUMED.into()], goto: to.clone() };
+            let mut events = take(def, saga, &transition, cause, now);
+            // The repair state's command goes out with the id it had last
+            // time: a participant that did act then answers as it did,
+            // instead of acting twice on a new id.
+            if let (Some(Event { change: Change::Moved { pending: Some(p), .. }, .. }), Some(id)) = (events.last_mut(), saga.commands.get(to)) {
+                p.command.id = *id;
+            }
+            Ok(events)
+        }
+    }
 }
 
 /// The pending command of entering `state` for the `visit`-th state entry.

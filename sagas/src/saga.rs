@@ -42,6 +42,9 @@ pub struct Saga {
     pub visits: u32,
     /// Number of events in the saga's stream.
     pub version: u64,
+    /// Keys of the operator actions taken, so a repeated one is not taken again.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub acts: std::collections::BTreeSet<String>,
 }
 
 /// A command in flight and the deadline that moves it on if no reply comes.
@@ -116,6 +119,9 @@ pub enum Change {
         state: String,
         attempt: u32,
         pending: Pending,
+        /// The operator who sent it again; none for the backoff's retry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<Act>,
     },
 }
 
@@ -123,9 +129,58 @@ pub enum Change {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "by", rename_all = "snake_case")]
 pub enum Cause {
-    Reply { command_id: Uuid, outcome: String, data: Value },
-    Timeout { command_id: Uuid, attempts: u32 },
-    Event { name: String, data: Value },
+    Reply {
+        command_id: Uuid,
+        outcome: String,
+        data: Value,
+    },
+    Timeout {
+        command_id: Uuid,
+        attempts: u32,
+    },
+    Event {
+        name: String,
+        data: Value,
+    },
+    /// An operator acted (cancel, resume); the event is the audit record.
+    Operator(Act),
+}
+
+/// An operator's action on one saga, as recorded in its history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Act {
+    #[serde(flatten)]
+    pub action: Action,
+    /// Why, in the operator's words.
+    pub reason: String,
+    /// Who acted: the name of the token the request carried.
+    pub operator: String,
+    /// Identifies the request (an `Idempotency-Key`, a bulk job): the
+    /// saga takes an action with a given key once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// What an operator can do to a saga.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Send the pending command again now, with the same command id.
+    Retry,
+    /// Take the state's `cancel` transition.
+    Cancel,
+    /// Send a saga that ended in failure back into one of its state's `repair` targets.
+    Resume { to: String },
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Retry => "retry",
+            Action::Cancel => "cancel",
+            Action::Resume { .. } => "resume",
+        }
+    }
 }
 
 /// A stream that cannot be folded into a saga.
@@ -156,6 +211,7 @@ impl Saga {
             commands,
             visits: 1,
             version: 1,
+            acts: Default::default(),
         }
     }
 
@@ -170,6 +226,9 @@ impl Saga {
             (Some(_), Change::Started { .. }) => return Err(FoldError::StartedTwice),
             (Some(saga), _) => saga,
         };
+        if let Some(key) = event.change.act().and_then(|a| a.key.as_ref()) {
+            saga.acts.insert(key.clone());
+        }
         match &event.change {
             Change::Started { .. } | Change::Noted { .. } => {}
             Change::Moved { from, to, status, terminal, cause, pending } => {
@@ -202,6 +261,16 @@ impl Saga {
 }
 
 impl Change {
+    /// The operator action this change records, if an operator caused it.
+    pub fn act(&self) -> Option<&Act> {
+        match self {
+            Change::Noted { cause: Cause::Operator(act), .. } | Change::Moved { cause: Cause::Operator(act), .. } | Change::Retried { by: Some(act), .. } => {
+                Some(act)
+            }
+            _ => None,
+        }
+    }
+
     /// The command this change puts on the wire, if it sends one.
     pub fn sends(&self) -> Option<&Command> {
         match self {

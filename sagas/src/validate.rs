@@ -161,7 +161,8 @@ impl Checker<'_> {
         let on_reply = self.transitions(&s.on, states);
         let on_timeout = s.on_timeout.as_ref().map(|t| self.transition(t, states));
         let on_event = self.transitions(&s.on_event, states);
-        let has_exits = command.is_some() || !on_reply.is_empty() || on_timeout.is_some() || !on_event.is_empty();
+        let cancel = s.cancel.as_ref().map(|t| self.transition(t, states));
+        let has_exits = command.is_some() || !on_reply.is_empty() || on_timeout.is_some() || !on_event.is_empty() || cancel.is_some();
         if s.terminal && has_exits {
             self.report(key.span(), Problem::TerminalWithExits(name.clone()));
         } else if !s.terminal {
@@ -182,6 +183,7 @@ impl Checker<'_> {
             }
             outcome
         });
+        let repair = self.repair(&name, s, outcome, &status, states);
         State {
             name,
             status,
@@ -192,7 +194,32 @@ impl Checker<'_> {
             on_reply,
             on_timeout,
             on_event,
+            cancel,
+            repair,
         }
+    }
+
+    /// A terminal state's repair targets; the targets' own kind (terminal
+    /// or not) is checked once every state is known.
+    fn repair(&mut self, name: &str, s: &RawState, outcome: Option<Outcome>, status: &str, states: &BTreeSet<String>) -> Vec<String> {
+        let Some(first) = s.repair.first() else { return Vec::new() };
+        if !s.terminal {
+            self.report(first.span(), Problem::RepairNotTerminal(name.to_string()));
+        } else if crate::verify::succeeds(outcome, status) {
+            self.report(first.span(), Problem::RepairOfSuccess(name.to_string()));
+        }
+        let mut targets = Vec::new();
+        for target in &s.repair {
+            if !states.contains(target.get_ref()) {
+                let known = states.iter().cloned().collect();
+                self.report(target.span(), Problem::UnknownState { name: target.get_ref().clone(), known });
+            } else if targets.contains(target.get_ref()) {
+                self.report(target.span(), Problem::Duplicate(format!("repair target `{}` listed twice", target.get_ref())));
+            } else {
+                targets.push(target.get_ref().clone());
+            }
+        }
+        targets
     }
 }
 
@@ -216,6 +243,14 @@ pub(crate) fn validate(raw: RawDefinition, hash: String, at: &At<'_>) -> Result<
     for key in &order {
         if let Some(state) = raw.states.get_ref().get(*key) {
             states.insert(key.get_ref().clone(), check.state(key, state, &names));
+        }
+    }
+
+    for s in raw.states.get_ref().values() {
+        for target in &s.get_ref().repair {
+            if states.get(target.get_ref()).is_some_and(|t| t.terminal) {
+                check.report(target.span(), Problem::RepairTargetTerminal(target.get_ref().clone()));
+            }
         }
     }
 
@@ -275,6 +310,8 @@ pub(crate) fn validate(raw: RawDefinition, hash: String, at: &At<'_>) -> Result<
 
     // Graph checks only make sense once every name resolves.
     if check.problems.is_empty() {
+        // A state only an operator's cancel or resume leads to is still
+        // part of the saga; finishing, below, must not need an operator.
         let reachable = reachable_from(&states, [initial.clone()]);
         for key in &order {
             if !reachable.contains(key.get_ref()) {
@@ -297,9 +334,15 @@ pub(crate) fn validate(raw: RawDefinition, hash: String, at: &At<'_>) -> Result<
     Ok(Definition { name, version, description: raw.description, initial, started, inputs: declared, states, order, hash })
 }
 
-/// The states a saga can move to directly from `state`.
+/// The states a saga can move to directly from `state` on its own (replies,
+/// timeouts, outside events), without an operator.
 pub(crate) fn successors(state: &State) -> impl Iterator<Item = &str> {
     state.on_reply.values().chain(state.on_timeout.iter()).chain(state.on_event.values()).map(|t| t.goto.as_str())
+}
+
+/// The states an operator can move a saga to from `state` (cancel, resume).
+pub(crate) fn operator_successors(state: &State) -> impl Iterator<Item = &str> {
+    state.cancel.iter().map(|t| t.goto.as_str()).chain(state.repair.iter().map(String::as_str))
 }
 
 fn reachable_from(states: &BTreeMap<String, State>, start: impl IntoIterator<Item = String>) -> BTreeSet<String> {
@@ -310,7 +353,7 @@ fn reachable_from(states: &BTreeMap<String, State>, start: impl IntoIterator<Ite
             continue;
         }
         if let Some(state) = states.get(&name) {
-            queue.extend(successors(state).map(str::to_string));
+            queue.extend(successors(state).chain(operator_successors(state)).map(str::to_string));
         }
     }
     seen

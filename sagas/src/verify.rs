@@ -48,9 +48,14 @@ pub const MAX_CONFIGURATIONS: usize = 1_000_000;
 /// Whether ending in `state` (a terminal state) is a success: its declared
 /// `outcome`, or else its `status` is not one of [`FAILURE_STATUSES`].
 pub fn is_success(state: &State) -> bool {
-    match state.outcome {
+    succeeds(state.outcome, &state.status)
+}
+
+/// [`is_success`] of a state with this `outcome` and `status`.
+pub(crate) fn succeeds(outcome: Option<Outcome>, status: &str) -> bool {
+    match outcome {
         Some(outcome) => outcome == Outcome::Success,
-        None => !FAILURE_STATUSES.contains(&state.status.as_str()),
+        None => !FAILURE_STATUSES.contains(&status),
     }
 }
 
@@ -469,5 +474,6 @@ fn describe(input: &Input) -> String {
         Input::Reply { command_id, outcome, .. } => format!("reply `{outcome}` to command {command_id}"),
         Input::Deadline => "the deadline".into(),
         Input::Event { name, .. } => format!("event `{name}`"),
+        Input::Operator(act) => format!("operator {}", act.action.name()),
     }
 }

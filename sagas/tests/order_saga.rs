@@ -175,7 +175,7 @@ fn a_finished_saga_ignores_everything() {
 fn a_saga_is_stepped_only_by_its_own_definition() {
     let mut run = Run::order("test");
     let mut other = order();
-    other.version = 2;
+    other.version = 3;
     let r = sagas::step(&other, Some(&run.saga), &Input::Deadline, run.now);
     assert!(matches!(r, Err(Ignored::WrongDefinition { .. })));
     assert!(matches!(run.try_input(Input::Start { id: run.saga.id, data: Default::default() }), Err(Ignored::AlreadyStarted)));

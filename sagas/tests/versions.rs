@@ -4,8 +4,15 @@
 
 mod common;
 
-use common::{ORDER, Run, order, order_data};
+use common::{Run, order_data};
 use sagas::{Registry, RegistryError};
+
+/// The order saga as version 1 shipped it: the edits below start from it.
+const ORDER: &str = include_str!("shipped/order-v1.toml");
+
+fn order() -> sagas::Definition {
+    sagas::parse("order-v1.toml", ORDER).unwrap_or_else(|e| panic!("{e}"))
+}
 
 /// Version 2 of the order saga: reserve stock after payment; if delivery
 /// fails, release the stock (a new compensation) before refunding.
@@ -120,8 +127,19 @@ fn the_diagram_shows_every_state_and_transition() {
 }
 
 #[test]
-fn the_shipped_order_saga_keeps_the_hash_running_sagas_recorded() {
-    // Running sagas recorded this hash of order.toml version 1; a change to
-    // the file, or to how the hash is taken, would strand them.
-    assert_eq!(order().hash(), "4f3bdc0776fe03f19cf647c6adab1b050cb3c7ac1bad46d6d9eb4b76575c8769");
+fn the_shipped_definitions_keep_the_hashes_running_sagas_recorded() {
+    // Running sagas recorded these hashes; a change to a released file, or
+    // to how the hash is taken, would strand them. A changed file is a new
+    // version, and the released one is kept under tests/shipped/ (each
+    // store keeps its own copy; these prove the parser still reads it the
+    // same way).
+    for (file, source, hash) in [
+        ("order-v1.toml", ORDER, "4f3bdc0776fe03f19cf647c6adab1b050cb3c7ac1bad46d6d9eb4b76575c8769"),
+        ("trip-v1.toml", include_str!("shipped/trip-v1.toml"), "244f2bc00cdb2e7e99e2258d11a37acecf7581a5e2263cc573fa5a3ece23a396"),
+        ("order.toml (v2)", common::ORDER, "d11f765126b4e0976534065f49fa3012bcf4be4e1835c2db694e9d1e9bcacf27"),
+        ("trip.toml (v2)", common::TRIP, "4e51aa0111fd9adeadd32cf9eaa340c6b82db8611a1131376ea0c1cf51449ebe"),
+    ] {
+        let def = sagas::parse(file, source).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(def.hash(), hash, "{file}");
+    }
 }
