@@ -90,9 +90,12 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, em
         telemetry,
         max_body_bytes: config.max_body_bytes,
         stopping: stop_intake.clone(),
+        tokens: Arc::new(api::auth::Tokens { operators: config.operator_token.clone(), readers: config.read_token.clone() }),
     });
     let stop = stop_intake.clone();
-    let server = tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(stop.cancelled_owned()).await
+    });
     tracing::info!(%addr, "listening");
     Ok(Running { addr, store, bus, runtime, stop_intake, stop_relay, server, timers, relay, participants: participant_tasks, participants_pool })
 }

@@ -55,7 +55,11 @@ pub enum RuntimeError {
 /// What an input did to a saga.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stepped {
-    Applied,
+    /// The saga moved (or noted the input) to `state`, recording `events`.
+    Applied {
+        state: String,
+        events: Vec<String>,
+    },
     /// Not applicable in the saga's state (duplicate, late, unknown event…).
     Ignored(sagas::Ignored),
     UnknownSaga,
@@ -257,9 +261,37 @@ impl Runtime {
             self.record_outcome(&def, &saga, &decision.saga, &decision.events, row.created_at);
             let _entered = span.enter();
             self.dispatch(decision.commands);
-            return Ok(Stepped::Applied);
+            let events = decision.events.into_iter().map(|e| e.event_type).collect();
+            return Ok(Stepped::Applied { state: decision.saga.state, events });
         }
         Err(RuntimeError::Contended(id))
+    }
+
+    /// An operator's action on saga `id`, in the saga's own trace (the
+    /// step's span continues the trace its events carry, as a timer's does).
+    pub async fn operate(&self, id: Uuid, act: sagas::Act) -> Result<Stepped, RuntimeError> {
+        let Some(row) = self.inner.store.load(id).await? else { return Ok(Stepped::UnknownSaga) };
+        let span = tracing::info_span!(
+            "saga.operator",
+            otel.name = %format!("operator {}", act.action.name()),
+            saga.id = %id,
+            saga.state.from = %row.saga.state,
+            operator = %act.operator,
+            operator.action = act.action.name(),
+        );
+        observability::propagation::set_parent_from_map(&span, &row.trace);
+        let (action, operator) = (act.action.name(), act.operator.clone());
+        let causation = format!("operator:{operator}");
+        let stepped = self.advance_from(id, Some(row), Input::Operator(act), causation).instrument(span).await?;
+        let outcome = match &stepped {
+            Stepped::Applied { .. } => "applied",
+            Stepped::Ignored(sagas::Ignored::Repeated(_)) => "repeated",
+            Stepped::Ignored(_) => "refused",
+            Stepped::UnknownSaga => "unknown",
+        };
+        metrics::counter!("eso_operator_actions_total", "action" => action, "outcome" => outcome).increment(1);
+        tracing::info!(saga.id = %id, action, %operator, outcome, "operator action");
+        Ok(stepped)
     }
 
     async fn append(&self, def: &Definition, before: Option<&Saga>, append: Append) -> Result<Committed, RuntimeError> {

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::{ApiError, AppState, truncate};
 
 /// `GET /definitions`: every loaded version, newest last per name.
-pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn list(_: super::auth::CanRead, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let live = state.store.live_counts().await?;
     let registry = state.runtime.registry();
     let versions: Vec<Value> = registry.iter().map(|d| version(d, &live, registry, false)).collect();
@@ -17,7 +17,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError
 }
 
 /// `GET /definitions/{name}`: its versions, each with a Mermaid diagram.
-pub async fn one(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn one(_: super::auth::CanRead, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     let registry = state.runtime.registry();
     if registry.latest(&name).is_none() {
         return Err(ApiError::NotFound(format!("no saga definition named {:?} is loaded", truncate(&name))));

@@ -19,6 +19,12 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// No token, or not one of ours.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A token (or a client) that may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Unprocessable(String),
     #[error("method not allowed on this route")]
@@ -45,6 +51,8 @@ impl IntoResponse for ApiError {
             ApiError::Fields(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -52,6 +60,7 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
+        let challenge = matches!(self, ApiError::Unauthorized(_));
         let body = match self {
             ApiError::Fields(fields) => json!({ "error": fields }),
             ApiError::Internal(detail) => {
@@ -61,7 +70,11 @@ impl IntoResponse for ApiError {
             }
             other => json!({ "error": other.to_string() }),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if challenge {
+            response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }
 

@@ -1,6 +1,8 @@
 //! The HTTP API: routes and the shared state; the layers around them (a
 //! server span per request, metrics, timeout, body limit) are in `layers.rs`.
 
+mod actions;
+pub mod auth;
 mod definitions;
 mod error;
 mod health;
@@ -35,6 +37,8 @@ pub struct AppState {
     /// Cancelled when the server stops taking requests: reads waiting for
     /// a saga answer then, so they do not hold up the shutdown.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// Who may list sagas, open the console and act (see `auth.rs`).
+    pub tokens: Arc<auth::Tokens>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -48,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         // One route for both: `{key}` is a definition name to POST, a saga id to GET.
         .route("/sagas/{key}", get(sagas::saga).post(sagas::start))
         .route("/sagas/{id}/events", get(sagas::events).post(sagas::send_event))
+        .route("/sagas/{id}/actions/{action}", axum::routing::post(actions::act))
         .route("/definitions", get(definitions::list))
         .route("/definitions/{name}", get(definitions::one))
         .route("/healthz", get(health::healthz))

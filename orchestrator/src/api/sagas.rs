@@ -143,7 +143,7 @@ pub(super) async fn history(state: &AppState, id: &str, definition: Option<&str>
 
 /// `GET /sagas?definition=&status=&state=&terminal=&limit=&after=`: sagas,
 /// newest first, a page at a time; `next` is the `after` of the next page.
-pub async fn list(State(state): State<AppState>, Query(params): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+pub async fn list(_: super::auth::CanRead, State(state): State<AppState>, Query(params): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
     const KNOWN: [&str; 6] = ["definition", "status", "state", "terminal", "limit", "after"];
     if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(ApiError::BadRequest(format!("unknown parameter {:?}; GET /sagas takes {}", truncate(unknown), KNOWN.join(", "))));
@@ -254,7 +254,7 @@ pub async fn send_event(
     let data = fields.get("data").cloned().unwrap_or(Value::Null);
     let input = sagas::Input::Event { name: name.clone(), data };
     match state.runtime.advance(id, input, format!("event:{name}")).await? {
-        Stepped::Applied => Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "event": name })))),
+        Stepped::Applied { .. } => Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "event": name })))),
         Stepped::Ignored(why) => Err(ApiError::Conflict(why.to_string())),
         Stepped::UnknownSaga => Err(ApiError::NotFound(format!("saga {id} not found"))),
     }
