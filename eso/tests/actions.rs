@@ -228,6 +228,7 @@ async fn operator_actions_on_both_stores() {
         resume(&app).await;
         bad_requests(&app).await;
         tokens(&app).await;
+        bulk(&app).await;
         app.stop().await;
     }
 }
@@ -268,4 +269,67 @@ fn outward_address() -> Option<std::net::IpAddr> {
     let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
     socket.connect("192.0.2.1:9").ok()?;
     socket.local_addr().ok().map(|a| a.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
+/// A job acts on what its filter matched when it was created: the sagas
+/// whose state allows the action take it, the others are refused with why.
+async fn bulk(app: &TestApp) {
+    let ids = [app.start_saga("hold").await, app.start_saga("hold").await, app.start_saga("hold").await];
+    for id in &ids[..1] {
+        let (status, _) = app.act(*id, "cancel", json!({ "reason": "first" }), Some(ALICE), None).await;
+        assert_eq!(status, 202);
+    }
+    let post = |body: Value, token: Option<&'static str>| async move {
+        let mut request = app.http.post(format!("{}/actions", app.url)).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap_or_else(|e| panic!("POST /actions: {e}"));
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    for (body, want, mentions) in [
+        (json!({ "reason": "x", "filter": {} }), 400, "action"),
+        (json!({ "action": "retry", "reason": "x" }), 400, "filter"),
+        (json!({ "action": "retry", "reason": "x", "filter": { "limit": 5 } }), 400, "limit"),
+        (json!({ "action": "retry", "reason": "x", "filter": { "state": ["a"] } }), 400, "filter.state"),
+        (json!({ "action": "retry", "reason": "x", "filter": {}, "rate": 0 }), 400, "rate"),
+        (json!({ "action": "retry", "filter": {} }), 400, "reason"),
+        (json!({ "action": "retry", "reason": "x", "filter": { "definition": "nope" } }), 404, "nope"),
+    ] {
+        let (status, answer) = post(body.clone(), Some(ALICE)).await;
+        assert_eq!(status, want, "{body}: {answer}");
+        assert!(answer.to_string().contains(mentions), "{body}: {answer}");
+    }
+    assert_eq!(post(json!({ "action": "cancel", "reason": "x", "filter": {} }), Some(READER)).await.0, 403);
+
+    let (status, job) =
+        post(json!({ "action": "cancel", "reason": "close the shop", "filter": { "definition": "hold", "terminal": false } }), Some(ALICE)).await;
+    assert_eq!(status, 202, "{job}");
+    let matched = job["matched"].as_u64().unwrap_or(0);
+    assert!(matched >= 3, "{job}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let finished = loop {
+        let response = app.http.get(format!("{}/actions/{}", app.url, job["job"].as_str().unwrap_or_default())).bearer_auth(READER).send().await;
+        let body: Value = match response {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(e) => panic!("GET job: {e}"),
+        };
+        if body["status"] == "finished" {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "the job did not finish: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (done, refused) = (finished["done"].as_u64().unwrap_or(0), finished["refused"].as_u64().unwrap_or(0));
+    assert_eq!(done + refused, matched, "{finished}");
+    assert!(refused >= 1, "the saga already in `undo` has no cancel: {finished}");
+    assert!(finished["problems"].as_array().is_some_and(|p| p.iter().any(|p| p["saga_id"] == ids[0].to_string() && p["result"] == "refused")), "{finished}");
+    for id in &ids[1..] {
+        let history = app.history(*id).await;
+        assert_eq!(types(&history), ["hold_started", "hold_cancelled"], "cancelled once by the job");
+        assert_eq!(audit(&history[1])["key"], format!("job:{}", job["job"].as_str().unwrap_or_default()));
+    }
+    let (status, listed) = app.get("/actions").await;
+    assert_eq!(status, 401, "listing jobs needs a token: {listed}");
 }

@@ -218,7 +218,7 @@ async fn history_saga_state_and_trace_ids_are_visible() {
     let (_, saga) = app.get(&format!("/sagas/{id}")).await;
     assert_eq!(saga["state"], "delivered");
     assert_eq!(saga["definition"]["name"], "order");
-    assert_eq!(saga["definition"]["version"], 1);
+    assert_eq!(saga["definition"]["version"], 2, "order.toml v2 (operator cancel and repair)");
     assert_eq!(saga["terminal"], true);
     assert_eq!(saga["pending_command"], Value::Null);
     app.stop().await;

@@ -215,7 +215,7 @@ async fn the_list_pages_newest_first_and_filters() {
     for field in ["state", "status", "terminal", "created_at", "updated_at"] {
         assert!(!first[field].is_null(), "{field} in {first}");
     }
-    assert_eq!(first["definition"], json!({ "name": "order", "version": 1 }));
+    assert_eq!(first["definition"], json!({ "name": "order", "version": 2 }));
 
     for (path, status) in [
         ("/sagas?limit=0", 400),
@@ -245,7 +245,7 @@ async fn definitions_show_their_versions_live_sagas_and_diagram() {
     let names: BTreeSet<&str> = definitions.iter().filter_map(|d| d["name"].as_str()).collect();
     assert_eq!(names, BTreeSet::from(["order", "trip"]));
     let trip = definitions.iter().find(|d| d["name"] == "trip").cloned().unwrap_or_default();
-    assert_eq!((trip["version"].as_u64(), trip["live"].as_i64(), trip["latest"].as_bool()), (Some(1), Some(1), Some(true)), "{trip}");
+    assert_eq!((trip["version"].as_u64(), trip["live"].as_i64(), trip["latest"].as_bool()), (Some(2), Some(1), Some(true)), "{trip}");
     assert_eq!(trip["hash"].as_str().map(str::len), Some(64), "{trip}");
     let states: Vec<&str> = trip["states"].as_array().map(|s| s.iter().filter_map(|s| s["name"].as_str()).collect()).unwrap_or_default();
     assert_eq!(states, ["flight", "hotel", "cancel_flight", "booked", "cancelled", "cancel_failed"]);

@@ -33,6 +33,8 @@ pub struct Running {
     stop_relay: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
     timers: JoinHandle<()>,
+    /// Works on bulk operator actions (`jobs.rs`).
+    jobs: JoinHandle<()>,
     relay: JoinHandle<()>,
     participants: Vec<JoinHandle<()>>,
     /// The embedded participants' records, closed after they stopped.
@@ -75,6 +77,7 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, em
     let registry = definitions::load(&store, &config.sagas_dir).await?;
     let runtime = Runtime::new(store.clone(), bus.clone(), registry, config.idempotency_ttl);
     let timers = tokio::spawn(runtime.clone().run_timers(config.timer_interval(), stop_intake.clone()));
+    let jobs = tokio::spawn(crate::jobs::run(runtime.clone(), store.clone(), stop_intake.clone()));
     let stop_relay = CancellationToken::new();
     let relay = tokio::spawn(store::run_relay(store.clone(), bus.clone(), stop_relay.clone()));
 
@@ -97,7 +100,7 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, em
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(stop.cancelled_owned()).await
     });
     tracing::info!(%addr, "listening");
-    Ok(Running { addr, store, bus, runtime, stop_intake, stop_relay, server, timers, relay, participants: participant_tasks, participants_pool })
+    Ok(Running { addr, store, bus, runtime, stop_intake, stop_relay, server, timers, jobs, relay, participants: participant_tasks, participants_pool })
 }
 
 /// The configured store, migrated, with the read models of the shipped
@@ -121,6 +124,7 @@ impl Running {
         self.stop_intake.cancel();
         let _ = self.server.await;
         let _ = self.timers.await;
+        let _ = self.jobs.await;
         if tokio::time::timeout(DRAIN_TIMEOUT, self.runtime.drain()).await.is_err() {
             tracing::warn!("commands still in flight at shutdown; their deadlines will resume them");
         }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod definitions;
 pub mod domain;
 pub mod finishes;
+pub mod jobs;
 pub mod migrations;
 pub mod orders;
 pub mod rebuild;

@@ -27,11 +27,12 @@ impl Process {
         let spec = testkit::ProcessSpec::new(format!("eso {}", args.join(" ")), env!("CARGO_BIN_EXE_eso"), port)
             .args(args)
             .env_remove(["OTEL_EXPORTER_OTLP_ENDPOINT"])
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("PORT", port.to_string())
             .env("BIND", "127.0.0.1")
             .env("SAGAS_DIR", PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sagas/definitions").display().to_string())
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            // The test's own settings last: they may name another SAGAS_DIR.
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .output(output);
         Process(testkit::Process::spawn(spec).await.unwrap_or_else(|e| panic!("{e:#}")))
     }

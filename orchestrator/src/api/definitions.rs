@@ -39,6 +39,9 @@ fn version(def: &sagas::Definition, live: &std::collections::BTreeMap<(String, u
                 "terminal": s.terminal,
                 "subject": s.command.as_ref().map(|c| c.subject.as_str()),
                 "compensates": s.compensates,
+                // What an operator may do there: cancel's target, resume's targets.
+                "cancel": s.cancel.as_ref().map(|t| t.goto.as_str()),
+                "repair": s.repair,
             })
         })
         .collect();

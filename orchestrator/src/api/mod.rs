@@ -6,6 +6,7 @@ pub mod auth;
 mod definitions;
 mod error;
 mod health;
+mod jobs;
 mod layers;
 mod orders;
 mod sagas;
@@ -53,6 +54,8 @@ pub fn router(state: AppState) -> Router {
         .route("/sagas/{key}", get(sagas::saga).post(sagas::start))
         .route("/sagas/{id}/events", get(sagas::events).post(sagas::send_event))
         .route("/sagas/{id}/actions/{action}", axum::routing::post(actions::act))
+        .route("/actions", get(jobs::list).post(jobs::create))
+        .route("/actions/{job}", get(jobs::one))
         .route("/definitions", get(definitions::list))
         .route("/definitions/{name}", get(definitions::one))
         .route("/healthz", get(health::healthz))

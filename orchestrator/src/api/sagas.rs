@@ -144,6 +144,27 @@ pub(super) async fn history(state: &AppState, id: &str, definition: Option<&str>
 /// `GET /sagas?definition=&status=&state=&terminal=&limit=&after=`: sagas,
 /// newest first, a page at a time; `next` is the `after` of the next page.
 pub async fn list(_: super::auth::CanRead, State(state): State<AppState>, Query(params): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+    let (found, next) = find(&state, &params).await?;
+    let sagas: Vec<Value> = found
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "definition": { "name": s.definition, "version": s.version },
+                "state": s.state,
+                "status": s.status,
+                "terminal": s.terminal,
+                "created_at": rfc3339(s.created_at),
+                "updated_at": rfc3339(s.updated_at),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "sagas": sagas, "next": next.map(|c| c.to_string()) })))
+}
+
+/// One page of the sagas `params` (the query of `GET /sagas`) asks for,
+/// and the cursor of the next page if there may be one.
+pub(super) async fn find(state: &AppState, params: &HashMap<String, String>) -> Result<(Vec<Listed>, Option<Cursor>), ApiError> {
     const KNOWN: [&str; 6] = ["definition", "status", "state", "terminal", "limit", "after"];
     if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(ApiError::BadRequest(format!("unknown parameter {:?}; GET /sagas takes {}", truncate(unknown), KNOWN.join(", "))));
@@ -216,22 +237,8 @@ pub async fn list(_: super::auth::CanRead, State(state): State<AppState>, Query(
     let mut found: Vec<Listed> = pages.into_iter().flatten().collect();
     found.sort_by_key(|s| std::cmp::Reverse(s.cursor()));
     found.truncate(limit as usize);
-    let next = (found.len() == limit as usize).then(|| found.last().map(|s| s.cursor().to_string())).flatten();
-    let sagas: Vec<Value> = found
-        .iter()
-        .map(|s| {
-            json!({
-                "id": s.id,
-                "definition": { "name": s.definition, "version": s.version },
-                "state": s.state,
-                "status": s.status,
-                "terminal": s.terminal,
-                "created_at": rfc3339(s.created_at),
-                "updated_at": rfc3339(s.updated_at),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "sagas": sagas, "next": next })))
+    let next = (found.len() == limit as usize).then(|| found.last().map(Listed::cursor)).flatten();
+    Ok((found, next))
 }
 
 /// `POST /sagas/{id}/events` `{"name": "…", "data": {…}}`: delivers a named
