@@ -93,7 +93,7 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, em
         telemetry,
         max_body_bytes: config.max_body_bytes,
         stopping: stop_intake.clone(),
-        tokens: Arc::new(api::auth::Tokens { operators: config.operator_token.clone(), readers: config.read_token.clone() }),
+        tokens: Arc::new(api::auth::Tokens::new(config.operator_token.clone(), config.read_token.clone())),
     });
     let stop = stop_intake.clone();
     let server = tokio::spawn(async move {

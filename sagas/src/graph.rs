@@ -32,6 +32,12 @@ pub fn mermaid(def: &Definition) -> String {
         for (event, t) in &state.on_event {
             edge(&mut out, &format!("event {event}"), t);
         }
+        if let Some(t) = &state.cancel {
+            edge(&mut out, "operator cancel", t);
+        }
+        for target in &state.repair {
+            let _ = writeln!(out, "    {name} --> {target}: operator resume");
+        }
         if state.terminal {
             let _ = writeln!(out, "    {name} --> [*]");
         }

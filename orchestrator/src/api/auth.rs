@@ -58,9 +58,8 @@ impl FromStr for TokenList {
             }
             tokens.push((name.to_string(), digest(token)));
         }
-        if tokens.is_empty() {
-            return Err("no token given (unset the variable to turn tokens off)".into());
-        }
+        // Empty (`ESO_OPERATOR_TOKEN=`) is the same as unset, as compose and
+        // charts write an unset setting.
         Ok(TokenList(tokens))
     }
 }
@@ -72,6 +71,10 @@ impl fmt::Debug for TokenList {
 }
 
 impl TokenList {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The name of the token `presented` is, checking every entry.
     fn find(&self, presented: &[u8; 32]) -> Option<&str> {
         let mut found = None;
@@ -91,8 +94,8 @@ fn digest(token: &str) -> [u8; 32] {
 /// The tokens a server checks requests against.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
-    pub operators: Option<TokenList>,
-    pub readers: Option<TokenList>,
+    operators: Option<TokenList>,
+    readers: Option<TokenList>,
 }
 
 /// What a presented token may do.
@@ -102,6 +105,11 @@ enum Role {
 }
 
 impl Tokens {
+    /// An empty list counts as none.
+    pub fn new(operators: Option<TokenList>, readers: Option<TokenList>) -> Tokens {
+        Tokens { operators: operators.filter(|t| !t.is_empty()), readers: readers.filter(|t| !t.is_empty()) }
+    }
+
     fn configured(&self) -> bool {
         self.operators.is_some() || self.readers.is_some()
     }
@@ -196,9 +204,7 @@ mod tests {
         let bare: TokenList = "0123456789abcdef0123".parse().unwrap_or_default();
         assert_eq!(bare.find(&digest("0123456789abcdef0123")), Some(DEFAULT_OPERATOR));
         assert!(!format!("{list:?}").contains("0123"), "Debug must not show tokens: {list:?}");
-        for (text, why) in
-            [("short", "shorter than 16"), ("a b:0123456789abcdef0123", "name"), ("", "no token"), ("x:0123456789abcdef0,x:0123456789abcdef1", "twice")]
-        {
+        for (text, why) in [("short", "shorter than 16"), ("a b:0123456789abcdef0123", "name"), ("x:0123456789abcdef0,x:0123456789abcdef1", "twice")] {
             let err = text.parse::<TokenList>().err().unwrap_or_default();
             assert!(err.contains(why), "{text:?}: {err}");
         }
@@ -206,7 +212,8 @@ mod tests {
 
     #[test]
     fn roles() {
-        let tokens = Tokens { operators: "alice:operator-token-0001".parse().ok(), readers: "reader-token-00001".parse().ok() };
+        let tokens = Tokens::new("alice:operator-token-0001".parse().ok(), "reader-token-00001".parse().ok());
+        assert!(!Tokens::new("".parse().ok(), " , ".parse().ok()).configured(), "empty is unset");
         assert!(matches!(tokens.role("operator-token-0001"), Some(Role::Operate(name)) if name == "alice"));
         assert!(matches!(tokens.role("reader-token-00001"), Some(Role::Read)));
         assert!(tokens.role("reader-token-00002").is_none());
