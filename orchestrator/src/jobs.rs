@@ -220,6 +220,7 @@ async fn work(runtime: &Runtime, store: &Store, job: &Job, shutdown: &Cancellati
                     Err(RuntimeError::Store(e)) => return Err(e),
                     Err(e) => ("failed", Some(e.to_string())),
                 };
+                metrics::counter!("eso_action_job_sagas_total", "result" => result).increment(1);
                 sqlx::query("UPDATE action_job_sagas SET result = $1, detail = $2 WHERE job = $3 AND saga_id = $4")
                     .bind(result)
                     .bind(detail)
