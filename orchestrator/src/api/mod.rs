@@ -1,7 +1,9 @@
 //! The HTTP API: routes and the shared state; the layers around them (a
 //! server span per request, metrics, timeout, body limit) are in `layers.rs`.
 
+mod console;
 mod definitions;
+mod diagram;
 mod error;
 mod health;
 mod layers;
@@ -48,8 +50,14 @@ pub fn router(state: AppState) -> Router {
         // One route for both: `{key}` is a definition name to POST, a saga id to GET.
         .route("/sagas/{key}", get(sagas::saga).post(sagas::start))
         .route("/sagas/{id}/events", get(sagas::events).post(sagas::send_event))
+        .route("/sagas/{id}/diagram.svg", get(diagram::saga))
         .route("/definitions", get(definitions::list))
         .route("/definitions/{name}", get(definitions::one))
+        .route("/definitions/{name}/diagram.svg", get(diagram::definition))
+        .route("/ui", get(console::index))
+        .route("/ui/", get(console::index))
+        .route("/ui/app.js", get(console::app))
+        .route("/ui/style.css", get(console::style))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
