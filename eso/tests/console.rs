@@ -20,6 +20,10 @@ use serde_json::{Value, json};
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const WAIT: Duration = Duration::from_secs(15);
+/// The operator token the retry is made with (`name=token`, as
+/// `ESO_OPERATOR_TOKEN` takes it).
+const OPERATOR: &str = "ada";
+const OPERATOR_TOKEN: &str = "console-test-operator-token";
 
 /// Chromium under chromedriver, each on its own port and profile; both
 /// killed when dropped.
@@ -131,6 +135,8 @@ async fn an_operator_finds_a_stuck_saga_in_the_console_and_retries_it() {
     let mut app = TestApp::start_configured(Mode::Embedded, |config| {
         config.embed_participants = Some(false);
         config.sagas_dir = sagas.path().to_path_buf();
+        // The operator token (`{OPERATOR}={OPERATOR_TOKEN}`) goes here as
+        // the `ESO_OPERATOR_TOKEN` setting once `Config` has one.
     })
     .await;
     let mut tickets = Vec::new();
@@ -175,6 +181,10 @@ async fn an_operator_finds_a_stuck_saga_in_the_console_and_retries_it() {
     let (_, saga) = app.get(&format!("/sagas/{id}")).await;
     if saga.get("actions").is_some() {
         assert_eq!(saga["actions"]["retry"], true, "a pending command can be retried: {saga}");
+        // The operator's token, typed into the header's box as a user
+        // does; the app must be started with it as `ESO_OPERATOR_TOKEN`.
+        browser.wait_for("#token").await.send_keys(OPERATOR_TOKEN).await.unwrap_or_else(|e| panic!("type the token: {e}"));
+        browser.click("#token-form button[type='submit']").await;
         let reason = browser.wait_for("#reason").await;
         reason.send_keys("printer driver fixed").await.unwrap_or_else(|e| panic!("type the reason: {e}"));
         browser.click("button.action[data-action='retry']").await;
@@ -184,7 +194,7 @@ async fn an_operator_finds_a_stuck_saga_in_the_console_and_retries_it() {
         assert!(answer.as_str().is_some_and(|s| s.starts_with("202")), "the retry was accepted: {answer}");
         let retried = browser.wait_for("#history tr[data-type='operator_retried']").await;
         let text = retried.text().await.unwrap_or_else(|e| panic!("{e}"));
-        assert!(text.contains("printer driver fixed") && text.contains("retry"), "the history shows who retried and why: {text}");
+        assert!(text.contains("printer driver fixed") && text.contains("retry") && text.contains(OPERATOR), "the history shows who retried and why: {text}");
     } else {
         eprintln!("SKIPPED the retry: this server has no operator actions yet (no `actions` in GET /sagas/{{id}})");
     }
