@@ -7,6 +7,7 @@
 //! See `sagas/README.md` for the file format.
 
 pub mod definition;
+pub mod diagram;
 pub mod graph;
 pub mod inputs;
 pub mod machine;

@@ -213,6 +213,26 @@ proptest! {
     }
 
     #[test]
+    fn random_valid_definitions_draw_every_state_with_the_played_path_lit(
+        source in definition(),
+        actions in proptest::collection::vec(action(), 0..30),
+    ) {
+        let def = match sagas::parse("random.toml", &source) {
+            Ok(def) => def,
+            Err(e) => panic!("generated definition refused:\n{e}\n{source}"),
+        };
+        let (saga, events, _) = play(&def, &actions);
+        let path = sagas::diagram::Path::of(events.iter().map(|e| &e.change));
+        prop_assert_eq!(path.current.as_deref(), Some(saga.state.as_str()));
+        let svg = sagas::diagram::svg(&def, Some(&path));
+        for name in &def.order {
+            prop_assert_eq!(svg.matches(&format!("data-state=\"{name}\"")).count(), 1);
+        }
+        prop_assert_eq!(svg.matches(" current\"").count(), 1);
+        prop_assert!(!svg.contains("NaN") && !svg.contains("inf,") && !svg.contains("\"inf"), "{}", svg);
+    }
+
+    #[test]
     fn parse_never_panics_on_arbitrary_text(text in ".{0,400}") {
         let _ = sagas::parse("fuzz.toml", &text);
     }

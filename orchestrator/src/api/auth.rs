@@ -168,6 +168,24 @@ impl FromRequestParts<AppState> for CanRead {
     }
 }
 
+/// Proof that the request may load the console's page and assets. They
+/// hold no data (the page reads it with the token it asks for), so with
+/// tokens configured anyone may load them; with none, loopback only, like
+/// the reads the page makes.
+pub struct CanOpenConsole;
+
+impl FromRequestParts<AppState> for CanOpenConsole {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<CanOpenConsole, ApiError> {
+        if state.tokens.configured() || from_loopback(parts) {
+            Ok(CanOpenConsole)
+        } else {
+            Err(ApiError::Forbidden("with no token configured, the console answers loopback clients only; set ESO_READ_TOKEN or ESO_OPERATOR_TOKEN".into()))
+        }
+    }
+}
+
 /// The operator a request acts as: it carried an operator token.
 pub struct Operator(pub String);
 

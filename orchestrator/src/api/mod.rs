@@ -3,7 +3,9 @@
 
 mod actions;
 pub mod auth;
+mod console;
 mod definitions;
+mod diagram;
 mod error;
 mod health;
 mod jobs;
@@ -54,10 +56,16 @@ pub fn router(state: AppState) -> Router {
         .route("/sagas/{key}", get(sagas::saga).post(sagas::start))
         .route("/sagas/{id}/events", get(sagas::events).post(sagas::send_event))
         .route("/sagas/{id}/actions/{action}", axum::routing::post(actions::act))
+        .route("/sagas/{id}/diagram.svg", get(diagram::saga))
         .route("/actions", get(jobs::list).post(jobs::create))
         .route("/actions/{job}", get(jobs::one))
         .route("/definitions", get(definitions::list))
         .route("/definitions/{name}", get(definitions::one))
+        .route("/definitions/{name}/diagram.svg", get(diagram::definition))
+        .route("/ui", get(console::index))
+        .route("/ui/", get(console::index))
+        .route("/ui/app.js", get(console::app))
+        .route("/ui/style.css", get(console::style))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
