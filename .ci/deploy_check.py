@@ -349,13 +349,25 @@ def cmd_compose(_: dict[str, Any], __: argparse.Namespace) -> list[str]:
         for dep in ("postgres", "nats"):
             if (deps.get(dep) or {}).get("condition") != "service_healthy":
                 failures.append(f"{name}: must wait for {dep} to be healthy")
+    # Operator tokens reach the orchestrator only (empty = unset); the trace
+    # link keeps its `{trace_id}` through interpolation.
+    eso_env = services["eso"].get("environment") or {}
+    for var in ("ESO_OPERATOR_TOKEN", "ESO_READ_TOKEN"):
+        if var not in eso_env:
+            failures.append(f"eso: environment {var} missing (pass it from the host, empty = unset)")
+        for name in ("payment", "delivery", "trip-agency"):
+            if var in (services.get(name, {}).get("environment") or {}):
+                failures.append(f"{name}: must not get {var} (the orchestrator's only)")
+    if not re.fullmatch(r"http://localhost:\d+/trace/\{trace_id\}", str(eso_env.get("ESO_TRACE_URL", ""))):
+        failures.append(f"eso: ESO_TRACE_URL must be the Jaeger UI's http://localhost:<port>/trace/{{trace_id}}, "
+                        f"got {eso_env.get('ESO_TRACE_URL')!r}")
     # `config` prints ports in the long form: {published, target}.
     if not any(p.get("target") == 3000 for p in services["eso"].get("ports") or []):
         failures.append("eso: container port 3000 not published")
     if int((services["payment"].get("deploy") or {}).get("replicas") or 1) < 2:
         failures.append("payment: deploy.replicas >= 2 expected (queue group)")
     if not failures:
-        print(f"{len(services)} services: dependencies healthy-gated, JetStream on, OTLP on, payment x2")
+        print(f"{len(services)} services: dependencies healthy-gated, JetStream on, OTLP on, payment x2, tokens to eso only")
     return failures
 
 
