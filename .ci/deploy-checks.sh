@@ -86,9 +86,18 @@ check "manifests valid, strict (default values)"          chart validate
 check "manifests valid, strict (values-production)"       chart validate -f deploy/values-production.yaml
 check "chart promises (default values)"                   chart policy
 check "chart promises (values-production)"                chart policy -f deploy/values-production.yaml
+# Operator tokens: to the orchestrator only, from a Secret, never a plain value.
+OPERATOR_SET=(--set 'operator.tokens=alice:0123456789abcdef0123\,bob:fedcba9876543210fedc'
+              --set 'operator.readTokens=reader-0123456789abcdef'
+              --set 'traceUrl=http://localhost:16686/trace/{trace_id}')
+check "manifests valid, strict (operator tokens, trace link)" chart validate "${OPERATOR_SET[@]}"
+check "chart promises (operator tokens, trace link)"      chart policy "${OPERATOR_SET[@]}"
+check "chart promises (operator.existingSecret)"          chart policy --set operator.existingSecret=eso-operator-tokens
+check "a short operator token is rejected"                chart expect-fail \
+  --set 'operator.tokens=alice:short' --expect 'operator\.tokens: entry 1: the token is shorter than 16'
 check "deploy/values-bad.yaml is rejected by the schema"  chart expect-fail -f deploy/values-bad.yaml \
   --expect '/orchestrator/replicaCount' --expect '/log/format' --expect '/otel/sampler' \
-  --expect '/nats/url' --expect '/autoscaling/maxReplicas'
+  --expect '/nats/url' --expect '/autoscaling/maxReplicas' --expect '/traceUrl' --expect '/operator/tokens'
 check "no database and no postgresql.enabled is rejected" chart expect-fail \
   --set postgresql.enabled=false --expect 'set database.url'
 check "no NATS and no nats.enabled is rejected"           chart expect-fail \

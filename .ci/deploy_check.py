@@ -21,6 +21,7 @@ non-zero on a failure:
 from __future__ import annotations
 
 import argparse
+import base64
 import re
 import subprocess
 import sys
@@ -260,6 +261,7 @@ def cmd_policy(values: dict[str, Any], _: argparse.Namespace) -> list[str]:
     for kind, wanted in expect.items():
         if bool(by_kind.get(kind)) != bool(wanted):
             fail(f"{kind}: expected {'one' if wanted else 'none'}, rendered {len(by_kind.get(kind, []))}")
+    failures += operator_promises(merged, rendered, by_kind, orchestrator)
     if merged["autoscaling"]["enabled"] and orchestrator and "replicas" in orchestrator["spec"]:
         fail(f"{kn(orchestrator)}: replicas must be left to the HPA")
     if not by_kind.get("PodDisruptionBudget"):
@@ -269,6 +271,59 @@ def cmd_policy(values: dict[str, Any], _: argparse.Namespace) -> list[str]:
 
     if not failures:
         print(f"{len(objs)} objects keep the chart's promises")
+    return failures
+
+
+def token_parts(tokens: str) -> list[str]:
+    """The secrets in an ESO_OPERATOR_TOKEN-style list: the whole and each entry's token."""
+    entries = [e.strip() for e in tokens.split(",") if e.strip()]
+    return ([tokens] if tokens.strip() else []) + [e.split(":", 1)[-1].strip() for e in entries]
+
+
+def operator_promises(merged: dict[str, Any], rendered: dict[str, str],
+                      by_kind: dict[str, list[dict[str, Any]]], orchestrator: dict[str, Any] | None) -> list[str]:
+    """Operator tokens reach the orchestrator only, from a Secret; no token is
+    a plain env value or shows anywhere but in its Secret. traceUrl is the
+    orchestrator's ESO_TRACE_URL."""
+    failures: list[str] = []
+    op = merged.get("operator") or {}
+    wanted_env = {"ESO_OPERATOR_TOKEN": ("tokens", "operator-token"), "ESO_READ_TOKEN": ("readTokens", "read-token")}
+    if orchestrator:
+        env = {e["name"]: e for e in pod_spec(orchestrator)["containers"][0].get("env", [])}
+        for var, (key, secret_key) in wanted_env.items():
+            wanted = bool(op.get(key) or op.get("existingSecret"))
+            ref = ((env.get(var) or {}).get("valueFrom") or {}).get("secretKeyRef")
+            if wanted and not ref:
+                failures.append(f"{kn(orchestrator)}: {var} must come from a Secret (operator.{key} or operator.existingSecret is set)")
+            elif not wanted and var in env:
+                failures.append(f"{kn(orchestrator)}: {var} is set, but neither operator.{key} nor operator.existingSecret is")
+            elif ref:
+                if ref.get("key") != secret_key or ref.get("optional") is not True:
+                    failures.append(f"{kn(orchestrator)}: {var} must read the optional key {secret_key}")
+                expected_secret = op.get("existingSecret") or None
+                if expected_secret and ref.get("name") != expected_secret:
+                    failures.append(f"{kn(orchestrator)}: {var} must come from operator.existingSecret ({expected_secret})")
+                if not expected_secret:
+                    secret = next((x for x in by_kind.get("Secret", []) if x["metadata"]["name"] == ref.get("name")), None)
+                    stored = (secret or {}).get("data", {}).get(secret_key)
+                    if stored is None or base64.b64decode(stored).decode() != op[key]:
+                        failures.append(f"{kn(orchestrator)}: {var}: Secret {ref.get('name')} does not hold operator.{key} as {secret_key}")
+        trace_url = merged.get("traceUrl") or ""
+        if (env.get("ESO_TRACE_URL") or {}).get("value", "") != trace_url:
+            failures.append(f"{kn(orchestrator)}: ESO_TRACE_URL must be traceUrl ({trace_url!r}), or absent when it is empty")
+    secrets = [t for key in ("tokens", "readTokens") for t in token_parts(op.get(key) or "")]
+    for obj in by_kind.get("Deployment", []) + by_kind.get("StatefulSet", []):
+        spec = pod_spec(obj)
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            for e in c.get("env", []):
+                if e["name"] in (*wanted_env, "ESO_TRACE_URL") and obj is not orchestrator:
+                    failures.append(f"{kn(obj)} container {c['name']}: {e['name']} is the orchestrator's only")
+                if "value" in e and any(t in str(e["value"]) for t in secrets):
+                    failures.append(f"{kn(obj)} container {c['name']}: env {e['name']} has an operator token as a plain value")
+    # Nowhere else either (annotations, ConfigMaps, NOTES.txt): only in its Secret, base64.
+    for template, text in rendered.items():
+        if any(t in text for t in secrets):
+            failures.append(f"{template}: an operator token appears in plain text")
     return failures
 
 
@@ -349,13 +404,25 @@ def cmd_compose(_: dict[str, Any], __: argparse.Namespace) -> list[str]:
         for dep in ("postgres", "nats"):
             if (deps.get(dep) or {}).get("condition") != "service_healthy":
                 failures.append(f"{name}: must wait for {dep} to be healthy")
+    # Operator tokens reach the orchestrator only (empty = unset); the trace
+    # link keeps its `{trace_id}` through interpolation.
+    eso_env = services["eso"].get("environment") or {}
+    for var in ("ESO_OPERATOR_TOKEN", "ESO_READ_TOKEN"):
+        if var not in eso_env:
+            failures.append(f"eso: environment {var} missing (pass it from the host, empty = unset)")
+        for name in ("payment", "delivery", "trip-agency"):
+            if var in (services.get(name, {}).get("environment") or {}):
+                failures.append(f"{name}: must not get {var} (the orchestrator's only)")
+    if not re.fullmatch(r"http://localhost:\d+/trace/\{trace_id\}", str(eso_env.get("ESO_TRACE_URL", ""))):
+        failures.append(f"eso: ESO_TRACE_URL must be the Jaeger UI's http://localhost:<port>/trace/{{trace_id}}, "
+                        f"got {eso_env.get('ESO_TRACE_URL')!r}")
     # `config` prints ports in the long form: {published, target}.
     if not any(p.get("target") == 3000 for p in services["eso"].get("ports") or []):
         failures.append("eso: container port 3000 not published")
     if int((services["payment"].get("deploy") or {}).get("replicas") or 1) < 2:
         failures.append("payment: deploy.replicas >= 2 expected (queue group)")
     if not failures:
-        print(f"{len(services)} services: dependencies healthy-gated, JetStream on, OTLP on, payment x2")
+        print(f"{len(services)} services: dependencies healthy-gated, JetStream on, OTLP on, payment x2, tokens to eso only")
     return failures
 
 

@@ -189,3 +189,42 @@ spec:
       {{- include "eso.selectorLabels" . | nindent 6 }}
 {{- end }}
 {{- end }}
+
+{{/*
+Operator tokens. The Secret holding ESO_OPERATOR_TOKEN / ESO_READ_TOKEN, or ""
+when none is configured.
+*/}}
+{{- define "eso.operator.secretName" -}}
+{{- if .Values.operator.existingSecret }}
+{{- .Values.operator.existingSecret }}
+{{- else if or .Values.operator.tokens .Values.operator.readTokens }}
+{{- include "eso.componentName" (dict "root" . "component" "operator") }}
+{{- end }}
+{{- end }}
+
+{{/*
+Fails, naming the value and the entry's position but never its content, when a token list would stop
+the orchestrator at start: (dict "key" "operator.tokens" "value" "alice:...").
+The same rules as the orchestrator's: entries split on commas, `name:token`
+splits at the first colon, a token has at least 16 characters.
+*/}}
+{{- define "eso.operator.checkTokens" -}}
+{{- range $i, $entry := splitList "," .value }}
+{{- $entry = trim $entry }}
+{{- if $entry }}
+{{- $token := $entry }}
+{{- $name := "operator" }}
+{{- if contains ":" $entry }}
+{{- $parts := splitn ":" 2 $entry }}
+{{- $name = trim $parts._0 }}
+{{- $token = trim $parts._1 }}
+{{- end }}
+{{- if not (regexMatch "^[A-Za-z0-9_.@-]{1,64}$" $name) }}
+{{- fail (printf "%s: entry %d: a token's name must be 1 to 64 letters, digits or _.@-" $.key (add1 $i)) }}
+{{- end }}
+{{- if not (regexMatch "(?s)^.{16,}$" $token) }}
+{{- fail (printf "%s: entry %d: the token is shorter than 16 characters; use a random one, e.g. openssl rand -hex 32" $.key (add1 $i)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -7,7 +7,8 @@ no args are rendered) and "containerName" (default: the binary), e.g. the trip
 agency runs (dict ... "component" "trip-agency" "binary" "eso"
 "args" (list "participant" "trip-agency") "containerName" "trip-agency").
 The orchestrator ("component" "orchestrator") also mounts the saga
-definitions and rolls when they change.
+definitions and rolls when they change, and alone gets the operator tokens
+(from a Secret) and the trace link.
 */}}
 {{- define "eso.deployment" -}}
 {{- $root := .root }}
@@ -40,6 +41,9 @@ spec:
         {{- end }}
         {{- if and $root.Values.database.url (not $root.Values.database.existingSecret) }}
         checksum/database-url: {{ $root.Values.database.url | sha256sum }}
+        {{- end }}
+        {{- if and $isOrchestrator (or $root.Values.operator.tokens $root.Values.operator.readTokens) (not $root.Values.operator.existingSecret) }}
+        checksum/operator-tokens: {{ printf "%s\n%s" $root.Values.operator.tokens $root.Values.operator.readTokens | sha256sum }}
         {{- end }}
         {{- if $root.Values.metrics.podAnnotations }}
         prometheus.io/scrape: "true"
@@ -100,6 +104,28 @@ spec:
             {{- if $isOrchestrator }}
             - name: SAGAS_DIR
               value: /app/sagas
+            {{- with include "eso.operator.secretName" $root }}
+            {{- if or $root.Values.operator.existingSecret $root.Values.operator.tokens }}
+            - name: ESO_OPERATOR_TOKEN
+              valueFrom:
+                secretKeyRef:
+                  name: {{ . }}
+                  key: operator-token
+                  optional: true
+            {{- end }}
+            {{- if or $root.Values.operator.existingSecret $root.Values.operator.readTokens }}
+            - name: ESO_READ_TOKEN
+              valueFrom:
+                secretKeyRef:
+                  name: {{ . }}
+                  key: read-token
+                  optional: true
+            {{- end }}
+            {{- end }}
+            {{- with $root.Values.traceUrl }}
+            - name: ESO_TRACE_URL
+              value: {{ . | quote }}
+            {{- end }}
             {{- end }}
             - name: RUST_LOG
               value: {{ $root.Values.log.level | quote }}
