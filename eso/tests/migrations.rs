@@ -69,7 +69,7 @@ async fn upgrade(pool: AnyPool, backend: Backend) {
         .and_then(|r| r.try_get("position"))
         .unwrap_or_else(|e| panic!("an event after the upgrade (its id may repeat another's now): {e}"));
     assert_eq!(next, 4, "a position once given is not given again");
-    assert_eq!(recorded("_sqlx_migrations").await, [1, 2, 3], "the store's table keeps the old entry (2, now the participants'), and gets its own new ones");
+    assert_eq!(recorded("_sqlx_migrations").await, [1, 2, 3, 4], "the store's table keeps the old entry (2, now the participants'), and gets its own new ones");
     assert_eq!(recorded(participants::migrations::TABLE).await, [1, 2]);
 }
 

@@ -32,6 +32,7 @@ pub fn config(database_url: Option<String>, nats_url: Option<String>, sqlite: Pa
         max_body_bytes: 16 * 1024,
         idempotency_ttl: Duration::from_secs(24 * 60 * 60),
         embed_participants: Some(true),
+        trace_url: None,
     }
 }
 
