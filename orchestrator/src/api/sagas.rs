@@ -209,3 +209,27 @@ fn trace_id(traceparent: &str) -> Option<&str> {
 pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::BadRequest(format!("id must be a UUID, not {:?}", truncate(id))))
 }
+
+#[cfg(test)]
+mod tests {
+    use sagas::machine::{Act, Action};
+    use serde_json::json;
+
+    #[test]
+    fn a_traceparent_gives_its_trace_id_unless_it_names_none() {
+        assert_eq!(super::trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        for bad in ["00-00000000000000000000000000000000-00f067aa0ba902b7-01", "00-short-00f067aa0ba902b7-01", "", "garbage"] {
+            assert_eq!(super::trace_id(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_operator_event_shows_the_action_reason_operator_and_a_resumes_target() {
+        let act = |action| Act { action, reason: "stuck".into(), operator: "ada".into(), key: Some("k".into()) };
+        assert_eq!(super::operator(&act(Action::Retry)), json!({ "action": "retry", "reason": "stuck", "by": "ada" }));
+        assert_eq!(
+            super::operator(&act(Action::Resume { to: "refund".into() })),
+            json!({ "action": "resume", "reason": "stuck", "by": "ada", "to": "refund" })
+        );
+    }
+}
