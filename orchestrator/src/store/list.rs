@@ -177,8 +177,10 @@ impl Store {
     }
 
     /// Sagas per definition version and state, optionally of one
-    /// definition (and version). One pass over the rows it counts: see
-    /// docs for what that costs at a million.
+    /// definition (and version). A pass over every row it counts, with no
+    /// index to help: about 0.2 s at a million sagas on Postgres
+    /// (`scripts/list_timing.sh`), where the live part alone, through the
+    /// partial `sagas_due` index, takes 15 ms.
     pub async fn counts(&self, definition: Option<&str>, version: Option<u32>) -> Result<Vec<Count>, StoreError> {
         let mut sql = String::from("SELECT definition, definition_version, state, status, terminal, COUNT(*) AS n FROM sagas");
         match (definition.is_some(), version.is_some()) {
