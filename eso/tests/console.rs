@@ -179,25 +179,18 @@ async fn an_operator_finds_a_stuck_saga_in_the_console_and_retries_it() {
     let state = browser.wait_for("#saga-state").await.text().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(state, "review");
 
-    // The retry needs the main session's actions (`actions` in GET
-    // /sagas/{id}, POST /sagas/{id}/actions/retry): until the server
-    // offers them, this part is skipped, loudly.
+    // A retry with a reason, from the button the saga's state offers.
     let (_, saga) = app.get(&format!("/sagas/{id}")).await;
-    if saga.get("actions").is_some() {
-        assert_eq!(saga["actions"]["retry"], true, "a pending command can be retried: {saga}");
-        let reason = browser.wait_for("#reason").await;
-        reason.send_keys("printer driver fixed").await.unwrap_or_else(|e| panic!("type the reason: {e}"));
-        browser.click("button.action[data-action='retry']").await;
-        let answer = browser
-            .until("the retry answered", "return document.getElementById('action-answer').textContent", |v| v.as_str().is_some_and(|s| !s.is_empty()))
-            .await;
-        assert!(answer.as_str().is_some_and(|s| s.starts_with("202")), "the retry was accepted: {answer}");
-        let retried = browser.wait_for("#history tr[data-type='operator_retried']").await;
-        let text = retried.text().await.unwrap_or_else(|e| panic!("{e}"));
-        assert!(text.contains("printer driver fixed") && text.contains("retry") && text.contains(OPERATOR), "the history shows who retried and why: {text}");
-    } else {
-        eprintln!("SKIPPED the retry: this server has no operator actions yet (no `actions` in GET /sagas/{{id}})");
-    }
+    assert_eq!(saga["actions"]["retry"], true, "a pending command can be retried: {saga}");
+    let reason = browser.wait_for("#reason").await;
+    reason.send_keys("printer driver fixed").await.unwrap_or_else(|e| panic!("type the reason: {e}"));
+    browser.click("button.action[data-action='retry']").await;
+    let answer =
+        browser.until("the retry answered", "return document.getElementById('action-answer').textContent", |v| v.as_str().is_some_and(|s| !s.is_empty())).await;
+    assert!(answer.as_str().is_some_and(|s| s.starts_with("202")), "the retry was accepted: {answer}");
+    let retried = browser.wait_for("#history tr[data-type='operator_retried']").await;
+    let text = retried.text().await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(text.contains("printer driver fixed") && text.contains("retry") && text.contains(OPERATOR), "the history shows who retried and why: {text}");
     browser.screenshot("saga").await;
 
     // Definitions: each version with its diagram.

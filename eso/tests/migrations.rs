@@ -30,6 +30,20 @@ async fn upgrade(pool: AnyPool, backend: Backend) {
             .unwrap_or_else(|e| panic!("insert event: {e}"));
     }
     sqlx::query("DELETE FROM events WHERE event_id = 'e3'").execute(&pool).await.unwrap_or_else(|e| panic!("delete: {e}"));
+    // A live saga at its third attempt and a finished one: 0004 reads the
+    // attempt out of the live one's snapshot.
+    for (id, terminal, snapshot) in [("live", 0, r#"{"pending":{"attempt":3}}"#), ("done", 1, r#"{"pending":null}"#)] {
+        sqlx::query(
+            "INSERT INTO sagas (id, definition, definition_version, state, status, terminal, version, deadline, snapshot, trace, created_at, updated_at) \
+             VALUES ($1, 'order', 1, 's', 's', $2, 1, NULL, $3, '{}', 1, 1)",
+        )
+        .bind(id)
+        .bind(terminal)
+        .bind(snapshot)
+        .execute(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("insert saga: {e}"));
+    }
 
     // Twice: the second start finds everything recorded by the first.
     for _ in 0..2 {
@@ -69,7 +83,19 @@ async fn upgrade(pool: AnyPool, backend: Backend) {
         .and_then(|r| r.try_get("position"))
         .unwrap_or_else(|e| panic!("an event after the upgrade (its id may repeat another's now): {e}"));
     assert_eq!(next, 4, "a position once given is not given again");
-    assert_eq!(recorded("_sqlx_migrations").await, [1, 2, 3, 5], "the store's table keeps the old entry (2, now the participants'), and gets its own new ones");
+    let attempts: Vec<(String, Option<i64>)> = sqlx::query("SELECT id, attempt FROM sagas ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("sagas: {e}"))
+        .iter()
+        .map(|r| (r.try_get("id").unwrap_or_default(), r.try_get("attempt").unwrap_or(Some(-1))))
+        .collect();
+    assert_eq!(attempts, [("done".to_string(), None), ("live".to_string(), Some(3))], "0004 fills the attempt of live sagas");
+    assert_eq!(
+        recorded("_sqlx_migrations").await,
+        [1, 2, 3, 4, 5],
+        "the store's table keeps the old entry (2, now the participants'), and gets its own new ones"
+    );
     assert_eq!(recorded(participants::migrations::TABLE).await, [1, 2]);
 }
 

@@ -216,6 +216,14 @@ async fn the_list_pages_newest_first_and_filters() {
         assert!(!first[field].is_null(), "{field} in {first}");
     }
     assert_eq!(first["definition"], json!({ "name": "order", "version": 2 }));
+    assert_eq!(first["attempt"], Value::Null, "a finished saga waits on no command: {first}");
+    let (_, done) = app.get(&format!("/sagas/{}", trips[0])).await;
+    assert_eq!(done["actions"], json!({ "retry": false, "cancel": null, "resume": [] }), "a booked trip has nothing to repair: {done}");
+    assert_eq!(done["trace_url"], Value::Null, "no ESO_TRACE_URL, no link: {done}");
+    // The order's history shows the attempt of each command it sent.
+    let (_, events) = app.get(&format!("/orders/{order}/events")).await;
+    let attempts: Vec<&Value> = events.as_array().map(|a| a.iter().map(|e| &e["attempt"]).collect()).unwrap_or_default();
+    assert_eq!(attempts, [&json!(1), &Value::Null, &json!(1), &Value::Null], "{events}");
 
     for (path, status) in [
         ("/sagas?limit=0", 400),
@@ -277,4 +285,125 @@ async fn without_an_order_definition_the_order_routes_say_so() {
     let id = app.start_trip(trip("Porto", 2)).await;
     assert_eq!(app.finished(id).await["state"], "booked");
     app.stop().await;
+}
+
+/// Stuck sagas (by age and by attempt), a start range, a version, the
+/// counts per state, and what one saga and its history show, on both
+/// stores. No participant answers, so the trips wait on their flight; the
+/// test moves their timers an hour on (and one saga's last step an hour
+/// back) in the database, so nothing moves while it looks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_list_finds_stuck_sagas_and_counts_them_and_a_saga_shows_its_trace_attempts_and_actions() {
+    for mode in [Mode::Embedded, Mode::Production] {
+        let mut app = TestApp::start_configured(mode, |c| {
+            c.embed_participants = Some(false);
+            c.trace_url = orchestrator::config::TraceUrl::parse("http://jaeger:16686/trace/{trace_id}").ok();
+        })
+        .await;
+        let Some(running) = &app.running else { panic!("not running") };
+        let (pool, runtime) = (running.store.pool().clone(), running.runtime.clone());
+        let exec = |sql: &'static str, id: Uuid| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query(sql).bind(id.to_string()).execute(&pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+        };
+        let hold = |id| exec("UPDATE sagas SET deadline = deadline + 3600000 WHERE id = $1", id);
+
+        // The first trip's flight times out once (2 s) and is sent again.
+        let first = app.start_trip(trip("Porto", 1)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while app.get(&format!("/sagas/{first}")).await.1["pending_command"]["attempt"] != 2 {
+            assert!(std::time::Instant::now() < deadline, "{mode:?}: the flight was not sent a second time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        hold(first).await;
+        let second = app.start_trip(trip("Porto", 2)).await;
+        let third = app.start_trip(trip("Porto", 3)).await;
+        hold(second).await;
+        hold(third).await;
+        exec("UPDATE sagas SET updated_at = updated_at - 3600000000 WHERE id = $1", first).await;
+
+        let ids = |path: String| {
+            let app = &app;
+            async move {
+                let (status, page) = app.get(&path).await;
+                assert_eq!(status, 200, "{path}: {page}");
+                let listed = page["sagas"].as_array().cloned().unwrap_or_default();
+                listed.iter().filter_map(|s| s["id"].as_str().and_then(|id| Uuid::parse_str(id).ok())).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(ids("/sagas?stuck_for=30m".into()).await, [first], "{mode:?}");
+        assert!(ids("/sagas?definition=trip&stuck_for=2h".into()).await.is_empty());
+        assert_eq!(ids("/sagas?definition=trip&min_attempt=2".into()).await, [first], "{mode:?}");
+        assert_eq!(ids("/sagas?min_attempt=1".into()).await, [third, second, first]);
+        assert!(ids("/sagas?definition=trip&min_attempt=3".into()).await.is_empty());
+        assert_eq!(ids("/sagas?definition=trip&version=2&state=flight".into()).await, [third, second, first]);
+        // The range is half-open: from its start, up to (not at) its end.
+        let created = |id: Uuid| {
+            let app = &app;
+            async move { app.get(&format!("/sagas/{id}")).await.1["created_at"].as_str().unwrap_or_default().to_string() }
+        };
+        let (from, to) = (created(second).await, created(third).await);
+        assert_eq!(ids(format!("/sagas?started_after={from}")).await, [third, second]);
+        assert_eq!(ids(format!("/sagas?started_before={to}")).await, [second, first]);
+        assert_eq!(ids(format!("/sagas?started_after={from}&started_before={to}&min_attempt=1")).await, [second]);
+        let (_, page) = app.get("/sagas?definition=trip").await;
+        let attempts: Vec<&Value> = page["sagas"].as_array().map(|a| a.iter().map(|s| &s["attempt"]).collect()).unwrap_or_default();
+        assert_eq!(attempts, [&json!(1), &json!(1), &json!(2)], "{page}");
+
+        let (status, counts) = app.get("/sagas/counts?definition=trip").await;
+        assert_eq!(status, 200, "{counts}");
+        let flight = json!({ "definition": "trip", "version": 2, "state": "flight", "status": "booking", "terminal": false, "count": 3 });
+        assert_eq!(counts, json!({ "counts": [flight] }));
+        let (_, all) = app.get("/sagas/counts?version=2").await;
+        assert_eq!(all, counts, "no order was started");
+
+        let (_, saga) = app.get(&format!("/sagas/{first}")).await;
+        let trace_id = saga["trace_id"].as_str().unwrap_or_default().to_string();
+        assert!(trace_id.len() == 32 && trace_id.chars().all(|c| c.is_ascii_hexdigit()), "{saga}");
+        assert_eq!(saga["trace_url"], format!("http://jaeger:16686/trace/{trace_id}"));
+        assert_eq!(saga["pending_command"]["timeout_ms"], 2000, "{saga}");
+        assert_eq!(saga["pending_command"]["deadline"], saga["next_deadline"], "{saga}");
+        assert_eq!(saga["actions"], json!({ "retry": true, "cancel": "cancel_flight", "resume": [] }));
+        let (_, events) = app.get(&format!("/sagas/{first}/events")).await;
+        let shown = |events: &Value, field: &str| -> Vec<Value> { events.as_array().map(|a| a.iter().map(|e| e[field].clone()).collect()).unwrap_or_default() };
+        assert_eq!(shown(&events, "type"), [json!("trip_requested"), json!("command_timed_out"), json!("command_retried")]);
+        assert_eq!(shown(&events, "attempt"), [json!(1), json!(1), json!(2)], "{events}");
+        assert_eq!(shown(&events, "operator"), [Value::Null, Value::Null, Value::Null]);
+
+        // An operator's cancel shows who did it and why.
+        let act = sagas::machine::Act { action: sagas::machine::Action::Cancel, reason: "the traveller called".into(), operator: "ada".into(), key: None };
+        let stepped = runtime.advance(second, sagas::Input::Operator(act), "operator".into()).await;
+        assert!(matches!(stepped, Ok(orchestrator::runtime::Stepped::Applied { .. })), "{mode:?}: {stepped:?}");
+        let (_, events) = app.get(&format!("/sagas/{second}/events")).await;
+        let last = events.as_array().and_then(|a| a.last()).cloned().unwrap_or_default();
+        assert_eq!(last["type"], "trip_cancelled_by_operator", "{events}");
+        assert_eq!(last["operator"], json!({ "action": "cancel", "reason": "the traveller called", "by": "ada" }));
+        assert_eq!(last["attempt"], 1, "the cancel sent the flight's cancellation, attempt 1: {last}");
+        let (_, saga) = app.get(&format!("/sagas/{second}")).await;
+        assert_eq!(saga["actions"], json!({ "retry": true, "cancel": null, "resume": [] }), "a cancellation under way cannot be cancelled: {saga}");
+        app.replay_is_clean().await;
+
+        for (path, status) in [
+            ("/sagas?stuck_for=forever", 400),
+            ("/sagas?stuck_for=0s", 400),
+            ("/sagas?stuck_for=99999d", 400),
+            ("/sagas?stuck_for=10m&terminal=true", 400),
+            ("/sagas?min_attempt=0", 400),
+            ("/sagas?min_attempt=many", 400),
+            ("/sagas?version=two", 400),
+            ("/sagas?definition=trip&version=7", 400),
+            ("/sagas?started_after=yesterday", 400),
+            ("/sagas?started_after=2026-02-01T00:00:00Z&started_before=2026-01-01T00:00:00Z", 400),
+            ("/sagas/counts?colour=red", 400),
+            ("/sagas/counts?version=0", 400),
+            ("/sagas/counts?definition=nope", 404),
+        ] {
+            let (got, body) = app.get(path).await;
+            assert_eq!(got, status, "{path}: {body}");
+            assert!(body["error"].is_string() || body["error"].is_object(), "{path}: {body}");
+        }
+        app.stop().await;
+    }
 }

@@ -92,6 +92,7 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, em
         bus: bus.clone(),
         telemetry,
         max_body_bytes: config.max_body_bytes,
+        trace_url: config.trace_url.clone(),
         stopping: stop_intake.clone(),
         tokens: Arc::new(api::auth::Tokens::new(config.operator_token.clone(), config.read_token.clone())),
     });

@@ -27,3 +27,9 @@ pub fn rfc3339(us: i64) -> String {
         }
     }
 }
+
+/// An RFC 3339 time (any offset) as microseconds since the Unix epoch.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1000).ok()
+}

@@ -55,6 +55,36 @@ pub struct Config {
     /// answer over NATS like separate processes would).
     #[arg(long, env = "ESO_EMBED_PARTICIPANTS")]
     pub embed_participants: Option<bool>,
+    /// Where a saga's trace is shown, as a URL with `{trace_id}` in it
+    /// (e.g. `http://localhost:16686/trace/{trace_id}` for Jaeger); `GET
+    /// /sagas/{id}` links it. Unset: no link.
+    #[arg(long, env = "ESO_TRACE_URL", value_parser = TraceUrl::parse)]
+    pub trace_url: Option<TraceUrl>,
+}
+
+/// A URL template for a trace, checked at start-up to hold `{trace_id}`,
+/// so a typo shows when eso starts rather than as a wrong link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceUrl(String);
+
+impl TraceUrl {
+    pub const PLACEHOLDER: &str = "{trace_id}";
+
+    pub fn parse(template: &str) -> Result<TraceUrl, String> {
+        if !template.contains(Self::PLACEHOLDER) {
+            return Err(format!("must contain {} where the trace id goes, e.g. http://localhost:16686/trace/{}", Self::PLACEHOLDER, Self::PLACEHOLDER));
+        }
+        Ok(TraceUrl(template.to_string()))
+    }
+
+    /// The link to one trace.
+    pub fn link(&self, trace_id: &str) -> String {
+        self.0.replace(Self::PLACEHOLDER, trace_id)
+    }
+
+    pub fn template(&self) -> &str {
+        &self.0
+    }
 }
 
 impl Config {
@@ -89,10 +119,11 @@ impl Config {
         let bus = self.nats_url().map_or_else(|| "in-process".to_string(), db::redact);
         let mode = if self.nats_url().is_some() && self.named_database().is_some() { "production" } else { "embedded" };
         format!(
-            "mode={mode} store={store} bus={bus} participants={} sagas_dir={} port={}",
+            "mode={mode} store={store} bus={bus} participants={} sagas_dir={} port={} trace_url={}",
             if self.embed_participants() { "in-process" } else { "external" },
             self.sagas_dir.display(),
-            self.port
+            self.port,
+            self.trace_url.as_ref().map_or("none", TraceUrl::template),
         )
     }
 }
@@ -120,5 +151,14 @@ mod tests {
             assert_eq!(config.bind, std::net::IpAddr::from([127, 0, 0, 1]));
         }
         assert_eq!(Cli::parse_from(["eso", "--bind", "0.0.0.0"]).config.bind, std::net::IpAddr::from([0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn a_trace_url_must_say_where_the_trace_id_goes() {
+        let config = Cli::try_parse_from(["eso", "--trace-url", "http://jaeger:16686/trace/{trace_id}"]).map(|c| c.config.trace_url);
+        let link = config.ok().flatten().map(|t| t.link("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(link.as_deref(), Some("http://jaeger:16686/trace/4bf92f3577b34da6a3ce929d0e0e4736"));
+        let refused = Cli::try_parse_from(["eso", "--trace-url", "http://jaeger:16686/trace/"]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused.contains("{trace_id}"), "{refused}");
     }
 }

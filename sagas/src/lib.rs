@@ -18,5 +18,7 @@ pub mod verify;
 
 pub use definition::{Definition, DefinitionErrors, DefinitionId, Located, Outcome, Problem, parse};
 pub use inputs::{InputKind, InputProblem, InputSpec};
-pub use machine::{Act, Action, Cause, Change, Command, Decision, Event, FoldError, Ignored, Input, Millis, Pending, Phase, Saga, step};
+pub use machine::{
+    Act, Action, Allowed, Cause, Change, Command, Decision, Event, FoldError, Ignored, Input, Millis, Pending, Phase, Saga, allowed_actions, step,
+};
 pub use registry::{Registry, RegistryError};

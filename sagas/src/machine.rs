@@ -323,3 +323,28 @@ fn decide(mut saga: Saga, events: Vec<Event>) -> Decision {
     }
     Decision { events, commands, saga }
 }
+
+/// What an operator may do to a saga where it stands now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Allowed {
+    /// Send the pending command again now.
+    pub retry: bool,
+    /// Where a cancel takes the saga: the state's `cancel` transition.
+    pub cancel: Option<String>,
+    /// Where a resume may send a saga that ended: the state's `repair` targets.
+    pub resume: Vec<String>,
+}
+
+/// The operator actions [`step`] takes for `saga` on `def`, so that what
+/// the API offers is what the machine does; `sagas/tests/allowed_actions.rs`
+/// holds the two to each other for every state of the shipped definitions.
+/// A saga on another definition, or in a state it does not name, may do
+/// nothing. A repeated key is refused whatever this says: it depends on the
+/// request, not on the saga.
+pub fn allowed_actions(def: &Definition, saga: &Saga) -> Allowed {
+    let Some(state) = def.state(&saga.state).filter(|_| saga.definition == def.id()) else { return Allowed::default() };
+    if saga.terminal {
+        return Allowed { resume: state.repair.clone(), ..Allowed::default() };
+    }
+    Allowed { retry: saga.pending.is_some() && state.command.is_some(), cancel: state.cancel.as_ref().map(|t| t.goto.clone()), resume: Vec::new() }
+}

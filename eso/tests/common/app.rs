@@ -34,6 +34,7 @@ pub fn config(database_url: Option<String>, nats_url: Option<String>, sqlite: Pa
         embed_participants: Some(true),
         operator_token: None,
         read_token: None,
+        trace_url: None,
     }
 }
 

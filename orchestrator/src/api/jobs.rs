@@ -12,7 +12,8 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::auth::{CanRead, Operator};
-use super::sagas::{find, parse_id};
+use super::list::find;
+use super::sagas::parse_id;
 use super::{ApiError, AppState, json_request, truncate};
 use crate::jobs::{self, DEFAULT_RATE, MAX_MATCHED, MAX_RATE, NewJob};
 

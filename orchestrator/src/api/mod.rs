@@ -10,6 +10,7 @@ mod error;
 mod health;
 mod jobs;
 mod layers;
+pub mod list;
 mod orders;
 mod sagas;
 mod wait;
@@ -27,6 +28,7 @@ pub use error::ApiError;
 pub use wait::MAX_WAIT;
 
 use crate::bus::Bus;
+use crate::config::TraceUrl;
 use crate::runtime::Runtime;
 use crate::store::Store;
 
@@ -37,6 +39,8 @@ pub struct AppState {
     pub bus: Bus,
     pub telemetry: Arc<observability::Telemetry>,
     pub max_body_bytes: usize,
+    /// Where `GET /sagas/{id}` links a saga's trace (`ESO_TRACE_URL`).
+    pub trace_url: Option<TraceUrl>,
     /// Cancelled when the server stops taking requests: reads waiting for
     /// a saga answer then, so they do not hold up the shutdown.
     pub stopping: tokio_util::sync::CancellationToken,
@@ -51,7 +55,10 @@ pub fn router(state: AppState) -> Router {
         .route("/orders", axum::routing::post(orders::create))
         .route("/orders/{id}", get(orders::get_by_path))
         .route("/orders/{id}/events", get(orders::events))
-        .route("/sagas", get(sagas::list))
+        .route("/sagas", get(list::list))
+        // A fixed segment wins over `/sagas/{key}`: a definition named
+        // `counts` could not be started with `POST /sagas/counts`.
+        .route("/sagas/counts", get(list::counts))
         // One route for both: `{key}` is a definition name to POST, a saga id to GET.
         .route("/sagas/{key}", get(sagas::saga).post(sagas::start))
         .route("/sagas/{id}/events", get(sagas::events).post(sagas::send_event))

@@ -1,8 +1,9 @@
 //! Any saga: start one of a loaded definition, read it (waiting for its
-//! end if asked), read its history, find sagas, and send one an outside
-//! event (the `on_event` transitions of its definition).
+//! end if asked) with what an operator may do to it, read its history, and
+//! send one an outside event (the `on_event` transitions of its
+//! definition). Finding sagas is `list.rs`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -17,14 +18,10 @@ use super::{ApiError, AppState, JsonBody, json_request, truncate, wait};
 use crate::clock::rfc3339;
 use crate::orders;
 use crate::runtime::{StartKey, Started, Stepped};
-use crate::store::{Cursor, Filter, Listed};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_KEY_LEN: usize = 200;
-/// Sagas in one page of `GET /sagas`, by default and at most.
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 500;
-/// Longest name, state or status a query may name.
+/// Longest event name a request may name.
 const MAX_NAME_LEN: usize = 100;
 
 /// `POST /sagas/{name}` with the saga's inputs → `201 {"id", "definition"}`.
@@ -88,8 +85,15 @@ pub async fn saga(State(state): State<AppState>, Path(id): Path<String>, Query(p
                 "subject": p.command.subject,
                 "attempt": p.attempt,
                 "phase": p.phase,
+                "deadline": rfc3339(p.deadline.0.saturating_mul(1000)),
+                "timeout_ms": p.command.timeout_ms,
             })
         });
+        // A saga whose version is not loaded (its file was removed) can
+        // still be read; nothing can be done to it until it is loaded again.
+        let actions = state.runtime.registry().get(&s.definition).map(|def| sagas::allowed_actions(def, s)).unwrap_or_default();
+        let trace_id = row.trace.get("traceparent").and_then(|tp| trace_id(tp));
+        let trace_url = trace_id.zip(state.trace_url.as_ref()).map(|(id, url)| url.link(id));
         let body = json!({
             "id": s.id,
             "definition": { "name": s.definition.name, "version": s.definition.version, "hash": s.definition.hash },
@@ -98,8 +102,11 @@ pub async fn saga(State(state): State<AppState>, Path(id): Path<String>, Query(p
             "terminal": s.terminal,
             "version": s.version,
             "pending_command": pending,
-            "next_deadline": s.deadline().map(|d| rfc3339(d.0 * 1000)),
+            "next_deadline": s.deadline().map(|d| rfc3339(d.0.saturating_mul(1000))),
+            "actions": actions,
             "data": s.data,
+            "trace_id": trace_id,
+            "trace_url": trace_url,
             "created_at": rfc3339(row.created_at),
             "updated_at": rfc3339(row.updated_at),
         });
@@ -125,7 +132,10 @@ pub(super) async fn history(state: &AppState, id: &str, definition: Option<&str>
     let events: Vec<Value> = events
         .iter()
         .map(|e| {
-            let trace_id = e.metadata.pointer("/trace/traceparent").and_then(Value::as_str).and_then(|tp| tp.split('-').nth(1));
+            let trace_id = e.metadata.pointer("/trace/traceparent").and_then(Value::as_str).and_then(trace_id);
+            // An event the machine of this release cannot read (a corrupt
+            // row) is still shown; it only lacks what is read from it.
+            let change = serde_json::from_value::<sagas::Change>(e.data.clone()).ok();
             json!({
                 "event_id": e.event_id,
                 "position": e.position,
@@ -133,112 +143,14 @@ pub(super) async fn history(state: &AppState, id: &str, definition: Option<&str>
                 "type": e.event_type,
                 "recorded_at": rfc3339(e.recorded_at),
                 "data": e.data,
+                "attempt": change.as_ref().and_then(attempt),
+                "operator": change.as_ref().and_then(sagas::Change::act).map(operator),
                 "trace_id": trace_id,
                 "causation_id": e.metadata.get("causation_id"),
             })
         })
         .collect();
     Ok(Json(Value::Array(events)))
-}
-
-/// `GET /sagas?definition=&status=&state=&terminal=&limit=&after=`: sagas,
-/// newest first, a page at a time; `next` is the `after` of the next page.
-pub async fn list(_: super::auth::CanRead, State(state): State<AppState>, Query(params): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
-    let (found, next) = find(&state, &params).await?;
-    let sagas: Vec<Value> = found
-        .iter()
-        .map(|s| {
-            json!({
-                "id": s.id,
-                "definition": { "name": s.definition, "version": s.version },
-                "state": s.state,
-                "status": s.status,
-                "terminal": s.terminal,
-                "created_at": rfc3339(s.created_at),
-                "updated_at": rfc3339(s.updated_at),
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "sagas": sagas, "next": next.map(|c| c.to_string()) })))
-}
-
-/// One page of the sagas `params` (the query of `GET /sagas`) asks for,
-/// and the cursor of the next page if there may be one.
-pub(super) async fn find(state: &AppState, params: &HashMap<String, String>) -> Result<(Vec<Listed>, Option<Cursor>), ApiError> {
-    const KNOWN: [&str; 6] = ["definition", "status", "state", "terminal", "limit", "after"];
-    if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(ApiError::BadRequest(format!("unknown parameter {:?}; GET /sagas takes {}", truncate(unknown), KNOWN.join(", "))));
-    }
-    let text = |name: &str| -> Result<Option<String>, ApiError> {
-        match params.get(name).map(|v| v.trim()) {
-            None | Some("") => Ok(None),
-            Some(v) if v.len() > MAX_NAME_LEN => Err(ApiError::field(name, format!("must be at most {MAX_NAME_LEN} characters"))),
-            Some(v) => Ok(Some(v.to_string())),
-        }
-    };
-    let (definition, status, wanted_state) = (text("definition")?, text("status")?, text("state")?);
-    let terminal = match params.get("terminal").map(|v| v.trim()) {
-        None | Some("") => None,
-        Some("true") => Some(true),
-        Some("false") => Some(false),
-        Some(_) => return Err(ApiError::field("terminal", "must be true or false")),
-    };
-    let limit = match params.get("limit").map(|v| v.trim()) {
-        None | Some("") => DEFAULT_LIMIT,
-        Some(v) => match v.parse::<u32>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => return Err(ApiError::field("limit", format!("must be a whole number from 1 to {MAX_LIMIT}"))),
-        },
-    };
-    let after = match params.get("after").map(|v| v.trim()) {
-        None | Some("") => None,
-        Some(v) => Some(v.parse::<Cursor>().map_err(|()| ApiError::field("after", "must be the `next` of an earlier page"))?),
-    };
-
-    let registry = state.runtime.registry();
-    let names: BTreeSet<String> = match &definition {
-        Some(name) if registry.latest(name).is_none() => {
-            return Err(ApiError::NotFound(format!("no saga definition named {:?} is loaded", truncate(name))));
-        }
-        Some(name) => BTreeSet::from([name.clone()]),
-        None => registry.iter().map(|d| d.name.clone()).collect(),
-    };
-    // Each (definition, status) pair is one walk of the status index: the
-    // statuses a saga can show are those its definition's states name.
-    // A state shows one status per version, so a state filter narrows the
-    // walk to that status (or those, across versions).
-    let mut filters = Vec::new();
-    let mut known_state = wanted_state.is_none();
-    for name in names {
-        // Every loaded version's states: a saga shows one of them.
-        let states: Vec<&sagas::definition::State> = registry.iter().filter(|d| d.name == name).flat_map(|d| d.states.values()).collect();
-        let statuses: BTreeSet<String> = states
-            .iter()
-            .filter(|s| wanted_state.as_ref().is_none_or(|w| &s.name == w))
-            .filter(|s| terminal.is_none_or(|t| s.terminal == t))
-            .map(|s| s.status.clone())
-            .filter(|s| status.as_ref().is_none_or(|wanted| s == wanted))
-            .collect();
-        known_state |= wanted_state.as_ref().is_some_and(|w| states.iter().any(|s| &s.name == w));
-        for status in statuses {
-            // A condition the status already implies is left out: with it,
-            // Postgres may judge the rows rarer than they are and trade the
-            // ordered walk of the index for a bitmap of every match.
-            let showing: Vec<_> = states.iter().filter(|s| s.status == status).collect();
-            let state = wanted_state.clone().filter(|w| showing.iter().any(|s| &s.name != w));
-            let terminal = terminal.filter(|&t| showing.iter().any(|s| s.terminal != t));
-            filters.push(Filter { definition: name.clone(), status, state, terminal, after, limit });
-        }
-    }
-    if !known_state {
-        return Err(ApiError::field("state", "no loaded definition has a state of that name"));
-    }
-    let pages = futures::future::try_join_all(filters.iter().map(|f| state.store.list(f))).await?;
-    let mut found: Vec<Listed> = pages.into_iter().flatten().collect();
-    found.sort_by_key(|s| std::cmp::Reverse(s.cursor()));
-    found.truncate(limit as usize);
-    let next = (found.len() == limit as usize).then(|| found.last().map(Listed::cursor)).flatten();
-    Ok((found, next))
 }
 
 /// `POST /sagas/{id}/events` `{"name": "…", "data": {…}}`: delivers a named
@@ -267,6 +179,57 @@ pub async fn send_event(
     }
 }
 
+/// The attempt an event is about: the one that timed out or was sent again,
+/// or that of the command a start or move sent.
+fn attempt(change: &sagas::Change) -> Option<u32> {
+    use sagas::Change::*;
+    match change {
+        AttemptTimedOut { attempt, .. } | Retried { attempt, .. } => Some(*attempt),
+        Started { pending: Some(p), .. } | Moved { pending: Some(p), .. } => Some(p.attempt),
+        _ => None,
+    }
+}
+
+/// Who did what, for an operator's event.
+fn operator(act: &sagas::machine::Act) -> Value {
+    let mut shown = json!({ "action": act.action.name(), "reason": act.reason, "by": act.operator });
+    if let sagas::machine::Action::Resume { to } = &act.action {
+        shown["to"] = json!(to);
+    }
+    shown
+}
+
+/// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`);
+/// none for a malformed one or the all-zero id, which names no trace.
+fn trace_id(traceparent: &str) -> Option<&str> {
+    let id = traceparent.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0')).then_some(id)
+}
+
 pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::BadRequest(format!("id must be a UUID, not {:?}", truncate(id))))
+}
+
+#[cfg(test)]
+mod tests {
+    use sagas::machine::{Act, Action};
+    use serde_json::json;
+
+    #[test]
+    fn a_traceparent_gives_its_trace_id_unless_it_names_none() {
+        assert_eq!(super::trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        for bad in ["00-00000000000000000000000000000000-00f067aa0ba902b7-01", "00-short-00f067aa0ba902b7-01", "", "garbage"] {
+            assert_eq!(super::trace_id(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_operator_event_shows_the_action_reason_operator_and_a_resumes_target() {
+        let act = |action| Act { action, reason: "stuck".into(), operator: "ada".into(), key: Some("k".into()) };
+        assert_eq!(super::operator(&act(Action::Retry)), json!({ "action": "retry", "reason": "stuck", "by": "ada" }));
+        assert_eq!(
+            super::operator(&act(Action::Resume { to: "refund".into() })),
+            json!({ "action": "resume", "reason": "stuck", "by": "ada", "to": "refund" })
+        );
+    }
 }

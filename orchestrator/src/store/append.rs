@@ -191,8 +191,9 @@ impl Statement {
 }
 
 /// What a step changes in a saga's row, on insert and on update alike.
-const SAGA_STATE: [(&str, Column); 6] =
-    [("state", Text), ("status", Text), ("terminal", BigInt), ("version", BigInt), ("deadline", BigInt), ("snapshot", Json)];
+/// Every column a list filters on is here, so no step leaves one stale.
+const SAGA_STATE: [(&str, Column); 7] =
+    [("state", Text), ("status", Text), ("terminal", BigInt), ("version", BigInt), ("deadline", BigInt), ("attempt", BigInt), ("snapshot", Json)];
 
 impl Statements {
     pub(super) fn new(backend: Backend) -> Statements {
@@ -226,6 +227,8 @@ struct SagaState<'a> {
     terminal: u8,
     version: u64,
     deadline: Option<i64>,
+    /// The pending command's attempt, for `GET /sagas?min_attempt=`.
+    attempt: Option<u32>,
     snapshot: &'a Saga,
 }
 
@@ -237,6 +240,7 @@ impl<'a> SagaState<'a> {
             terminal: u8::from(saga.terminal),
             version: saga.version,
             deadline: saga.deadline().map(|d| d.0),
+            attempt: saga.pending.as_ref().map(|p| p.attempt),
             snapshot: saga,
         }
     }

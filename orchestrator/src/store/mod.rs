@@ -22,7 +22,7 @@ use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
 pub use append::{Append, Committed, IdempotencyKey, MAX_BATCH, Projections, Statement};
-pub use list::{Cursor, Filter, Listed};
+pub use list::{Count, Cursor, Filter, Listed};
 pub use projection::{Projection, Step};
 pub use relay::run_relay;
 

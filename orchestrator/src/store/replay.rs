@@ -50,6 +50,7 @@ struct Stored {
     status: String,
     terminal: bool,
     version: i64,
+    attempt: Option<i64>,
 }
 
 impl Store {
@@ -65,7 +66,7 @@ impl Store {
         );
         loop {
             let mut tx = self.pool.begin().await?;
-            let rows = sqlx::query("SELECT id, snapshot, state, status, terminal, version FROM sagas WHERE id > $1 ORDER BY id LIMIT $2")
+            let rows = sqlx::query("SELECT id, snapshot, state, status, terminal, version, attempt FROM sagas WHERE id > $1 ORDER BY id LIMIT $2")
                 .bind(&after)
                 .bind(BATCH)
                 .fetch_all(&mut *tx)
@@ -83,6 +84,7 @@ impl Store {
                     status: r.try_get("status")?,
                     terminal: r.try_get::<i64, _>("terminal")? != 0,
                     version: r.try_get("version")?,
+                    attempt: r.try_get("attempt")?,
                 };
                 after = id.clone();
                 stored.insert(parse_id(&id)?, saga);
@@ -239,6 +241,7 @@ fn fold(events: &[Recorded]) -> Result<Vec<Rebuilt>, sagas::FoldError> {
 }
 
 fn compare(stored: &Stored, folded: &Saga, differences: &mut Vec<String>) {
+    let show = |attempt: Option<i64>| attempt.map_or_else(|| "none".to_string(), |a| a.to_string());
     match serde_json::to_value(folded) {
         Ok(value) if value != stored.snapshot => differences.push(format!("snapshot: stored {} but the events make {value}", stored.snapshot)),
         Ok(_) => {}
@@ -249,6 +252,7 @@ fn compare(stored: &Stored, folded: &Saga, differences: &mut Vec<String>) {
         ("status", stored.status.clone(), folded.status.clone()),
         ("terminal", stored.terminal.to_string(), folded.terminal.to_string()),
         ("version", stored.version.to_string(), folded.version.to_string()),
+        ("attempt", show(stored.attempt), show(folded.pending.as_ref().map(|p| i64::from(p.attempt)))),
     ];
     for (column, was, now) in columns {
         if was != now {
@@ -258,7 +262,7 @@ fn compare(stored: &Stored, folded: &Saga, differences: &mut Vec<String>) {
 }
 
 async fn write_snapshot(tx: &mut sqlx::Transaction<'static, sqlx::Any>, saga: &Saga) -> Result<(), StoreError> {
-    sqlx::query("UPDATE sagas SET snapshot = $2, state = $3, status = $4, terminal = $5, version = $6, deadline = $7 WHERE id = $1")
+    sqlx::query("UPDATE sagas SET snapshot = $2, state = $3, status = $4, terminal = $5, version = $6, deadline = $7, attempt = $8 WHERE id = $1")
         .bind(saga.id.to_string())
         .bind(serde_json::to_string(saga)?)
         .bind(&saga.state)
@@ -266,6 +270,7 @@ async fn write_snapshot(tx: &mut sqlx::Transaction<'static, sqlx::Any>, saga: &S
         .bind(i64::from(saga.terminal))
         .bind(i64::try_from(saga.version).unwrap_or(i64::MAX))
         .bind(saga.deadline().map(|d| d.0))
+        .bind(saga.pending.as_ref().map(|p| i64::from(p.attempt)))
         .execute(&mut **tx)
         .await?;
     Ok(())
