@@ -166,6 +166,13 @@ async fn resume(app: &TestApp) {
 
     // Nobody answers the undo again, so the saga fails again: resumed once, on its own terms.
     app.reaches(id, "stuck").await;
+    let counts = app.http.get(format!("{}/sagas/counts?definition=fragile", app.url)).bearer_auth(READER).send().await;
+    let counts: Value = match counts {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(e) => panic!("counts: {e}"),
+    };
+    let stuck = counts["counts"].as_array().and_then(|c| c.iter().find(|c| c["state"] == "stuck")).cloned().unwrap_or_default();
+    assert_eq!((stuck["count"].as_i64(), stuck["terminal"].as_bool()), (Some(1), Some(true)), "finished sagas are counted: {counts}");
     let (status, body) = app.act(id, "resume", reason("again"), Some(ALICE), Some("s-1")).await;
     assert_eq!((status, body["repeated"].clone()), (200, json!(true)), "the same key resumes once: {body}");
     let history = app.history(id).await;

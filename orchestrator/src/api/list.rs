@@ -230,10 +230,11 @@ pub async fn counts(_: CanRead, State(state): State<AppState>, Params(params): P
     {
         return Err(ApiError::NotFound(format!("no saga definition named {:?} is loaded", truncate(name))));
     }
-    let counts = state.store.counts(query.definition.as_deref(), query.version).await?;
+    let (counts, finished_as_of) = state.store.counts(query.definition.as_deref(), query.version).await?;
     let counts: Vec<Value> = counts
         .iter()
         .map(|c| json!({ "definition": c.definition, "version": c.version, "state": c.state, "status": c.status, "terminal": c.terminal, "count": c.count }))
         .collect();
-    Ok(Json(json!({ "counts": counts })))
+    // Finished sagas are counted every 15 s at most; live ones each time.
+    Ok(Json(json!({ "counts": counts, "finished_as_of": rfc3339(finished_as_of) })))
 }

@@ -66,6 +66,8 @@ pub struct Store {
     /// Woken after each commit so the relay publishes without polling delay.
     appended: Arc<Notify>,
     projections: Projections,
+    /// Recent counts of finished sagas (see `list.rs`).
+    finished_counts: Arc<list::FinishedCounts>,
 }
 
 /// One recorded event.
@@ -97,7 +99,7 @@ impl Store {
         let appended = Arc::new(Notify::new());
         let projections: Projections = projections.into();
         let committer = append::spawn_committer(pool.clone(), backend, projections.clone(), appended.clone());
-        Store { pool, readers, backend, committer, appended, projections }
+        Store { pool, readers, backend, committer, appended, projections, finished_counts: Arc::default() }
     }
 
     /// The writer's pool.
