@@ -55,3 +55,17 @@ fn help_lists_the_configuration_without_the_database_password() {
         assert!(!help.contains("hunter2"), "{args:?} shows the database password: {help}");
     }
 }
+
+/// A bad token setting stops eso with the reason, and never with the
+/// setting's text: one bad entry must not print the good ones.
+#[test]
+fn a_bad_token_setting_is_refused_without_quoting_it() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = dir.path().join("eso.db").display().to_string();
+    let setting = "alice:a-good-secret-token-0123456789,bob:tiny-tok";
+    let output = eso(&["--port", "0"], &[("ESO_OPERATOR_TOKEN", setting), ("ESO_SQLITE_PATH", store.as_str()), ("RUST_LOG", "off")]);
+    assert!(!output.status.success());
+    let said = format!("{}{}", stderr(&output), String::from_utf8_lossy(&output.stdout));
+    assert!(said.contains("ESO_OPERATOR_TOKEN: entry 2: the token is shorter than 16 characters"), "{said}");
+    assert!(!said.contains("a-good-secret") && !said.contains("tiny-tok"), "the setting leaked: {said}");
+}

@@ -53,6 +53,8 @@ pub struct Embedded {
 }
 
 pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, embedded: Embedded) -> anyhow::Result<Running> {
+    // Before anything else starts: a bad token setting stops eso with the reason.
+    let tokens = api::auth::Tokens::from_settings(config.operator_token.as_ref(), config.read_token.as_ref()).map_err(|e| anyhow::anyhow!(e))?;
     let store = open_store(config).await?;
 
     let Embedded { participants: embedded, pool: participants_pool } = embedded;
@@ -94,7 +96,7 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, em
         max_body_bytes: config.max_body_bytes,
         trace_url: config.trace_url.clone(),
         stopping: stop_intake.clone(),
-        tokens: Arc::new(api::auth::Tokens::new(config.operator_token.clone(), config.read_token.clone())),
+        tokens: Arc::new(tokens),
     });
     let stop = stop_intake.clone();
     let server = tokio::spawn(async move {

@@ -46,11 +46,11 @@ pub struct Config {
     /// also read: one token, or `name:token` entries separated by commas;
     /// the name is who a saga's history says acted. Unset: actions are off.
     #[arg(long, env = "ESO_OPERATOR_TOKEN", hide_env_values = true)]
-    pub operator_token: Option<crate::api::auth::TokenList>,
+    pub operator_token: Option<crate::api::auth::Secret>,
     /// Bearer token(s) that may read every saga (the list, the console) but
     /// not act. With neither token set, those reads answer loopback only.
     #[arg(long, env = "ESO_READ_TOKEN", hide_env_values = true)]
-    pub read_token: Option<crate::api::auth::TokenList>,
+    pub read_token: Option<crate::api::auth::Secret>,
     /// Run participants in this process even with NATS_URL set (they then
     /// answer over NATS like separate processes would).
     #[arg(long, env = "ESO_EMBED_PARTICIPANTS")]

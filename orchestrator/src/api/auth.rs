@@ -30,6 +30,26 @@ pub const MIN_TOKEN_CHARS: usize = 16;
 /// Who a bare token (without `name:`) acts as.
 const DEFAULT_OPERATOR: &str = "operator";
 
+/// A setting that holds secrets, as given: its `Debug` shows nothing, and
+/// it is parsed after the command line, so that no parse error (clap's
+/// would quote the whole value) can print it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(text.to_string()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// A configured token list, as `ESO_OPERATOR_TOKEN` or `ESO_READ_TOKEN`
 /// give it: one token, or `name:token` entries separated by commas (the
 /// name is who the history records as having acted). Its `Debug` shows
@@ -37,24 +57,25 @@ const DEFAULT_OPERATOR: &str = "operator";
 #[derive(Clone, Default)]
 pub struct TokenList(Vec<(String, [u8; 32])>);
 
-impl FromStr for TokenList {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<TokenList, String> {
+impl TokenList {
+    /// Parses a setting. Errors name the entry by its position, never by
+    /// its text: a bare token with a `:` in it would show part of itself.
+    pub fn parse(setting: &Secret) -> Result<TokenList, String> {
         let mut tokens = Vec::new();
-        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        for (i, entry) in setting.0.split(',').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
+            let n = i + 1;
             let (name, token) = match entry.split_once(':') {
                 Some((name, token)) => (name.trim(), token.trim()),
                 None => (DEFAULT_OPERATOR, entry),
             };
             if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_.@-".contains(c)) {
-                return Err(format!("a token's name must be 1 to 64 letters, digits or `_.@-`, not {:?}", super::truncate(name)));
+                return Err(format!("entry {n}: a token's name (before `:`) must be 1 to 64 letters, digits or `_.@-`"));
             }
             if token.chars().count() < MIN_TOKEN_CHARS {
-                return Err(format!("the token of `{name}` is shorter than {MIN_TOKEN_CHARS} characters; use a random one, e.g. `openssl rand -hex 32`"));
+                return Err(format!("entry {n}: the token is shorter than {MIN_TOKEN_CHARS} characters; use a random one, e.g. `openssl rand -hex 32`"));
             }
-            if tokens.iter().any(|(n, _)| n == name) {
-                return Err(format!("the name `{name}` is given twice"));
+            if tokens.iter().any(|(known, _)| known == name) {
+                return Err(format!("entry {n}: the name `{name}` is given twice"));
             }
             tokens.push((name.to_string(), digest(token)));
         }
@@ -98,6 +119,10 @@ pub struct Tokens {
     readers: Option<TokenList>,
 }
 
+/// The settings' names, for errors.
+const OPERATOR_SETTING: &str = "ESO_OPERATOR_TOKEN";
+const READ_SETTING: &str = "ESO_READ_TOKEN";
+
 /// What a presented token may do.
 enum Role {
     Operate(String),
@@ -105,9 +130,15 @@ enum Role {
 }
 
 impl Tokens {
-    /// An empty list counts as none.
-    pub fn new(operators: Option<TokenList>, readers: Option<TokenList>) -> Tokens {
-        Tokens { operators: operators.filter(|t| !t.is_empty()), readers: readers.filter(|t| !t.is_empty()) }
+    /// The tokens of the two settings; an empty one counts as unset.
+    pub fn from_settings(operators: Option<&Secret>, readers: Option<&Secret>) -> Result<Tokens, String> {
+        let parse = |setting: Option<&Secret>, name: &str| -> Result<Option<TokenList>, String> {
+            match setting.map(TokenList::parse).transpose() {
+                Ok(list) => Ok(list.filter(|t| !t.is_empty())),
+                Err(why) => Err(format!("{name}: {why}")),
+            }
+        };
+        Ok(Tokens { operators: parse(operators, OPERATOR_SETTING)?, readers: parse(readers, READ_SETTING)? })
     }
 
     fn configured(&self) -> bool {
@@ -213,25 +244,38 @@ impl FromRequestParts<AppState> for Operator {
 mod tests {
     use super::*;
 
+    fn list(text: &str) -> TokenList {
+        TokenList::parse(&Secret(text.into())).unwrap_or_default()
+    }
+
     #[test]
     fn token_lists() {
-        let list: TokenList = "alice:0123456789abcdef0123, bob:fedcba9876543210fedc".parse().unwrap_or_default();
-        assert_eq!(list.find(&digest("0123456789abcdef0123")), Some("alice"));
-        assert_eq!(list.find(&digest("fedcba9876543210fedc")), Some("bob"));
-        assert_eq!(list.find(&digest("0123456789abcdef012")), None);
-        let bare: TokenList = "0123456789abcdef0123".parse().unwrap_or_default();
-        assert_eq!(bare.find(&digest("0123456789abcdef0123")), Some(DEFAULT_OPERATOR));
-        assert!(!format!("{list:?}").contains("0123"), "Debug must not show tokens: {list:?}");
-        for (text, why) in [("short", "shorter than 16"), ("a b:0123456789abcdef0123", "name"), ("x:0123456789abcdef0,x:0123456789abcdef1", "twice")] {
-            let err = text.parse::<TokenList>().err().unwrap_or_default();
+        let named = list("alice:0123456789abcdef0123, bob:fedcba9876543210fedc");
+        assert_eq!(named.find(&digest("0123456789abcdef0123")), Some("alice"));
+        assert_eq!(named.find(&digest("fedcba9876543210fedc")), Some("bob"));
+        assert_eq!(named.find(&digest("0123456789abcdef012")), None);
+        assert_eq!(list("0123456789abcdef0123").find(&digest("0123456789abcdef0123")), Some(DEFAULT_OPERATOR));
+        assert!(!format!("{named:?}").contains("0123"), "Debug must not show tokens: {named:?}");
+        assert_eq!(format!("{:?}", Secret("hunter2hunter2hunter2".into())), "Secret(***)");
+        for (text, why) in [
+            ("short", "entry 1: the token is shorter than 16"),
+            ("a b:0123456789abcdef0123", "entry 1: a token's name"),
+            ("x:0123456789abcdef0,x:0123456789abcdef1", "entry 2: the name `x` is given twice"),
+            ("sec ret:with-a-colon-inside-0123", "entry 1"),
+        ] {
+            let err = TokenList::parse(&Secret(text.into())).err().unwrap_or_default();
             assert!(err.contains(why), "{text:?}: {err}");
+            assert!(!err.contains("0123") && !err.contains("ret"), "an error must not quote the setting: {err}");
         }
     }
 
     #[test]
     fn roles() {
-        let tokens = Tokens::new("alice:operator-token-0001".parse().ok(), "reader-token-00001".parse().ok());
-        assert!(!Tokens::new("".parse().ok(), " , ".parse().ok()).configured(), "empty is unset");
+        let setting = |text: &str| Secret(text.into());
+        let tokens = Tokens::from_settings(Some(&setting("alice:operator-token-0001")), Some(&setting("reader-token-00001"))).unwrap_or_default();
+        assert!(!Tokens::from_settings(Some(&setting("")), Some(&setting(" , "))).unwrap_or_default().configured(), "empty is unset");
+        let err = Tokens::from_settings(None, Some(&setting("short"))).err().unwrap_or_default();
+        assert!(err.starts_with("ESO_READ_TOKEN: entry 1"), "{err}");
         assert!(matches!(tokens.role("operator-token-0001"), Some(Role::Operate(name)) if name == "alice"));
         assert!(matches!(tokens.role("reader-token-00001"), Some(Role::Read)));
         assert!(tokens.role("reader-token-00002").is_none());
