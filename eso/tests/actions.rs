@@ -250,14 +250,22 @@ async fn without_tokens_actions_are_off_and_the_list_is_loopback_only() {
         config.bind = std::net::IpAddr::from([0, 0, 0, 0]);
     })
     .await;
+    // Listening on every address, reached here through loopback.
+    let port = app.url.rsplit(':').next().unwrap_or_default().to_string();
+    app.url = format!("http://127.0.0.1:{port}");
     let id = app.start_saga("hold").await;
     let (status, body) = app.act(id, "retry", json!({ "reason": "x" }), Some(ALICE), None).await;
     assert_eq!(status, 403, "{body}");
     assert!(body["error"].as_str().is_some_and(|e| e.contains("ESO_OPERATOR_TOKEN")), "{body}");
     assert_eq!(app.get("/sagas").await.0, 200, "loopback may list");
+    // A proxy on this host relays remote clients from loopback, and a page
+    // may reach loopback through a rebound DNS name: neither counts.
+    for (header, value) in [("x-forwarded-for", "203.0.113.9"), ("forwarded", "for=203.0.113.9"), ("host", "rebound.example:3000")] {
+        let response = app.http.get(format!("{}/sagas", app.url)).header(header, value).send().await;
+        assert_eq!(response.map(|r| r.status().as_u16()).ok(), Some(403), "{header}: {value}");
+    }
 
     // The same server from this machine's own network address is not loopback.
-    let port = app.url.rsplit(':').next().unwrap_or_default().to_string();
     match outward_address() {
         Some(ip) => {
             let response = app.http.get(format!("http://{ip}:{port}/sagas")).send().await.unwrap_or_else(|e| panic!("GET via {ip}: {e}"));

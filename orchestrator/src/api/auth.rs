@@ -168,12 +168,34 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
     }
 }
 
+/// Whether the request comes from this machine itself: a loopback peer,
+/// naming a loopback host, not relayed. A proxy on the same host (or a
+/// mesh sidecar) connects from loopback for remote clients: it says so in
+/// `Forwarded`/`X-Forwarded-For`, which disqualifies the request. The
+/// `Host` check keeps a web page the user visits from reading the API
+/// through a DNS name rebound to 127.0.0.1.
 fn from_loopback(parts: &Parts) -> bool {
     // No address (a server not started by `app::start`) counts as remote.
-    parts.extensions.get::<ConnectInfo<SocketAddr>>().is_some_and(|ConnectInfo(peer)| match peer.ip() {
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().is_some_and(|ConnectInfo(peer)| is_loopback(peer.ip()));
+    let relayed = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| parts.headers.contains_key(*h));
+    let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    peer && !relayed && names_loopback(host)
+}
+
+fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
         std::net::IpAddr::V4(ip) => ip.is_loopback(),
         std::net::IpAddr::V6(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
-    })
+    }
+}
+
+/// `localhost`, `127.0.0.1`, `[::1]`…, with or without a port.
+fn names_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host }),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(is_loopback)
 }
 
 /// Proof that the request may read every saga (the list, the console).
@@ -266,6 +288,16 @@ mod tests {
             let err = TokenList::parse(&Secret(text.into())).err().unwrap_or_default();
             assert!(err.contains(why), "{text:?}: {err}");
             assert!(!err.contains("0123") && !err.contains("ret"), "an error must not quote the setting: {err}");
+        }
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in ["localhost", "localhost:3000", "127.0.0.1:3000", "127.0.0.2", "[::1]:3000", "[::1]", "LOCALHOST"] {
+            assert!(names_loopback(host), "{host}");
+        }
+        for host in ["", "evil.example:3000", "192.0.2.2:3000", "localhost.evil.example", "[::2]:80", "127.0.0.1.nip.io"] {
+            assert!(!names_loopback(host), "{host}");
         }
     }
 
