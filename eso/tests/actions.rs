@@ -318,9 +318,20 @@ async fn bulk(app: &TestApp) {
     }
     assert_eq!(post(json!({ "action": "cancel", "reason": "x", "filter": {} }), Some(READER)).await.0, 403);
 
-    let (status, job) =
-        post(json!({ "action": "cancel", "reason": "close the shop", "filter": { "definition": "hold", "terminal": false } }), Some(ALICE)).await;
+    let cancel_all = json!({ "action": "cancel", "reason": "close the shop", "filter": { "definition": "hold", "terminal": false } });
+    let keyed = |body: Value, key: &'static str| async move {
+        let response = app.http.post(format!("{}/actions", app.url)).bearer_auth(ALICE).header("Idempotency-Key", key).json(&body).send().await;
+        let response = response.unwrap_or_else(|e| panic!("POST /actions: {e}"));
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let (status, job) = keyed(cancel_all.clone(), "close-1").await;
     assert_eq!(status, 202, "{job}");
+    // The same request again (a retry, a second click) is the same job.
+    let (status, again) = keyed(cancel_all.clone(), "close-1").await;
+    assert_eq!((status, &again["job"]), (200, &job["job"]), "{again}");
+    let (status, reused) = keyed(json!({ "action": "retry", "reason": "x", "filter": {} }), "close-1").await;
+    assert_eq!(status, 422, "a key reused for another request: {reused}");
     let matched = job["matched"].as_u64().unwrap_or(0);
     assert!(matched >= 3, "{job}");
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -63,19 +63,46 @@ pub struct NewJob {
     pub filter: Value,
     pub rate: u32,
     pub sagas: Vec<Uuid>,
+    /// The request's `Idempotency-Key` and body fingerprint: a repeat finds
+    /// this job instead of creating a second one.
+    pub key: Option<(String, String)>,
+}
+
+/// What creating a job did.
+pub enum Created {
+    New(Job),
+    /// The key names this job, created for the same request.
+    Existing(Job),
+    /// The key names this job, created for another request.
+    KeyReused(Uuid),
 }
 
 const COLUMNS: &str = "id, action, reason, operator, filter, rate, status, matched, done, refused, failed, created_at, updated_at";
 
-/// Records a job and the sagas it matched, in one transaction.
-pub async fn create(store: &Store, new: NewJob) -> Result<Job, StoreError> {
+/// The job a request's key names already, and whether for the same body.
+pub async fn by_key(store: &Store, key: &str, fingerprint: &str) -> Result<Option<Created>, StoreError> {
+    let row = sqlx::query("SELECT id, fingerprint FROM action_jobs WHERE request_key = $1").bind(key).fetch_optional(store.pool()).await?;
+    let Some(row) = row else { return Ok(None) };
+    let id: String = row.try_get("id")?;
+    let id = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    if row.try_get::<Option<String>, _>("fingerprint")?.as_deref() != Some(fingerprint) {
+        return Ok(Some(Created::KeyReused(id)));
+    }
+    let job = get(store, id).await?.ok_or_else(|| StoreError::Corrupt(format!("job {id} vanished")))?;
+    Ok(Some(Created::Existing(job)))
+}
+
+/// Records a job and the sagas it matched, in one transaction; a key
+/// taken meanwhile by a concurrent request finds that request's job.
+pub async fn create(store: &Store, new: NewJob) -> Result<Created, StoreError> {
     let id = Uuid::now_v7();
     let now = clock::now_us();
     let status = if new.sagas.is_empty() { "finished" } else { "running" };
+    let (key, fingerprint) = new.key.clone().unzip();
     let mut tx = store.pool().begin().await?;
-    sqlx::query(
-        "INSERT INTO action_jobs (id, action, reason, operator, filter, rate, status, matched, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+    let inserted = sqlx::query(
+        "INSERT INTO action_jobs (id, action, reason, operator, filter, rate, status, matched, request_key, fingerprint, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) ON CONFLICT (request_key) DO NOTHING",
     )
     .bind(id.to_string())
     .bind(serde_json::to_string(&new.action)?)
@@ -85,16 +112,24 @@ pub async fn create(store: &Store, new: NewJob) -> Result<Job, StoreError> {
     .bind(i64::from(new.rate))
     .bind(status)
     .bind(new.sagas.len() as i64)
+    .bind(key)
+    .bind(fingerprint)
     .bind(now)
     .execute(&mut *tx)
     .await?;
+    if inserted.rows_affected() == 0 {
+        tx.rollback().await?;
+        let (key, fingerprint) = new.key.unwrap_or_default();
+        return by_key(store, &key, &fingerprint).await?.ok_or_else(|| StoreError::Retryable("a job's key was taken and released".into()));
+    }
     let insert = db::insert_rows(store.backend(), "action_job_sagas", &[("job", Text), ("saga_id", Text)], &[]);
     for chunk in new.sagas.chunks(1000) {
         let rows: Vec<Value> = chunk.iter().map(|s| serde_json::json!({ "job": id.to_string(), "saga_id": s.to_string() })).collect();
         sqlx::query(sqlx::AssertSqlSafe(insert.clone())).bind(Value::Array(rows).to_string()).bind(0_i64).bind(chunk.len() as i64).execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    get(store, id).await?.ok_or_else(|| StoreError::Corrupt(format!("job {id} vanished after its insert")))
+    let job = get(store, id).await?.ok_or_else(|| StoreError::Corrupt(format!("job {id} vanished after its insert")))?;
+    Ok(Created::New(job))
 }
 
 pub async fn get(store: &Store, id: Uuid) -> Result<Option<Job>, StoreError> {
@@ -148,26 +183,28 @@ fn job(r: &sqlx::any::AnyRow) -> Result<Job, StoreError> {
 }
 
 /// Takes a running job whose lease has run out (none held, or its holder
-/// died), for `LEASE_MS`.
-async fn claim(store: &Store) -> Result<Option<Job>, StoreError> {
+/// died), for `LEASE_MS`, as `holder`.
+async fn claim(store: &Store, holder: &str) -> Result<Option<Job>, StoreError> {
     let now = clock::now().0;
     let pick = match store.backend() {
         Backend::Postgres => "SELECT id FROM action_jobs WHERE status = 'running' AND lease_until < $2 ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED",
         Backend::Sqlite => "SELECT id FROM action_jobs WHERE status = 'running' AND lease_until < $2 ORDER BY created_at LIMIT 1",
     };
-    let sql = format!("UPDATE action_jobs SET lease_until = $1 WHERE id = ({pick}) RETURNING {COLUMNS}");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now + LEASE_MS).bind(now).fetch_optional(store.pool()).await?;
+    let sql = format!("UPDATE action_jobs SET lease_until = $1, holder = $3 WHERE id = ({pick}) RETURNING {COLUMNS}");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now + LEASE_MS).bind(now).bind(holder).fetch_optional(store.pool()).await?;
     row.map(|r| job(&r)).transpose()
 }
 
 /// Works on jobs until `shutdown`: claims one, acts on its sagas a batch
 /// per second, and lets go of it when it is finished.
 pub async fn run(runtime: Runtime, store: Store, shutdown: CancellationToken) {
+    // Names this replica's leases, so it renews and releases only its own.
+    let holder = Uuid::new_v4().to_string();
     loop {
-        match claim(&store).await {
+        match claim(&store, &holder).await {
             Ok(Some(job)) => {
                 tracing::info!(job = %job.job, action = job.action.name(), matched = job.matched, "working on an action job");
-                if let Err(e) = work(&runtime, &store, &job, &shutdown).await {
+                if let Err(e) = work(&runtime, &store, &job, &holder, &shutdown).await {
                     tracing::warn!(job = %job.job, error = %e, "action job interrupted; it resumes when its lease runs out");
                 }
             }
@@ -181,17 +218,24 @@ pub async fn run(runtime: Runtime, store: Store, shutdown: CancellationToken) {
     }
 }
 
-async fn work(runtime: &Runtime, store: &Store, job: &Job, shutdown: &CancellationToken) -> Result<(), StoreError> {
+/// Extends this replica's lease on job `id`; false when it no longer
+/// holds it (another replica took it over, or the job finished).
+async fn renew(store: &Store, id: &str, holder: &str) -> Result<bool, StoreError> {
+    let renewed = sqlx::query("UPDATE action_jobs SET lease_until = $1 WHERE id = $2 AND holder = $3 AND status = 'running'")
+        .bind(clock::now().0 + LEASE_MS)
+        .bind(id)
+        .bind(holder)
+        .execute(store.pool())
+        .await?;
+    Ok(renewed.rows_affected() == 1)
+}
+
+async fn work(runtime: &Runtime, store: &Store, job: &Job, holder: &str, shutdown: &CancellationToken) -> Result<(), StoreError> {
     let key = format!("job:{}", job.job);
     let id = job.job.to_string();
     loop {
         let second = tokio::time::Instant::now() + Duration::from_secs(1);
-        let renewed = sqlx::query("UPDATE action_jobs SET lease_until = $1 WHERE id = $2 AND status = 'running'")
-            .bind(clock::now().0 + LEASE_MS)
-            .bind(&id)
-            .execute(store.pool())
-            .await?;
-        if renewed.rows_affected() == 0 {
+        if !renew(store, &id, holder).await? {
             return Ok(());
         }
         let rows = sqlx::query("SELECT saga_id FROM action_job_sagas WHERE job = $1 AND result IS NULL ORDER BY saga_id LIMIT $2")
@@ -206,6 +250,11 @@ async fn work(runtime: &Runtime, store: &Store, job: &Job, shutdown: &Cancellati
             return Ok(());
         }
         for chunk in batch.chunks(CONCURRENCY) {
+            // Renewed per chunk: a slow batch must not outlive the lease
+            // and run beside the replica that would take it over.
+            if !renew(store, &id, holder).await? {
+                return Ok(());
+            }
             let acts = chunk.iter().map(|&saga| {
                 let act = Act { action: job.action.clone(), reason: job.reason.clone(), operator: job.operator.clone(), key: Some(key.clone()) };
                 async move { (saga, runtime.operate(saga, act).await) }
@@ -217,7 +266,9 @@ async fn work(runtime: &Runtime, store: &Store, job: &Job, shutdown: &Cancellati
                     Ok(Stepped::UnknownSaga) => ("refused", Some("no such saga".to_string())),
                     // The store is away: the saga is left unmarked, for the
                     // next round (or whoever holds the lease next).
-                    Err(RuntimeError::Store(e)) => return Err(e),
+                    Err(RuntimeError::Store(e @ (StoreError::Database(_) | StoreError::Retryable(_) | StoreError::Closed))) => return Err(e),
+                    // An unreadable saga stays unreadable: marked, so that it
+                    // does not stop the job at every round.
                     Err(e) => ("failed", Some(e.to_string())),
                 };
                 metrics::counter!("eso_action_job_sagas_total", "result" => result).increment(1);
@@ -236,7 +287,7 @@ async fn work(runtime: &Runtime, store: &Store, job: &Job, shutdown: &Cancellati
             () = shutdown.cancelled() => {
                 // Let go at once, so a replica still running takes over
                 // without waiting for the lease to run out.
-                sqlx::query("UPDATE action_jobs SET lease_until = 0 WHERE id = $1").bind(&id).execute(store.pool()).await?;
+                sqlx::query("UPDATE action_jobs SET lease_until = 0 WHERE id = $1 AND holder = $2").bind(&id).bind(holder).execute(store.pool()).await?;
                 return Ok(());
             }
         }

@@ -17,6 +17,9 @@ CREATE TABLE action_jobs (
     refused     BIGINT NOT NULL DEFAULT 0,
     failed      BIGINT NOT NULL DEFAULT 0,
     lease_until BIGINT NOT NULL DEFAULT 0,  -- Unix ms; the holder works on it until then
+    holder      TEXT,                       -- the replica holding the lease
+    request_key TEXT   UNIQUE,              -- the request's Idempotency-Key, if it gave one
+    fingerprint TEXT,                       -- of the request's body, to tell a retry from a reuse
     created_at  BIGINT NOT NULL,
     updated_at  BIGINT NOT NULL
 );

@@ -14,12 +14,11 @@ use serde_json::{Map, Value, json};
 
 use super::auth::Operator;
 use super::sagas::parse_id;
-use super::{ApiError, AppState, json_request, truncate};
+use super::{ApiError, AppState, json_request, request_key, truncate};
 use crate::runtime::Stepped;
 
 /// Longest reason kept with an action.
 pub const MAX_REASON_CHARS: usize = 500;
-const MAX_KEY_LEN: usize = 200;
 
 /// `POST /sagas/{id}/actions/{retry|cancel|resume}` `{"reason": "…", "to": "…"}`.
 pub async fn act(
@@ -32,14 +31,9 @@ pub async fn act(
     let id = parse_id(&id)?;
     let fields = json_request(&headers, body, state.max_body_bytes)?.fields;
     let (action, reason) = parse(&action, &fields)?;
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => match v.to_str() {
-            Ok(k) if !k.is_empty() && k.len() <= MAX_KEY_LEN => Some(format!("request:{k}")),
-            _ => return Err(ApiError::BadRequest(format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"))),
-        },
-    };
     let name = action.name();
+    // A key names one action: the same key on another action is another request.
+    let key = request_key(&headers, &fields)?.map(|(key, _)| format!("request:{name}:{key}"));
     tracing::Span::current().record("saga.id", tracing::field::display(id));
     match state.runtime.operate(id, Act { action, reason, operator, key }).await? {
         Stepped::Applied { state: now, events } => Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "action": name, "state": now, "events": events })))),

@@ -14,8 +14,8 @@ use serde_json::{Map, Value, json};
 use super::auth::{CanRead, Operator};
 use super::list::find;
 use super::sagas::parse_id;
-use super::{ApiError, AppState, json_request, truncate};
-use crate::jobs::{self, DEFAULT_RATE, MAX_MATCHED, MAX_RATE, NewJob};
+use super::{ApiError, AppState, json_request, request_key, truncate};
+use crate::jobs::{self, Created, DEFAULT_RATE, MAX_MATCHED, MAX_RATE, NewJob};
 
 /// Sagas read per page while matching a job's filter.
 const PAGE: u32 = 500;
@@ -28,6 +28,14 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let mut fields = json_request(&headers, body, state.max_body_bytes)?.fields;
+    // A repeat of the request (a client's retry, a second click) finds the
+    // job it created, before anything is matched again.
+    let key = request_key(&headers, &fields)?;
+    if let Some((key, fingerprint)) = &key
+        && let Some(found) = jobs::by_key(&state.store, key, fingerprint).await?
+    {
+        return answer(found);
+    }
     let action = match fields.remove("action") {
         Some(Value::String(a)) => a,
         Some(_) => return Err(ApiError::field("action", "must be a string: retry, cancel or resume")),
@@ -63,9 +71,20 @@ pub async fn create(
             None => break,
         };
     }
-    let job = jobs::create(&state.store, NewJob { action, reason, operator, filter: Value::Object(filter), rate, sagas }).await?;
-    tracing::info!(job = %job.job, action = job.action.name(), matched = job.matched, operator = %job.operator, "action job created");
-    Ok((StatusCode::ACCEPTED, Json(json!(job))))
+    answer(jobs::create(&state.store, NewJob { action, reason, operator, filter: Value::Object(filter), rate, sagas, key }).await?)
+}
+
+fn answer(created: Created) -> Result<(StatusCode, Json<Value>), ApiError> {
+    match created {
+        Created::New(job) => {
+            tracing::info!(job = %job.job, action = job.action.name(), matched = job.matched, operator = %job.operator, "action job created");
+            Ok((StatusCode::ACCEPTED, Json(json!(job))))
+        }
+        Created::Existing(job) => Ok((StatusCode::OK, Json(json!(job)))),
+        Created::KeyReused(job) => Err(ApiError::Unprocessable(format!(
+            "this Idempotency-Key was given for another request, which created job {job}; send a new key for a new request"
+        ))),
+    }
 }
 
 /// A job's filter as the query of `GET /sagas`; paging is the job's own.

@@ -23,6 +23,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::get;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 pub use error::ApiError;
 pub use wait::MAX_WAIT;
@@ -121,6 +122,25 @@ pub(crate) fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
         Ok(_) => Err(ApiError::BadRequest("body must be a JSON object".into())),
         Err(e) => Err(ApiError::BadRequest(format!("malformed JSON: {e}"))),
     }
+}
+
+/// Longest `Idempotency-Key` accepted.
+const MAX_KEY_LEN: usize = 200;
+
+/// The request's `Idempotency-Key`, if it sent one, with a fingerprint of
+/// its body: the body's JSON with its keys sorted, so a retry that
+/// reorders fields is still the same request. Every route that takes a
+/// key reads it through here.
+pub(crate) fn request_key(headers: &HeaderMap, fields: &Map<String, Value>) -> Result<Option<(String, String)>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value.to_str().map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(ApiError::BadRequest(format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} characters")));
+    }
+    // serde_json's maps are sorted (no `preserve_order`), so this is canonical.
+    let canonical = Value::Object(fields.clone()).to_string();
+    let fingerprint = Sha256::digest(canonical.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Some((key.to_string(), fingerprint)))
 }
 
 /// At most 64 characters of `s`, for echoing input in an error.

@@ -11,7 +11,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{ApiError, AppState, JsonBody, json_request, truncate, wait};
@@ -19,8 +18,6 @@ use crate::clock::rfc3339;
 use crate::orders;
 use crate::runtime::{StartKey, Started, Stepped};
 
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
-const MAX_KEY_LEN: usize = 200;
 /// Longest event name a request may name.
 const MAX_NAME_LEN: usize = 100;
 
@@ -52,19 +49,9 @@ pub async fn start(
     }
 }
 
-/// The request's `Idempotency-Key`, with a fingerprint of its body: the
-/// body's JSON with its keys sorted, so a retry that reorders fields is
-/// still the same request.
+/// A start's `Idempotency-Key` (see [`super::request_key`]).
 pub(super) fn start_key(headers: &HeaderMap, fields: &Map<String, Value>) -> Result<Option<StartKey>, ApiError> {
-    let Some(value) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
-    let key = value.to_str().map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
-    if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(ApiError::BadRequest(format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} characters")));
-    }
-    // serde_json's maps are sorted (no `preserve_order`), so this is canonical.
-    let canonical = Value::Object(fields.clone()).to_string();
-    let fingerprint = Sha256::digest(canonical.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
-    Ok(Some(StartKey { key: key.to_string(), fingerprint }))
+    Ok(super::request_key(headers, fields)?.map(|(key, fingerprint)| StartKey { key, fingerprint }))
 }
 
 pub(super) fn key_reused(id: Uuid) -> ApiError {
