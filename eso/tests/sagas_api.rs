@@ -399,6 +399,7 @@ async fn the_list_finds_stuck_sagas_and_counts_them_and_a_saga_shows_its_trace_a
             ("/sagas?started_after=2026-02-01T00:00:00Z&started_before=2026-01-01T00:00:00Z", 400),
             ("/sagas/counts?colour=red", 400),
             ("/sagas/counts?version=0", 400),
+            ("/sagas/counts?version=7", 400),
             ("/sagas/counts?definition=nope", 404),
         ] {
             let (got, body) = app.get(path).await;

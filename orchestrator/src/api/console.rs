@@ -3,7 +3,10 @@
 //! the same JSON routes any client does (`/sagas`, `/definitions`, …).
 
 use axum::http::header;
+use std::sync::LazyLock;
+
 use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
 
 use super::auth::CanOpenConsole;
 
@@ -11,19 +14,33 @@ const INDEX: &str = include_str!("console/index.html");
 const APP: &str = include_str!("console/app.js");
 const STYLE: &str = include_str!("console/style.css");
 
-/// Short enough that a new binary's console is picked up within minutes,
-/// long enough that page changes inside the console do not refetch them.
-const CACHE: &str = "public, max-age=300";
+/// The assets' URLs carry a hash of their content (see [`page`]), so a
+/// cached copy is never stale: a new binary's page names new URLs.
+const CACHE: &str = "public, max-age=31536000, immutable";
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, CACHE), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")], body).into_response()
 }
 
+/// The page, naming its script and style by content hash.
+fn page() -> &'static str {
+    static PAGE: LazyLock<String> = LazyLock::new(|| {
+        let versioned = |path: &str, body: &str| format!("{path}?v={}", &hex(&Sha256::digest(body.as_bytes()))[..16]);
+        INDEX
+            .replace("\"/ui/app.js\"", &format!("\"{}\"", versioned("/ui/app.js", APP)))
+            .replace("\"/ui/style.css\"", &format!("\"{}\"", versioned("/ui/style.css", STYLE)))
+    });
+    &PAGE
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// `GET /ui`.
 pub async fn index(_: CanOpenConsole) -> Response {
-    // The page itself is `no-cache` so that a new release's asset names
-    // are never paired with an old page.
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache"), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")], INDEX)
+    // The page is `no-cache`: it is what names the current assets.
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache"), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")], page())
         .into_response()
 }
 
@@ -35,4 +52,14 @@ pub async fn app(_: CanOpenConsole) -> Response {
 /// `GET /ui/style.css`.
 pub async fn style(_: CanOpenConsole) -> Response {
     asset("text/css; charset=utf-8", STYLE)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_page_names_its_assets_by_content() {
+        let page = super::page();
+        assert!(page.contains("\"/ui/app.js?v=") && page.contains("\"/ui/style.css?v="), "{page}");
+        assert!(!page.contains("\"/ui/app.js\""), "{page}");
+    }
 }

@@ -230,6 +230,13 @@ pub async fn counts(_: CanRead, State(state): State<AppState>, Params(params): P
     {
         return Err(ApiError::NotFound(format!("no saga definition named {:?} is loaded", truncate(name))));
     }
+    // Only loaded versions: each filter is an entry of the finished-counts
+    // cache, so the filters a client can name are bounded.
+    if let Some(version) = query.version
+        && !state.runtime.registry().iter().any(|d| d.version == version && query.definition.as_ref().is_none_or(|n| &d.name == n))
+    {
+        return Err(ApiError::field("version", "no loaded definition has that version"));
+    }
     let (counts, finished_as_of) = state.store.counts(query.definition.as_deref(), query.version).await?;
     let counts: Vec<Value> = counts
         .iter()

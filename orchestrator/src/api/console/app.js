@@ -8,6 +8,9 @@ const REFRESH_MS = 4000;
 const main = document.getElementById("main");
 const notice = document.getElementById("notice");
 let timer = null;
+// Counts page changes: a page whose first load ends after the user left it
+// must not start its refresh over the next page's.
+let generation = 0;
 
 // h("td", {class: "x"}, "text", child, ...): an element with attributes
 // (on* attributes as listeners) and text or element children.
@@ -70,7 +73,8 @@ function typing(container) {
   return a && container.contains(a) && (a.tagName === "INPUT" || a.tagName === "SELECT" || a.tagName === "TEXTAREA");
 }
 
-function every(fn) {
+function every(visit, fn) {
+  if (visit !== generation) return;
   clearInterval(timer);
   timer = setInterval(fn, REFRESH_MS);
 }
@@ -103,6 +107,7 @@ function query(cursor) {
 }
 
 async function sagasPage() {
+  const visit = generation;
   const defs = await api("/definitions");
   const names = defs.status === 200 ? [...new Set(defs.body.definitions.map((d) => d.name))] : [];
   const states = defs.status === 200 ? [...new Set(defs.body.definitions.flatMap((d) => d.states.map((s) => s.name)))] : [];
@@ -146,7 +151,7 @@ async function sagasPage() {
     renderList(list, page, load);
   }
   await load();
-  every(() => { if (!typing(form)) load(); });
+  every(visit, () => { if (!typing(form)) load(); });
 }
 
 function countQuery() {
@@ -201,6 +206,7 @@ function renderList(section, page, reload) {
 // ---- One saga ----
 
 async function sagaPage(id) {
+  const visit = generation;
   const head = h("section", { id: "saga" });
   const diagram = h("div", { id: "diagram", class: "diagram" });
   const actions = h("section", { id: "actions" });
@@ -227,7 +233,7 @@ async function sagaPage(id) {
     renderHistory(history, events);
   }
   await load();
-  every(() => { if (!typing(actions)) load(); });
+  every(visit, () => { if (!typing(actions)) load(); });
 }
 
 function renderHead(section, s) {
@@ -266,6 +272,11 @@ function renderActions(section, s, reload) {
   }
   const reason = h("input", { id: "reason", name: "reason", placeholder: "why (recorded in the history)", required: true, maxlength: "500" });
   const answer = h("p", { id: "action-answer", role: "status" });
+  // One key per rendering of these buttons: a second click, or a request
+  // sent again, is the same request and the server takes it once.
+  // (getRandomValues, unlike randomUUID, works on plain http too.)
+  const key = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+  let buttons = [];
   const act = (action, to) => async () => {
     if (!reason.value.trim()) {
       answer.className = "error";
@@ -275,7 +286,10 @@ function renderActions(section, s, reload) {
     }
     const body = { reason: reason.value.trim() };
     if (to) body.to = to;
-    const res = await api("/sagas/" + s.id + "/actions/" + action, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    for (const b of buttons) b.disabled = true;
+    const headers = { "Content-Type": "application/json", "Idempotency-Key": key + "-" + action + (to ? "-" + to : "") };
+    const res = await api("/sagas/" + s.id + "/actions/" + action, { method: "POST", headers, body: JSON.stringify(body) });
+    for (const b of buttons) b.disabled = false;
     const ok = res.status === 200 || res.status === 202;
     answer.className = ok ? "ok" : "error";
     answer.textContent = res.status + ": " + (ok ? action + (res.body && res.body.repeated ? " was already taken" : " taken") + (res.body && res.body.events ? " — " + res.body.events.join(", ") : "") : errorText(res.body));
@@ -285,7 +299,7 @@ function renderActions(section, s, reload) {
   section.replaceChildren(h("h2", {}, "Repair"),
     h("form", { class: "act", onsubmit: (e) => e.preventDefault() },
       h("label", { for: "reason" }, "Reason"), reason,
-      choices.map(([action, label, to]) => h("button", { type: "button", class: "action", "data-action": action, "data-to": to, onclick: act(action, to) }, label))),
+      (buttons = choices.map(([action, label, to]) => h("button", { type: "button", class: "action", "data-action": action, "data-to": to, onclick: act(action, to) }, label)))),
     answer);
 }
 
@@ -348,6 +362,7 @@ async function definitionsPage() {
 
 function route() {
   clearInterval(timer);
+  generation += 1;
   const hash = location.hash || "#/";
   const saga = hash.match(/^#\/sagas\/([0-9a-fA-F-]{36})$/);
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.nav === (hash.startsWith("#/definitions") ? "definitions" : "sagas")));
