@@ -29,8 +29,9 @@ use crate::store::{Store, StoreError};
 const LEASE_MS: i64 = 5_000;
 /// How often an idle replica looks for a job to work on.
 const POLL: Duration = Duration::from_millis(500);
-/// Sagas acted on at once within a second's batch (their steps share commits).
-const CONCURRENCY: usize = 32;
+/// Sagas acted on at once within a second's batch: their steps share the
+/// group commits, and their marks one statement.
+const CONCURRENCY: usize = 100;
 /// Most sagas one job may match: a bigger one is a filter to narrow.
 pub const MAX_MATCHED: usize = 100_000;
 pub const MAX_RATE: u32 = 1_000;
@@ -233,6 +234,10 @@ async fn renew(store: &Store, id: &str, holder: &str) -> Result<bool, StoreError
 async fn work(runtime: &Runtime, store: &Store, job: &Job, holder: &str, shutdown: &CancellationToken) -> Result<(), StoreError> {
     let key = format!("job:{}", job.job);
     let id = job.job.to_string();
+    let mark = format!(
+        "UPDATE action_job_sagas SET result = r.result, detail = r.detail FROM {} WHERE action_job_sagas.job = $2 AND action_job_sagas.saga_id = r.saga_id",
+        db::recordset(store.backend(), &[("saga_id", Text), ("result", Text), ("detail", Text)])
+    );
     loop {
         let second = tokio::time::Instant::now() + Duration::from_secs(1);
         if !renew(store, &id, holder).await? {
@@ -259,6 +264,8 @@ async fn work(runtime: &Runtime, store: &Store, job: &Job, holder: &str, shutdow
                 let act = Act { action: job.action.clone(), reason: job.reason.clone(), operator: job.operator.clone(), key: Some(key.clone()) };
                 async move { (saga, runtime.operate(saga, act).await) }
             });
+            let mut marks = Vec::with_capacity(chunk.len());
+            let mut away = None;
             for (saga, outcome) in futures::future::join_all(acts).await {
                 let (result, detail) = match outcome {
                     Ok(Stepped::Applied { .. } | Stepped::Ignored(Ignored::Repeated(_))) => ("done", None),
@@ -266,19 +273,24 @@ async fn work(runtime: &Runtime, store: &Store, job: &Job, holder: &str, shutdow
                     Ok(Stepped::UnknownSaga) => ("refused", Some("no such saga".to_string())),
                     // The store is away: the saga is left unmarked, for the
                     // next round (or whoever holds the lease next).
-                    Err(RuntimeError::Store(e @ (StoreError::Database(_) | StoreError::Retryable(_) | StoreError::Closed))) => return Err(e),
+                    Err(RuntimeError::Store(e @ (StoreError::Database(_) | StoreError::Retryable(_) | StoreError::Closed))) => {
+                        away = Some(e);
+                        continue;
+                    }
                     // An unreadable saga stays unreadable: marked, so that it
                     // does not stop the job at every round.
                     Err(e) => ("failed", Some(e.to_string())),
                 };
                 metrics::counter!("eso_action_job_sagas_total", "result" => result).increment(1);
-                sqlx::query("UPDATE action_job_sagas SET result = $1, detail = $2 WHERE job = $3 AND saga_id = $4")
-                    .bind(result)
-                    .bind(detail)
-                    .bind(&id)
-                    .bind(saga.to_string())
-                    .execute(store.pool())
-                    .await?;
+                marks.push(serde_json::json!({ "saga_id": saga.to_string(), "result": result, "detail": detail }));
+            }
+            // One statement (one commit) for the chunk's marks.
+            if !marks.is_empty() {
+                let n = marks.len() as i64;
+                sqlx::query(sqlx::AssertSqlSafe(mark.clone())).bind(Value::Array(marks).to_string()).bind(&id).bind(n).execute(store.pool()).await?;
+            }
+            if let Some(e) = away {
+                return Err(e);
             }
         }
         count(store, &id, false).await?;
