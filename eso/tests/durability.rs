@@ -252,3 +252,41 @@ async fn a_relay_on_sqlite_down_past_the_duplicate_window_publishes_nothing_twic
     ];
     a_relay_down_past_the_duplicate_window(env, &format!("sqlite:{}", store.display()), &nats).await;
 }
+
+/// A stream kept while the store was replaced (a new SQLite file on the
+/// same NATS) is ahead of positions the new store has not reached: the
+/// relay must not skip to it, or the new store's events never go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_store_on_a_kept_stream_publishes_all_its_events() {
+    let nats = Nats::start().await;
+    let client = nats.client().await;
+    let mut published = 0;
+    for orders in [30, 10] {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let store = dir.path().join("eso.db");
+        let env = vec![
+            ("ESO_SQLITE_PATH", store.display().to_string()),
+            ("NATS_URL", nats.url.clone()),
+            ("ESO_EMBED_PARTICIPANTS", "true".to_string()),
+            ("ESO_TIMER_INTERVAL_MS", "20".to_string()),
+        ];
+        let mut orchestrator = Process::spawn(&[], &env).await;
+        let accepted = post_many(&[orchestrator.url()], orders).await;
+        let pool = common::pool(&format!("sqlite:{}", store.display())).await;
+        wait_all_terminal(&pool, accepted.len(), Duration::from_secs(60)).await;
+        let events: i64 = sqlx::query("SELECT COUNT(*) AS n FROM events").fetch_one(&pool).await.and_then(|r| r.try_get("n")).unwrap_or(-1);
+        published += events as u64;
+        let mut stream = async_nats::jetstream::new(client.clone()).get_stream("ESO_EVENTS").await.unwrap_or_else(|e| panic!("event stream: {e}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let messages = stream.info().await.map(|i| i.state.messages).unwrap_or(0);
+            if messages == published {
+                break;
+            }
+            assert!(messages < published, "{messages} messages on the stream for {published} events: duplicates");
+            assert!(std::time::Instant::now() < deadline, "only {messages} of {published} events on the stream");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        orchestrator.kill();
+    }
+}

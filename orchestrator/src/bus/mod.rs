@@ -22,11 +22,12 @@ pub const EVENT_SUBJECTS: &str = "eso.events.>";
 pub const RELAY_CURSOR_HEADER: &str = "Eso-Relay-Cursor";
 
 /// The end of the event stream: its last sequence, and the relay cursor
-/// of its last event, when one carries it.
+/// and event id (`Nats-Msg-Id`) of its last event that carries a cursor.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamTail {
     pub sequence: u64,
     pub cursor: Option<String>,
+    pub event_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

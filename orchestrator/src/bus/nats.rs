@@ -60,7 +60,7 @@ impl NatsBus {
         let stream = self.jetstream.get_stream(EVENT_STREAM).await.map_err(|e| other(&e))?;
         let info = stream.get_info().await.map_err(|e| other(&e))?;
         let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-        let mut tail = StreamTail { sequence: last, cursor: None };
+        let mut tail = StreamTail { sequence: last, cursor: None, event_id: None };
         if info.state.messages == 0 {
             return Ok(tail);
         }
@@ -70,6 +70,7 @@ impl NatsBus {
                 Ok(message) => {
                     if let Some(cursor) = message.headers.get(RELAY_CURSOR_HEADER) {
                         tail.cursor = Some(cursor.as_str().to_string());
+                        tail.event_id = message.headers.get(async_nats::header::NATS_MESSAGE_ID).map(|id| id.as_str().to_string());
                         break;
                     }
                 }

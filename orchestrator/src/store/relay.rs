@@ -221,6 +221,18 @@ async fn resume(store: &Store, bus: &Bus, session: &mut Session, cursor: &mut Cu
     let stored = cursor.position(session).await?;
     match tail.cursor.as_deref().map(parse_cursor) {
         Some(Some(on_stream)) if key(&on_stream) > key(&stored) => {
+            // A stream kept while the database was replaced (a new eso.db,
+            // a restored backup) is ahead of events this store never had:
+            // skipping to it would leave new events unpublished.
+            if !holds(session, tail.event_id.as_deref(), on_stream.1).await? {
+                tracing::warn!(
+                    stored = %format!("{}/{}", stored.0, stored.1),
+                    on_stream = %format!("{}/{}", on_stream.0, on_stream.1),
+                    event_id = ?tail.event_id,
+                    "the event stream's last event is not this store's; resuming from the stored cursor"
+                );
+                return Ok(Some(tail.sequence));
+            }
             tracing::info!(
                 stored = %format!("{}/{}", stored.0, stored.1),
                 on_stream = %format!("{}/{}", on_stream.0, on_stream.1),
@@ -236,6 +248,13 @@ async fn resume(store: &Store, bus: &Bus, session: &mut Session, cursor: &mut Cu
         _ => {}
     }
     Ok(Some(tail.sequence))
+}
+
+/// Whether this store holds the event `event_id` at `position`.
+async fn holds(session: &mut Session, event_id: Option<&str>, position: i64) -> Result<bool, StoreError> {
+    let Some(event_id) = event_id else { return Ok(false) };
+    let row = sqlx::query("SELECT position FROM events WHERE event_id = $1").bind(event_id).fetch_optional(&mut *session.conn).await?;
+    Ok(row.map(|r| r.try_get::<i64, _>("position")).transpose()? == Some(position))
 }
 
 /// A cursor as the header carries it: `tx/position`.
