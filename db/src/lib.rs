@@ -1,17 +1,21 @@
 //! The SQL both the event store and the participants need: connecting to
 //! Postgres or SQLite through one `AnyPool` type, running an owner's
-//! migrations, batched statements over a JSON recordset, and the clock of
-//! every `*_at` column.
+//! migrations, batched statements over a JSON recordset, the clock of
+//! every `*_at` column, and the lock that keeps a SQLite file to one process.
 //!
 //! Each owner (the orchestrator's store, the participants) brings its own
 //! migrations and tables; this crate knows none of them, so neither owner
 //! depends on the other to reach its database.
+
+mod lock;
 
 use std::str::FromStr;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Connection, Executor};
+
+pub use lock::{FileLock, lock_sqlite};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

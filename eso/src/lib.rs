@@ -12,8 +12,13 @@ use orchestrator::config::{Config, sqlite_url};
 pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>) -> anyhow::Result<Running> {
     // The first line of the log: which mode, where, no secrets.
     tracing::info!(config = %config.describe(), "eso starting");
-    let embedded = if config.embed_participants() { embedded(config).await? } else { Embedded::default() };
-    orchestrator::app::start(config, telemetry, embedded).await
+    // Before either file is opened: moving participants' records out of
+    // the store's file writes to it.
+    let mut locks: Vec<db::FileLock> = orchestrator::app::lock_store(config)?.into_iter().collect();
+    let embedded = if config.embed_participants() { embedded(config, &mut locks).await? } else { Embedded::default() };
+    let mut running = orchestrator::app::start(config, telemetry, embedded).await?;
+    running.hold(locks);
+    Ok(running)
 }
 
 /// Where the embedded participants keep their records. In embedded mode, a
@@ -32,9 +37,12 @@ pub fn participants_url(config: &Config) -> String {
 
 /// Opens the participants' records and builds the participants on them.
 /// Records an older eso kept in the store's own SQLite file move to the
-/// participants' file first, before either answers anything.
-pub async fn embedded(config: &Config) -> anyhow::Result<Embedded> {
+/// participants' file first, before either answers anything. Their own
+/// SQLite file, if they have one, is locked for this process and the lock
+/// added to `locks`.
+pub async fn embedded(config: &Config, locks: &mut Vec<db::FileLock>) -> anyhow::Result<Embedded> {
     let url = participants_url(config);
+    locks.extend(db::lock_sqlite(&url).map_err(|e| anyhow::anyhow!("{e}; stop it, or set ESO_SQLITE_PATH to another file"))?);
     // A few connections on a shared Postgres: their writes are batched.
     let opened = participants::embedded::open(&url, 4).await?;
     if config.named_database().is_none() {

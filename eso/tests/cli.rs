@@ -1,6 +1,8 @@
 //! What a new user meets at the command line: a clear line for a taken
-//! port, flags that reach the process they configure, and no secret in
-//! `--help`.
+//! port or a SQLite file another eso holds, flags that reach the process
+//! they configure, and no secret in `--help`.
+
+mod common;
 
 use std::net::TcpListener;
 use std::process::{Command, Output};
@@ -68,4 +70,25 @@ fn a_bad_token_setting_is_refused_without_quoting_it() {
     let said = format!("{}{}", stderr(&output), String::from_utf8_lossy(&output.stdout));
     assert!(said.contains("ESO_OPERATOR_TOKEN: entry 2: the token is shorter than 16 characters"), "{said}");
     assert!(!said.contains("a-good-secret") && !said.contains("tiny-tok"), "the setting leaked: {said}");
+}
+
+/// One embedded SQLite file belongs to one process: a second eso on it is
+/// refused with one line naming the file and who holds it, and the first
+/// keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_eso_on_one_sqlite_file_is_one_line_that_names_the_file() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = dir.path().join("eso.db").display().to_string();
+    let first = common::Process::spawn(&[], &[("ESO_SQLITE_PATH", store.clone())]).await;
+    let output = eso(&["--port", "0"], &[("ESO_SQLITE_PATH", store.as_str()), ("RUST_LOG", "off")]);
+    assert!(!output.status.success());
+    let said = stderr(&output);
+    assert!(said.contains(&format!("the SQLite file {store} is in use by another eso process (pid {})", first.pid())), "{said}");
+    assert!(said.contains("set ESO_SQLITE_PATH to another file"), "{said}");
+    assert_eq!(said.trim().lines().count(), 1, "one line, no backtrace: {said}");
+
+    let http = reqwest::Client::new();
+    let created = http.post(first.url()).json(&serde_json::json!({ "amount": 10.50, "description": "test order" })).send().await;
+    let created = created.unwrap_or_else(|e| panic!("POST to the first eso: {e}"));
+    assert_eq!(created.status().as_u16(), 201, "the first eso stopped serving");
 }

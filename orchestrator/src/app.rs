@@ -39,6 +39,8 @@ pub struct Running {
     participants: Vec<JoinHandle<()>>,
     /// The embedded participants' records, closed after they stopped.
     participants_pool: Option<sqlx::AnyPool>,
+    /// The SQLite files this process holds ([`lock_store`]), released last.
+    locks: Vec<db::FileLock>,
 }
 
 /// Participants to run in this process, built by the caller (the `eso`
@@ -103,7 +105,31 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, em
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(stop.cancelled_owned()).await
     });
     tracing::info!(%addr, "listening");
-    Ok(Running { addr, store, bus, runtime, stop_intake, stop_relay, server, timers, jobs, relay, participants: participant_tasks, participants_pool })
+    Ok(Running {
+        addr,
+        store,
+        bus,
+        runtime,
+        stop_intake,
+        stop_relay,
+        server,
+        timers,
+        jobs,
+        relay,
+        participants: participant_tasks,
+        participants_pool,
+        locks: Vec::new(),
+    })
+}
+
+/// In embedded mode, takes the store's SQLite file for this process, for
+/// as long as the returned lock lives; another process on it is refused
+/// with the file's name. The caller takes it before it opens the file
+/// (the `eso` binary also moves participants' records out of it first) and
+/// hands it to [`Running::hold`]. `None` on Postgres, where replicas share
+/// the database by design.
+pub fn lock_store(config: &Config) -> anyhow::Result<Option<db::FileLock>> {
+    db::lock_sqlite(&config.database_url()).map_err(|e| anyhow::anyhow!("{e}; stop it, or set ESO_SQLITE_PATH to another file"))
 }
 
 /// The configured store, migrated, with the read models of the shipped
@@ -119,6 +145,11 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
 impl Running {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Keeps file locks until [`Running::stop`] has closed every pool.
+    pub fn hold(&mut self, locks: impl IntoIterator<Item = db::FileLock>) {
+        self.locks.extend(locks);
     }
 
     /// Graceful stop: no new requests or timers, finish the command round
@@ -140,6 +171,7 @@ impl Running {
         if let Some(pool) = self.participants_pool {
             pool.close().await;
         }
+        drop(self.locks);
         tracing::info!("eso stopped");
     }
 }

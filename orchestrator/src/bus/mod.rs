@@ -16,6 +16,19 @@ pub use nats::NatsBus;
 /// The JetStream stream that holds every event.
 pub const EVENT_STREAM: &str = "ESO_EVENTS";
 pub const EVENT_SUBJECTS: &str = "eso.events.>";
+/// Every published event says where the relay's cursor stood at it
+/// (`tx/position`), so a relay starting up finds how far the stream
+/// really got, whatever its stored cursor says.
+pub const RELAY_CURSOR_HEADER: &str = "Eso-Relay-Cursor";
+
+/// The end of the event stream: its last sequence, and the relay cursor
+/// and event id (`Nats-Msg-Id`) of its last event that carries a cursor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamTail {
+    pub sequence: u64,
+    pub cursor: Option<String>,
+    pub event_id: Option<String>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -65,10 +78,23 @@ impl Bus {
     /// Publishes events in order and returns once every one is stored
     /// (acknowledged by JetStream). On failure, says how many of the first
     /// events were acknowledged.
-    pub async fn publish(&self, events: Vec<OutgoingEvent>) -> Result<(), PublishError> {
+    ///
+    /// With `after`, the stream must end at that sequence: JetStream refuses
+    /// the first event that would not follow it (and so every one after),
+    /// so a batch can never land twice, nor beside another relay's.
+    pub async fn publish(&self, events: Vec<OutgoingEvent>, after: Option<u64>) -> Result<(), PublishError> {
         match self {
-            Bus::Nats(b) => b.publish(events).await,
+            Bus::Nats(b) => b.publish(events, after).await,
             Bus::Local(b) => b.publish(events).map_err(|error| PublishError { acked: 0, error }),
+        }
+    }
+
+    /// Where the event stream ends, read from the server. `None` on the
+    /// in-process bus, which keeps no stream: nothing to resume after.
+    pub async fn stream_tail(&self) -> Result<Option<StreamTail>, BusError> {
+        match self {
+            Bus::Nats(b) => b.stream_tail().await.map(Some),
+            Bus::Local(_) => Ok(None),
         }
     }
 

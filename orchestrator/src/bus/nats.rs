@@ -7,7 +7,12 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::{HeaderMap, client::RequestErrorKind};
 use bytes::Bytes;
 
-use super::{BusError, EVENT_STREAM, EVENT_SUBJECTS, OutgoingEvent, PublishError};
+use super::{BusError, EVENT_STREAM, EVENT_SUBJECTS, OutgoingEvent, PublishError, RELAY_CURSOR_HEADER, StreamTail};
+
+/// How far back from the stream's end to look for an event that carries
+/// the relay's cursor (messages without it are not the relay's: another
+/// publisher's, or an older eso's).
+const TAIL_SCAN: u64 = 64;
 
 #[derive(Clone)]
 pub struct NatsBus {
@@ -24,7 +29,8 @@ impl NatsBus {
             .get_or_create_stream(jetstream::stream::Config {
                 name: EVENT_STREAM.to_string(),
                 subjects: vec![EVENT_SUBJECTS.to_string()],
-                // Republishing after a crash within this window is dropped.
+                // A second guard only: the relay resumes after the stream's
+                // last event and publishes with an expected last sequence.
                 duplicate_window: Duration::from_secs(120),
                 ..Default::default()
             })
@@ -49,14 +55,43 @@ impl NatsBus {
         }
     }
 
-    pub(super) async fn publish(&self, events: Vec<OutgoingEvent>) -> Result<(), PublishError> {
+    pub(super) async fn stream_tail(&self) -> Result<StreamTail, BusError> {
+        let other = |e: &dyn std::fmt::Display| BusError::Other(format!("event stream {EVENT_STREAM}: {e}"));
+        let stream = self.jetstream.get_stream(EVENT_STREAM).await.map_err(|e| other(&e))?;
+        let info = stream.get_info().await.map_err(|e| other(&e))?;
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let mut tail = StreamTail { sequence: last, cursor: None, event_id: None };
+        if info.state.messages == 0 {
+            return Ok(tail);
+        }
+        // Newest first; a deleted sequence (limits, an operator) is skipped.
+        for sequence in (first.max(last.saturating_sub(TAIL_SCAN))..=last).rev() {
+            match stream.get_raw_message(sequence).await {
+                Ok(message) => {
+                    if let Some(cursor) = message.headers.get(RELAY_CURSOR_HEADER) {
+                        tail.cursor = Some(cursor.as_str().to_string());
+                        tail.event_id = message.headers.get(async_nats::header::NATS_MESSAGE_ID).map(|id| id.as_str().to_string());
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
+                Err(e) => return Err(other(&e)),
+            }
+        }
+        Ok(tail)
+    }
+
+    pub(super) async fn publish(&self, events: Vec<OutgoingEvent>, after: Option<u64>) -> Result<(), PublishError> {
         // Send all, then wait for all acks: one round trip per batch, not per event.
         let mut acks = Vec::with_capacity(events.len());
         let mut spans = Vec::with_capacity(events.len());
-        for event in events {
+        for (i, event) in events.into_iter().enumerate() {
             spans.push(event.span);
             // Headers first: `headers()` replaces the map `message_id()` writes into.
-            let publish = PublishMessage::build().headers(event.headers).payload(event.payload).message_id(event.message_id);
+            let mut publish = PublishMessage::build().headers(event.headers).payload(event.payload).message_id(event.message_id);
+            if let Some(after) = after {
+                publish = publish.expected_last_sequence(after + i as u64);
+            }
             match self.jetstream.send_publish(event.subject, publish).await {
                 Ok(ack) => acks.push(ack),
                 Err(e) => {

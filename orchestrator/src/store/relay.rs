@@ -1,8 +1,16 @@
 //! The outbox relay: publishes every committed event to the event stream,
 //! in order, and remembers how far it got in the database.
 //!
-//! After a crash it republishes from the stored cursor; JetStream drops the
-//! repeats by `Nats-Msg-Id` (the event id). On Postgres, one relay runs at a
+//! The stored cursor can lag what went out (it is written lazily, and a
+//! crash can fall between a publish and its cursor write), so a relay
+//! session starts where the stream really is: each event goes out with the
+//! relay's cursor at it in a header ([`RELAY_CURSOR_HEADER`]), and the
+//! session resumes after the cursor of the stream's last event when that is
+//! ahead of the stored one. It then publishes with JetStream's expected
+//! last sequence, so a repeat is refused by the server, however long the
+//! relay was down; the duplicate window (`Nats-Msg-Id`) is only a second
+//! guard. The in-process bus keeps no stream and has nothing to resume
+//! after. On Postgres, one relay runs at a
 //! time across all replicas (an advisory lock held on a dedicated
 //! connection). It reads in transaction-id order and only below the oldest
 //! running transaction (`pg_snapshot_xmin`): positions can commit out of
@@ -22,7 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Store, StoreError, StoredEvent};
-use crate::bus::{Bus, OutgoingEvent};
+use crate::bus::{Bus, OutgoingEvent, RELAY_CURSOR_HEADER};
 
 const RELAY: &str = "main";
 /// Arbitrary, fixed: the advisory lock id that elects the relay.
@@ -115,6 +123,7 @@ async fn relay(store: &Store, bus: &Bus, mut session: Session, shutdown: &Cancel
 }
 
 async fn publish_until_shutdown(store: &Store, bus: &Bus, session: &mut Session, cursor: &mut Cursor, shutdown: &CancellationToken) -> Result<(), StoreError> {
+    let mut stream_at = resume(store, bus, session, cursor).await?;
     let mut stopping = false;
     let mut give_up = Instant::now();
     loop {
@@ -149,18 +158,21 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, session: &mut Session,
         let events: Vec<StoredEvent> = rows.iter().map(super::stored_event).collect::<Result<_, _>>()?;
         if !events.is_empty() {
             let count = events.len();
-            let messages = events.iter().map(outgoing).collect::<Result<Vec<_>, _>>()?;
-            let (acked, failure) = match bus.publish(messages).await {
+            let messages = events.iter().zip(&rows).map(|(e, row)| outgoing(e, &row.try_get::<String, _>("tx")?)).collect::<Result<Vec<_>, _>>()?;
+            let (acked, failure) = match bus.publish(messages, stream_at).await {
                 Ok(()) => (count, None),
                 Err(e) => (e.acked, Some(e.error)),
             };
+            stream_at = stream_at.map(|at| at + acked as u64);
             if let (Some(last), Some(row)) = (acked.checked_sub(1).and_then(|i| events.get(i)), acked.checked_sub(1).and_then(|i| rows.get(i))) {
                 cursor.published(row.try_get("tx")?, last.position);
                 metrics::counter!("eso_outbox_published_total").increment(acked as u64);
             }
             if let Some(error) = failure {
-                // What JetStream acknowledged is recorded on the way out, so
-                // a long outage does not republish it past the dedup window.
+                // What JetStream acknowledged is recorded on the way out;
+                // the next session reads the stream's end again, so what it
+                // stored without an acknowledgement reaching us is not
+                // published twice either.
                 return Err(StoreError::Database(format!("publish: {error}")));
             }
             if count as i64 == BATCH {
@@ -202,6 +214,63 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, session: &mut Session,
     }
 }
 
+/// Moves the cursor past what the stream already holds, and returns the
+/// stream sequence the next publish must follow (`None` without a stream).
+async fn resume(store: &Store, bus: &Bus, session: &mut Session, cursor: &mut Cursor) -> Result<Option<u64>, StoreError> {
+    let Some(tail) = bus.stream_tail().await.map_err(|e| StoreError::Database(format!("event stream: {e}")))? else { return Ok(None) };
+    let stored = cursor.position(session).await?;
+    match tail.cursor.as_deref().map(parse_cursor) {
+        Some(Some(on_stream)) if key(&on_stream) > key(&stored) => {
+            // A stream kept while the database was replaced (a new eso.db,
+            // a restored backup) is ahead of events this store never had:
+            // skipping to it would leave new events unpublished.
+            if !holds(session, tail.event_id.as_deref(), on_stream.1).await? {
+                tracing::warn!(
+                    stored = %format!("{}/{}", stored.0, stored.1),
+                    on_stream = %format!("{}/{}", on_stream.0, on_stream.1),
+                    event_id = ?tail.event_id,
+                    "the event stream's last event is not this store's; resuming from the stored cursor"
+                );
+                return Ok(Some(tail.sequence));
+            }
+            tracing::info!(
+                stored = %format!("{}/{}", stored.0, stored.1),
+                on_stream = %format!("{}/{}", on_stream.0, on_stream.1),
+                "the event stream is ahead of the stored cursor; resuming after its last event"
+            );
+            metrics::counter!("eso_outbox_resumed_from_stream_total").increment(1);
+            cursor.published(on_stream.0, on_stream.1);
+            // Written at once: a relay of another replica must not start
+            // from further back either.
+            cursor.flush(store, session).await?;
+        }
+        Some(None) => tracing::warn!(header = ?tail.cursor, "the event stream's last event has an unreadable relay cursor; resuming from the stored one"),
+        _ => {}
+    }
+    Ok(Some(tail.sequence))
+}
+
+/// Whether this store holds the event `event_id` at `position`.
+async fn holds(session: &mut Session, event_id: Option<&str>, position: i64) -> Result<bool, StoreError> {
+    let Some(event_id) = event_id else { return Ok(false) };
+    let row = sqlx::query("SELECT position FROM events WHERE event_id = $1").bind(event_id).fetch_optional(&mut *session.conn).await?;
+    Ok(row.map(|r| r.try_get::<i64, _>("position")).transpose()? == Some(position))
+}
+
+/// A cursor as the header carries it: `tx/position`.
+fn parse_cursor(text: &str) -> Option<(String, i64)> {
+    let (tx, position) = text.split_once('/')?;
+    tx.parse::<u64>().ok()?;
+    Some((tx.to_string(), position.parse().ok()?))
+}
+
+/// The order the relay publishes in: transaction id (a number; `0` on
+/// SQLite), then position. Positions alone are not monotonic on the stream
+/// on Postgres, where they can commit out of order.
+fn key((tx, position): &(String, i64)) -> (u64, i64) {
+    (tx.parse().unwrap_or(0), *position)
+}
+
 async fn ensure_cursor<'e, E: sqlx::Executor<'e, Database = Any>>(executor: E) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO outbox_cursor (relay, tx, position) VALUES ($1, '0', 0) ON CONFLICT (relay) DO NOTHING").bind(RELAY).execute(executor).await?;
     Ok(())
@@ -214,9 +283,9 @@ async fn ensure_cursor<'e, E: sqlx::Executor<'e, Database = Any>>(executor: E) -
 /// and the participants. So the relay keeps its position in memory and
 /// writes it at most every [`CURSOR_EVERY`], and before it stops or returns
 /// an error (the gain, with its reads moved off the writer: docs/benchmarks.md).
-/// A crash republishes at most that
-/// much, which JetStream drops as repeats (by `Nats-Msg-Id`), as it does
-/// after any crash between a publish and its cursor write.
+/// A crash leaves the stored cursor up to that much behind, as any crash
+/// between a publish and its cursor write does; the next session resumes
+/// after the stream's own last event instead (see [`resume`]).
 struct Cursor {
     /// Where publishing has got to, `(tx, position)`: read from the store
     /// once, then moved by each publish (only this relay moves it).
@@ -313,7 +382,7 @@ async fn read_cursor<'e, E: sqlx::Executor<'e, Database = Any>>(executor: E) -> 
 ///
 /// An event that does not serialise stops the relay (an error, counted)
 /// rather than going out empty or being skipped: the stream stays in order.
-fn outgoing(e: &StoredEvent) -> Result<OutgoingEvent, StoreError> {
+fn outgoing(e: &StoredEvent, tx: &str) -> Result<OutgoingEvent, StoreError> {
     let subject = format!("eso.events.{}", e.event_type);
     let span = tracing::info_span!(
         "event.publish",
@@ -331,6 +400,7 @@ fn outgoing(e: &StoredEvent) -> Result<OutgoingEvent, StoreError> {
     let mut headers = HeaderMap::new();
     observability::propagation::inject_nats(&span, &mut headers);
     headers.insert("Eso-Saga-Id", e.stream_id.as_str());
+    headers.insert(RELAY_CURSOR_HEADER, format!("{tx}/{}", e.position).as_str());
     let payload = json!({
         "event_id": e.event_id,
         "stream_id": e.stream_id,
