@@ -85,9 +85,31 @@ pub async fn load(store: &Store, dir: &Path) -> anyhow::Result<Registry> {
         }
         tracing::info!(definition = %id, "saga definition loaded");
     }
+    check_migrations(&registry)?;
     // Any set of valid definitions serves: the order routes answer for
     // themselves when no `order` saga is loaded.
     Ok(registry)
+}
+
+/// Every `[migrate.N]` mapping held against version N, where N is loaded
+/// (a version never recorded has no sagas to move): a mapping that leaves
+/// a state out or keeps a command the new state does not send stops the
+/// start, as an invalid file does, before any saga could be moved by it.
+fn check_migrations(registry: &Registry) -> anyhow::Result<()> {
+    let mut errors = Vec::new();
+    for new in registry.iter() {
+        for from in new.migrations.keys() {
+            if let Some(old) = registry.version(&new.name, *from)
+                && let Err(e) = sagas::migration::check(old, new)
+            {
+                errors.push(e.to_string());
+            }
+        }
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("invalid migration mappings:\n{}", errors.join("\n"));
+    }
+    Ok(())
 }
 
 /// The files given, or every definition in `dir` when none are; `None`
@@ -117,15 +139,40 @@ fn files_or_dir(files: &[PathBuf], dir: &Path) -> Option<Vec<PathBuf>> {
 pub fn check(files: &[PathBuf], dir: &Path) -> bool {
     let Some(files) = files_or_dir(files, dir) else { return false };
     let mut valid = true;
+    let mut checked = Vec::new();
     for path in &files {
         match parse_file(path) {
             Ok((def, _)) => {
                 let hash = def.hash();
                 println!("{}: ok ({} v{}, {} states, hash {})", path.display(), def.name, def.version, def.states.len(), &hash[..hash.len().min(12)]);
+                checked.push((path, def));
             }
             Err(e) => {
                 valid = false;
                 eprintln!("{e:#}");
+            }
+        }
+    }
+    // A mapping is held against its old version when that is at hand: among
+    // the files checked, or in SAGAS_DIR (where the running version lives).
+    let mut known: Vec<sagas::Definition> = checked.iter().map(|(_, d)| d.clone()).collect();
+    known.extend(files_in(dir).unwrap_or_default().iter().filter_map(|p| parse_file(p).ok()).map(|(d, _)| d));
+    for (path, new) in &checked {
+        for from in new.migrations.keys() {
+            match known.iter().find(|d| d.name == new.name && d.version == *from) {
+                Some(old) => match sagas::migration::check(old, new) {
+                    Ok(()) => println!("{}: [migrate.{from}] ok (every state of {} v{from} mapped)", path.display(), new.name),
+                    Err(e) => {
+                        valid = false;
+                        eprintln!("{e}");
+                    }
+                },
+                None => eprintln!(
+                    "{}: [migrate.{from}] not checked: no file of {} v{from} among those given or in {} (name it too, e.g. `eso saga check old.toml new.toml`)",
+                    path.display(),
+                    new.name,
+                    dir.display()
+                ),
             }
         }
     }

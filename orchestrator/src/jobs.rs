@@ -10,11 +10,12 @@
 //! with a key it has seen (`sagas::Ignored::Repeated`): a saga acted on
 //! just before a crash, not yet marked, is not acted on twice.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use db::Backend;
 use db::Column::Text;
-use sagas::{Act, Action, Ignored};
+use sagas::{Act, Action, Definition, Ignored};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
@@ -205,10 +206,22 @@ async fn work(runtime: &Runtime, store: &Store, job: &Job, shutdown: &Cancellati
             tracing::info!(job = %job.job, "action job finished");
             return Ok(());
         }
+        let migration = match &job.action {
+            Action::Migrate { from, to } => Some(versions(runtime, job, *from, *to)),
+            _ => None,
+        };
         for chunk in batch.chunks(CONCURRENCY) {
             let acts = chunk.iter().map(|&saga| {
                 let act = Act { action: job.action.clone(), reason: job.reason.clone(), operator: job.operator.clone(), key: Some(key.clone()) };
-                async move { (saga, runtime.operate(saga, act).await) }
+                let migration = migration.clone();
+                async move {
+                    let outcome = match migration {
+                        None => runtime.operate(saga, act).await,
+                        Some(Ok((old, new))) => runtime.migrate(saga, &old, &new, act).await,
+                        Some(Err(missing)) => Err(RuntimeError::NoDefinition(missing)),
+                    };
+                    (saga, outcome)
+                }
             });
             for (saga, outcome) in futures::future::join_all(acts).await {
                 let (result, detail) = match outcome {
@@ -241,6 +254,14 @@ async fn work(runtime: &Runtime, store: &Store, job: &Job, shutdown: &Cancellati
             }
         }
     }
+}
+
+/// Both versions a migration job moves sagas between. The definition is
+/// the job's filter's: `POST /definitions/{name}/migrations` always sets it.
+fn versions(runtime: &Runtime, job: &Job, from: u32, to: u32) -> Result<(Arc<Definition>, Arc<Definition>), String> {
+    let name = job.filter.get("definition").and_then(Value::as_str).unwrap_or_default();
+    let loaded = |version: u32| runtime.registry().version(name, version).cloned().ok_or_else(|| format!("{name} v{version}"));
+    Ok((loaded(from)?, loaded(to)?))
 }
 
 /// Brings a job's counts up to date from its sagas' marks.
