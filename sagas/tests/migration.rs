@@ -186,3 +186,18 @@ fn a_migration_is_refused_twice_for_finished_sagas_other_versions_and_unmapped_s
     let input = sagas::Input::Operator(act("k"));
     assert_eq!(sagas::step(&old, Some(&held_at_delivery().saga), &input, Millis(0)).err(), Some(Ignored::MigrationIsNotAnAction));
 }
+
+#[test]
+fn verify_explores_from_every_mapped_state() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/broken_verify/migration_into_an_offer_skips_refund.toml");
+    let source = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+    let with = sagas::verify::verify(&parse("shop.toml", &source));
+    let unmapped = source.split("[migrate.1]").next().unwrap_or_default();
+    let without = sagas::verify::verify(&parse("shop.toml", unmapped));
+    assert!(without.is_clean(), "clean from the initial state alone: {:?}", without.violations);
+    assert_eq!(with.violations.len(), 1, "{:?}", with.violations);
+    assert_eq!(sagas::verify::render_path(&with.violations[0].path), "migrated from v1 → event offer:declined");
+    // The shipped pair: version 3 explored from its mapped states too, clean.
+    let report = sagas::verify::verify(&v3());
+    assert!(report.is_clean(), "{:?}", report.violations);
+}
