@@ -117,6 +117,14 @@ enum SagaCommand {
         #[command(flatten)]
         api: remote::Api,
     },
+    /// Retire a version no saga is live on and new sagas do not start on: it
+    /// is no longer loaded from the next start.
+    Retire {
+        name: String,
+        version: u32,
+        #[command(flatten)]
+        api: remote::Api,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -220,6 +228,7 @@ fn saga(command: SagaCommand, config: &Config) -> ExitCode {
             client(async move { remote::migrate(&api, migration).await })
         }
         SagaCommand::Versions { api } => client(async move { remote::versions(&api).await }),
+        SagaCommand::Retire { name, version, api } => client(async move { remote::retire(&api, &name, version).await }),
         SagaCommand::Graph { file } => match definitions::parse_file(&file) {
             Ok((def, _)) => {
                 print!("{}", sagas::graph::mermaid(&def));

@@ -1,6 +1,6 @@
-//! `eso saga migrate` and `eso saga versions`: clients of a running eso's
+//! `eso saga migrate`, `versions` and `retire`: clients of a running eso's
 //! API (`POST /definitions/{name}/migrations`, `GET /actions/{job}`,
-//! `GET /definitions`), so a migration runs where the sagas are, under
+//! `GET /definitions`, `POST /definitions/{name}/versions/{v}/retire`), so a migration runs where the sagas are, under
 //! that eso's job lease, and this command only starts and follows it.
 
 use std::time::Duration;
@@ -108,6 +108,16 @@ pub async fn migrate(api: &Api, m: Migrate) -> anyhow::Result<()> {
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Retires a version no saga is live on (the server refuses otherwise).
+pub async fn retire(api: &Api, name: &str, version: u32) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let path = format!("/definitions/{name}/versions/{version}/retire");
+    let sent = api.request(&http, reqwest::Method::POST, &path).send().await.with_context(|| format!("cannot reach {}", api.url))?;
+    answer(sent, "retire refused").await?;
+    println!("{name} v{version} retired: no longer loaded from the next start (remove its file from SAGAS_DIR)");
+    Ok(())
 }
 
 /// Prints every loaded version: name, version, hash, live sagas, and

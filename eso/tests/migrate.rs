@@ -94,15 +94,36 @@ async fn scenario(crash: bool) {
     std::fs::write(sagas_dir.path().join("order-v3.toml"), fixture("order-v3.toml")).unwrap_or_else(|e| panic!("{e}"));
     eso.restart().await;
 
+    let (refused, said) = cli(&["saga", "retire", "order", "1", "--url", &url]).await;
+    assert!(!refused && said.contains("500 saga(s) are live on version 1"), "{said}");
+
     let rate = if crash { 100 } else { 1000 };
-    let body = json!({ "from": 1, "to": 3, "reason": "v3 tells the customer", "filter": { "state": "delivery" }, "rate": rate });
     let started = Instant::now();
-    let response = http.post(format!("{url}/definitions/order/migrations")).bearer_auth(ALICE).json(&body).send().await;
-    let response = response.unwrap_or_else(|e| panic!("POST migrations: {e}"));
-    assert_eq!(response.status().as_u16(), 202);
-    let created: Value = response.json().await.unwrap_or(Value::Null);
-    assert_eq!((created["matched"].as_u64(), created["action"].as_str()), (Some(SAGAS as u64), Some("migrate")), "{created}");
-    let id = created["job"].as_str().unwrap_or_default().to_string();
+    // Straight: through the API; killed: through `eso saga migrate`, which
+    // follows the job across the restart.
+    let (id, migrating) = if crash {
+        let args = ["saga", "migrate", "order", "--from", "1", "--to", "3", "--state", "delivery", "--rate", "100", "--url", &url].map(str::to_string);
+        let migrating = tokio::spawn(async move { cli(&args.iter().map(String::as_str).collect::<Vec<_>>()).await });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let id = loop {
+            let jobs: Value =
+                http.get(format!("{url}/actions")).bearer_auth(ALICE).send().await.unwrap_or_else(|e| panic!("{e}")).json().await.unwrap_or(Value::Null);
+            if let Some(id) = jobs["jobs"][0]["job"].as_str() {
+                break id.to_string();
+            }
+            assert!(Instant::now() < deadline, "eso saga migrate created no job");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        (id, Some(migrating))
+    } else {
+        let body = json!({ "from": 1, "to": 3, "reason": "v3 tells the customer", "filter": { "state": "delivery" }, "rate": rate });
+        let response = http.post(format!("{url}/definitions/order/migrations")).bearer_auth(ALICE).json(&body).send().await;
+        let response = response.unwrap_or_else(|e| panic!("POST migrations: {e}"));
+        assert_eq!(response.status().as_u16(), 202);
+        let created: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!((created["matched"].as_u64(), created["action"].as_str()), (Some(SAGAS as u64), Some("migrate")), "{created}");
+        (created["job"].as_str().unwrap_or_default().to_string(), None)
+    };
 
     if crash {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -127,6 +148,10 @@ async fn scenario(crash: bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let elapsed = started.elapsed();
+    if let Some(migrating) = migrating {
+        let (ok, said) = migrating.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(ok && said.contains("matched 500, done 500, refused 0, failed 0"), "eso saga migrate:\n{said}");
+    }
     assert_eq!((finished["done"].as_u64(), finished["refused"].as_u64(), finished["failed"].as_u64()), (Some(SAGAS as u64), Some(0), Some(0)), "{finished}");
     if !crash {
         // From the first move to the last, as the events record them (the
@@ -174,7 +199,41 @@ async fn scenario(crash: bool) {
         assert_eq!(announced.len(), 32);
     }
     common::assert_replay_finds_no_difference(&env);
+
+    // Version 1 has no live saga left: it can be retired, version 3 (new
+    // sagas start there) cannot, and after a restart only version 3 is loaded.
+    let (listed, said) = cli(&["saga", "versions", "--url", &url]).await;
+    assert!(
+        listed && said.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()[..2] == ["order", "1"] && l.split_whitespace().nth(3) == Some("0")),
+        "{said}"
+    );
+    let (refused, said) = cli(&["saga", "retire", "order", "3", "--url", &url]).await;
+    assert!(!refused && said.contains("new sagas start on"), "{said}");
+    let (retired, said) = cli(&["saga", "retire", "order", "1", "--url", &url]).await;
+    assert!(retired, "{said}");
+    eso.restart().await;
+    let definitions: Value =
+        http.get(format!("{url}/definitions")).bearer_auth(ALICE).send().await.unwrap_or_else(|e| panic!("{e}")).json().await.unwrap_or(Value::Null);
+    let loaded: Vec<(String, u64)> = definitions["definitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| (d["name"].as_str().unwrap_or_default().to_string(), d["version"].as_u64().unwrap_or(0)))
+        .collect();
+    assert_eq!(loaded, [("order".to_string(), 3)], "{definitions}");
     eso.kill();
+}
+
+/// `eso ARGS…` with the operator's token: whether it succeeded, and what it printed.
+async fn cli(args: &[&str]) -> (bool, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_eso")).args(&args).env("ESO_OPERATOR_TOKEN", format!("alice:{ALICE}")).output()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+    .unwrap_or_else(|e| panic!("eso: {e}"));
+    (output.status.success(), format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,8 +71,13 @@ pub async fn load(store: &Store, dir: &Path) -> anyhow::Result<Registry> {
             }
         }
     }
+    let retired = store.retired().await?;
     for (def, source) in sources {
         let id = def.id();
+        if retired.contains(&(def.name.clone(), def.version)) {
+            tracing::info!(definition = %id, "retired version not loaded; remove its file from SAGAS_DIR");
+            continue;
+        }
         registry.insert(def.clone())?;
         let recorded = store.record_definition(&def, &source).await?;
         if recorded != def.hash() {
