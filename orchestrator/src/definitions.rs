@@ -253,6 +253,30 @@ mod tests {
     }
 
     #[test]
+    fn a_mapping_is_held_against_its_old_version_by_check_and_at_start_up() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sagas/tests/migrate");
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let read = |name: &str| std::fs::read_to_string(fixtures.join(name)).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("order-v1.toml"), read("order-v1.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let v3 = dir.path().join("order-v3.toml");
+        std::fs::write(&v3, read("order-v3.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(check(&[], dir.path()));
+        assert!(check(std::slice::from_ref(&v3), dir.path()), "the old version found in SAGAS_DIR");
+
+        let broken = read("order-v3.toml").replace("refund = \"refund\"\n", "");
+        std::fs::write(&v3, &broken).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!check(&[], dir.path()), "refund left out");
+        assert!(check(std::slice::from_ref(&v3), &shipped()), "without the old version at hand the file alone is valid");
+
+        let mut registry = Registry::new();
+        for (file, source) in [("order-v1.toml", read("order-v1.toml")), ("order-v3.toml", broken)] {
+            registry.insert(sagas::parse(file, &source).unwrap_or_else(|e| panic!("{e}"))).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let refused = check_migrations(&registry).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused.contains("order-v3.toml:") && refused.contains("`refund` of version 1 is not mapped"), "{refused}");
+    }
+
+    #[test]
     fn verify_passes_the_shipped_sagas_and_fails_a_skipped_compensation() {
         assert!(verify(&[], &shipped()), "every shipped definition verifies");
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
