@@ -9,6 +9,8 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use orchestrator::config::Config;
 use orchestrator::definitions;
 
+mod remote;
+
 // Every saga step allocates many small, short-lived buffers (JSON, spans,
 // messages) across threads; glibc's malloc spent a tenth of eso's CPU on
 // them under load.
@@ -90,6 +92,39 @@ enum SagaCommand {
     Verify { files: Vec<PathBuf> },
     /// Print a definition as a Mermaid stateDiagram-v2.
     Graph { file: PathBuf },
+    /// Move the live sagas of version FROM onto version TO (whose file has a
+    /// `[migrate.FROM]` mapping) on a running eso, and follow the job.
+    Migrate {
+        name: String,
+        #[arg(long)]
+        from: u32,
+        #[arg(long)]
+        to: u32,
+        /// Only sagas in this state (of version FROM).
+        #[arg(long)]
+        state: Option<String>,
+        /// Sagas moved per second (the server's default when not given).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Why, for each saga's history.
+        #[arg(long, default_value = "migrated with eso saga migrate")]
+        reason: String,
+        #[command(flatten)]
+        api: remote::Api,
+    },
+    /// List the versions a running eso has loaded, with how many sagas are live on each.
+    Versions {
+        #[command(flatten)]
+        api: remote::Api,
+    },
+    /// Retire a version no saga is live on and new sagas do not start on: it
+    /// is no longer loaded from the next start.
+    Retire {
+        name: String,
+        version: u32,
+        #[command(flatten)]
+        api: remote::Api,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -188,6 +223,12 @@ fn saga(command: SagaCommand, config: &Config) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        SagaCommand::Migrate { name, from, to, state, rate, reason, api } => {
+            let migration = remote::Migrate { name, from, to, state, rate, reason };
+            client(async move { remote::migrate(&api, migration).await })
+        }
+        SagaCommand::Versions { api } => client(async move { remote::versions(&api).await }),
+        SagaCommand::Retire { name, version, api } => client(async move { remote::retire(&api, &name, version).await }),
         SagaCommand::Graph { file } => match definitions::parse_file(&file) {
             Ok((def, _)) => {
                 print!("{}", sagas::graph::mermaid(&def));
@@ -198,6 +239,21 @@ fn saga(command: SagaCommand, config: &Config) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Runs a command that talks to a running eso.
+fn client(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(work),
+        Err(e) => Err(anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("eso: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

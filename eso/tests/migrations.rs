@@ -93,7 +93,7 @@ async fn upgrade(pool: AnyPool, backend: Backend) {
     assert_eq!(attempts, [("done".to_string(), None), ("live".to_string(), Some(3))], "0004 fills the attempt of live sagas");
     assert_eq!(
         recorded("_sqlx_migrations").await,
-        [1, 2, 3, 4, 5],
+        [1, 2, 3, 4, 5, 6],
         "the store's table keeps the old entry (2, now the participants'), and gets its own new ones"
     );
     assert_eq!(recorded(participants::migrations::TABLE).await, [1, 2]);

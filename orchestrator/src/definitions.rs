@@ -71,8 +71,13 @@ pub async fn load(store: &Store, dir: &Path) -> anyhow::Result<Registry> {
             }
         }
     }
+    let retired = store.retired().await?;
     for (def, source) in sources {
         let id = def.id();
+        if retired.contains(&(def.name.clone(), def.version)) {
+            tracing::info!(definition = %id, "retired version not loaded; remove its file from SAGAS_DIR");
+            continue;
+        }
         registry.insert(def.clone())?;
         let recorded = store.record_definition(&def, &source).await?;
         if recorded != def.hash() {
@@ -85,9 +90,31 @@ pub async fn load(store: &Store, dir: &Path) -> anyhow::Result<Registry> {
         }
         tracing::info!(definition = %id, "saga definition loaded");
     }
+    check_migrations(&registry)?;
     // Any set of valid definitions serves: the order routes answer for
     // themselves when no `order` saga is loaded.
     Ok(registry)
+}
+
+/// Every `[migrate.N]` mapping held against version N, where N is loaded
+/// (a version never recorded has no sagas to move): a mapping that leaves
+/// a state out or keeps a command the new state does not send stops the
+/// start, as an invalid file does, before any saga could be moved by it.
+fn check_migrations(registry: &Registry) -> anyhow::Result<()> {
+    let mut errors = Vec::new();
+    for new in registry.iter() {
+        for from in new.migrations.keys() {
+            if let Some(old) = registry.version(&new.name, *from)
+                && let Err(e) = sagas::migration::check(old, new)
+            {
+                errors.push(e.to_string());
+            }
+        }
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("invalid migration mappings:\n{}", errors.join("\n"));
+    }
+    Ok(())
 }
 
 /// The files given, or every definition in `dir` when none are; `None`
@@ -117,15 +144,40 @@ fn files_or_dir(files: &[PathBuf], dir: &Path) -> Option<Vec<PathBuf>> {
 pub fn check(files: &[PathBuf], dir: &Path) -> bool {
     let Some(files) = files_or_dir(files, dir) else { return false };
     let mut valid = true;
+    let mut checked = Vec::new();
     for path in &files {
         match parse_file(path) {
             Ok((def, _)) => {
                 let hash = def.hash();
                 println!("{}: ok ({} v{}, {} states, hash {})", path.display(), def.name, def.version, def.states.len(), &hash[..hash.len().min(12)]);
+                checked.push((path, def));
             }
             Err(e) => {
                 valid = false;
                 eprintln!("{e:#}");
+            }
+        }
+    }
+    // A mapping is held against its old version when that is at hand: among
+    // the files checked, or in SAGAS_DIR (where the running version lives).
+    let mut known: Vec<sagas::Definition> = checked.iter().map(|(_, d)| d.clone()).collect();
+    known.extend(files_in(dir).unwrap_or_default().iter().filter_map(|p| parse_file(p).ok()).map(|(d, _)| d));
+    for (path, new) in &checked {
+        for from in new.migrations.keys() {
+            match known.iter().find(|d| d.name == new.name && d.version == *from) {
+                Some(old) => match sagas::migration::check(old, new) {
+                    Ok(()) => println!("{}: [migrate.{from}] ok (every state of {} v{from} mapped)", path.display(), new.name),
+                    Err(e) => {
+                        valid = false;
+                        eprintln!("{e}");
+                    }
+                },
+                None => eprintln!(
+                    "{}: [migrate.{from}] not checked: no file of {} v{from} among those given or in {} (name it too, e.g. `eso saga check old.toml new.toml`)",
+                    path.display(),
+                    new.name,
+                    dir.display()
+                ),
             }
         }
     }
@@ -198,6 +250,30 @@ mod tests {
         assert!(!check(&[], dir.path()));
         assert!(!check(std::slice::from_ref(&broken), &shipped()), "given files are checked, not the folder");
         assert!(check(&[shipped().join("order.toml")], dir.path()));
+    }
+
+    #[test]
+    fn a_mapping_is_held_against_its_old_version_by_check_and_at_start_up() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sagas/tests/migrate");
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let read = |name: &str| std::fs::read_to_string(fixtures.join(name)).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("order-v1.toml"), read("order-v1.toml")).unwrap_or_else(|e| panic!("{e}"));
+        let v3 = dir.path().join("order-v3.toml");
+        std::fs::write(&v3, read("order-v3.toml")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(check(&[], dir.path()));
+        assert!(check(std::slice::from_ref(&v3), dir.path()), "the old version found in SAGAS_DIR");
+
+        let broken = read("order-v3.toml").replace("refund = \"refund\"\n", "");
+        std::fs::write(&v3, &broken).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!check(&[], dir.path()), "refund left out");
+        assert!(check(std::slice::from_ref(&v3), &shipped()), "without the old version at hand the file alone is valid");
+
+        let mut registry = Registry::new();
+        for (file, source) in [("order-v1.toml", read("order-v1.toml")), ("order-v3.toml", broken)] {
+            registry.insert(sagas::parse(file, &source).unwrap_or_else(|e| panic!("{e}"))).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let refused = check_migrations(&registry).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(refused.contains("order-v3.toml:") && refused.contains("`refund` of version 1 is not mapped"), "{refused}");
     }
 
     #[test]

@@ -10,11 +10,12 @@
 //! with a key it has seen (`sagas::Ignored::Repeated`): a saga acted on
 //! just before a crash, not yet marked, is not acted on twice.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use db::Backend;
 use db::Column::Text;
-use sagas::{Act, Action, Ignored};
+use sagas::{Act, Action, Definition, Ignored};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
@@ -254,6 +255,10 @@ async fn work(runtime: &Runtime, store: &Store, job: &Job, holder: &str, shutdow
             tracing::info!(job = %job.job, "action job finished");
             return Ok(());
         }
+        let migration = match &job.action {
+            Action::Migrate { from, to } => Some(versions(runtime, job, *from, *to)),
+            _ => None,
+        };
         for chunk in batch.chunks(CONCURRENCY) {
             // Renewed per chunk: a slow batch must not outlive the lease
             // and run beside the replica that would take it over.
@@ -262,7 +267,15 @@ async fn work(runtime: &Runtime, store: &Store, job: &Job, holder: &str, shutdow
             }
             let acts = chunk.iter().map(|&saga| {
                 let act = Act { action: job.action.clone(), reason: job.reason.clone(), operator: job.operator.clone(), key: Some(key.clone()) };
-                async move { (saga, runtime.operate(saga, act).await) }
+                let migration = migration.clone();
+                async move {
+                    let outcome = match migration {
+                        None => runtime.operate(saga, act).await,
+                        Some(Ok((old, new))) => runtime.migrate(saga, &old, &new, act).await,
+                        Some(Err(missing)) => Err(RuntimeError::NoDefinition(missing)),
+                    };
+                    (saga, outcome)
+                }
             });
             let mut marks = Vec::with_capacity(chunk.len());
             let mut away = None;
@@ -304,6 +317,14 @@ async fn work(runtime: &Runtime, store: &Store, job: &Job, holder: &str, shutdow
             }
         }
     }
+}
+
+/// Both versions a migration job moves sagas between. The definition is
+/// the job's filter's: `POST /definitions/{name}/migrations` always sets it.
+fn versions(runtime: &Runtime, job: &Job, from: u32, to: u32) -> Result<(Arc<Definition>, Arc<Definition>), String> {
+    let name = job.filter.get("definition").and_then(Value::as_str).unwrap_or_default();
+    let loaded = |version: u32| runtime.registry().version(name, version).cloned().ok_or_else(|| format!("{name} v{version}"));
+    Ok((loaded(from)?, loaded(to)?))
 }
 
 /// Brings a job's counts up to date from its sagas' marks.

@@ -198,6 +198,20 @@ impl Runtime {
     /// that may be stale: a conflict, or an input ignored on a state that
     /// did not come from the store, makes it read the store and try again.
     async fn advance_from(&self, id: Uuid, known: Option<SagaRow>, input: Input, causation: String) -> Result<Stepped, RuntimeError> {
+        let decide = |def: &Definition, saga: &Saga| sagas::step(def, Some(saga), &input, clock::now());
+        self.advance_with(id, known, causation, decide).await
+    }
+
+    /// Load, `decide` (on the saga and the definition it runs on), append
+    /// (retrying on conflicts), send: the one path every step of a started
+    /// saga takes, whatever decides it.
+    async fn advance_with(
+        &self,
+        id: Uuid,
+        known: Option<SagaRow>,
+        causation: String,
+        decide: impl Fn(&Definition, &Saga) -> Result<sagas::Decision, sagas::Ignored>,
+    ) -> Result<Stepped, RuntimeError> {
         let mut hint = known;
         for _ in 0..MAX_CONFLICT_RETRIES {
             let from_hint = hint.is_some();
@@ -214,7 +228,7 @@ impl Runtime {
             let saga = row.saga.clone();
             let def = self.inner.registry.get(&saga.definition).ok_or_else(|| RuntimeError::DefinitionNotLoaded(id, saga.definition.clone()))?.clone();
             let started = Instant::now();
-            let decision = match sagas::step(&def, Some(&saga), &input, clock::now()) {
+            let decision = match decide(&def, &saga) {
                 Ok(d) => d,
                 Err(_) if from_hint => {
                     self.inner.cache.forget(id);
@@ -291,6 +305,33 @@ impl Runtime {
         };
         metrics::counter!("eso_operator_actions_total", "action" => action, "outcome" => outcome).increment(1);
         tracing::info!(saga.id = %id, action, %operator, outcome, "operator action");
+        Ok(stepped)
+    }
+
+    /// Moves saga `id` from `old` onto `new` (`sagas::migration::migrate`),
+    /// in the saga's own trace, as an operator's action is.
+    pub async fn migrate(&self, id: Uuid, old: &Definition, new: &Definition, act: sagas::Act) -> Result<Stepped, RuntimeError> {
+        let Some(row) = self.inner.store.load(id).await? else { return Ok(Stepped::UnknownSaga) };
+        let span = tracing::info_span!(
+            "saga.migrate",
+            otel.name = %format!("migrate {} v{} -> v{}", new.name, old.version, new.version),
+            saga.id = %id,
+            saga.state.from = %row.saga.state,
+            operator = %act.operator,
+        );
+        observability::propagation::set_parent_from_map(&span, &row.trace);
+        let causation = format!("operator:{}", act.operator);
+        let decide = |_: &Definition, saga: &Saga| sagas::migration::migrate(old, new, saga, &act, clock::now());
+        // A saga already moved runs on `new`, which the registry finds: the
+        // decision above still refuses it (as repeated or already on `new`).
+        let stepped = self.advance_with(id, Some(row), causation, decide).instrument(span).await?;
+        let outcome = match &stepped {
+            Stepped::Applied { .. } => "applied",
+            Stepped::Ignored(sagas::Ignored::Repeated(_)) => "repeated",
+            Stepped::Ignored(_) => "refused",
+            Stepped::UnknownSaga => "unknown",
+        };
+        metrics::counter!("eso_sagas_migrated_total", "definition" => new.name.clone(), "outcome" => outcome).increment(1);
         Ok(stepped)
     }
 

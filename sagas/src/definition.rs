@@ -18,8 +18,13 @@ use crate::inputs::{self, InputSpec, RawInputs};
 use crate::validate;
 
 /// Event types the machine records on its own; user transitions may not reuse them.
-pub const RESERVED_EVENTS: [&str; 4] =
-    [crate::machine::ATTEMPT_TIMED_OUT, crate::machine::RETRIED, crate::machine::OPERATOR_RETRIED, crate::machine::OPERATOR_RESUMED];
+pub const RESERVED_EVENTS: [&str; 5] = [
+    crate::machine::ATTEMPT_TIMED_OUT,
+    crate::machine::RETRIED,
+    crate::machine::OPERATOR_RETRIED,
+    crate::machine::OPERATOR_RESUMED,
+    crate::machine::DEFINITION_MIGRATED,
+];
 
 /// Longest timeout or backoff a step may ask for: a typo like `2h` instead of
 /// `2s` should be caught, not leave sagas hanging for a day.
@@ -41,6 +46,11 @@ pub struct Definition {
     /// not checked).
     pub inputs: Vec<InputSpec>,
     pub states: BTreeMap<String, State>,
+    /// How sagas of older versions move onto this one (`[migrate.N]`), by
+    /// the older version; checked against that version by
+    /// [`crate::migration::check`].
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub migrations: BTreeMap<u32, crate::migration::Migration>,
     /// State names in the order the file lists them, for diagrams.
     #[serde(skip)]
     pub order: Vec<String>,
@@ -270,6 +280,18 @@ pub enum Problem {
     RepairOfSuccess(String),
     #[error("`repair` target `{0}` is terminal: a resumed saga must have something left to do")]
     RepairTargetTerminal(String),
+    #[error("bad `command = \"{0}\"`: write `\"keep\"` (wait for the reply in flight) or `\"resend\"` (send the new state's command)")]
+    BadInFlight(String),
+    #[error("state `{state}` of version {from} is not mapped: its running sagas would have nowhere to go (add `{state} = \"<state of this version>\"`)")]
+    Unmapped { state: String, from: u32 },
+    #[error("version {from} has no state `{name}` (its states are: {})", .known.join(", "))]
+    UnknownOldState { name: String, from: u32, known: Vec<String> },
+    #[error("state `{state}` of version {from} is terminal: finished sagas are never migrated; remove it from the mapping")]
+    MapsTerminal { state: String, from: u32 },
+    #[error("`{old}` is mapped onto terminal state `{new}`: a migration must not end a running saga")]
+    OntoTerminal { old: String, new: String },
+    #[error("`{old}` keeps its command in flight, but `{new}` {why}; say `command = \"resend\"` to send `{new}`'s command instead")]
+    KeepDiffers { old: String, new: String, why: String },
 }
 
 fn hint(known: &[String]) -> String {
@@ -289,6 +311,8 @@ pub(crate) struct RawDefinition {
     pub started: Spanned<String>,
     pub inputs: Option<RawInputs>,
     pub states: Spanned<BTreeMap<Spanned<String>, Spanned<RawState>>>,
+    #[serde(default)]
+    pub migrate: BTreeMap<Spanned<String>, BTreeMap<Spanned<String>, Spanned<crate::migration::RawMapped>>>,
 }
 
 #[derive(Deserialize)]

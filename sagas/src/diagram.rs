@@ -65,7 +65,7 @@ impl Trigger {
             Cause::Operator(act) => match act.action {
                 Action::Cancel => Some(Trigger::Cancel),
                 Action::Resume { .. } => Some(Trigger::Repair),
-                Action::Retry => None,
+                Action::Retry | Action::Migrate { .. } => None,
             },
         }
     }
@@ -129,6 +129,13 @@ impl Path {
                     }
                     path.visited.insert(to.clone());
                     path.current = Some(to.clone());
+                }
+                // The states before were another version's: the path on
+                // this version's diagram starts where the saga landed.
+                Change::Migrated { to_state, .. } => {
+                    path = Path::default();
+                    path.visited.insert(to_state.clone());
+                    path.current = Some(to_state.clone());
                 }
                 _ => {}
             }

@@ -11,6 +11,7 @@ pub mod diagram;
 pub mod graph;
 pub mod inputs;
 pub mod machine;
+pub mod migration;
 pub mod registry;
 pub mod saga;
 mod validate;
@@ -19,6 +20,6 @@ pub mod verify;
 pub use definition::{Definition, DefinitionErrors, DefinitionId, Located, Outcome, Problem, parse};
 pub use inputs::{InputKind, InputProblem, InputSpec};
 pub use machine::{
-    Act, Action, Allowed, Cause, Change, Command, Decision, Event, FoldError, Ignored, Input, Millis, Pending, Phase, Saga, allowed_actions, step,
+    Act, Action, Allowed, Cause, Change, Command, Decision, Event, FoldError, Ignored, InFlight, Input, Millis, Pending, Phase, Saga, allowed_actions, step,
 };
 pub use registry::{Registry, RegistryError};

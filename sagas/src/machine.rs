@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::definition::{Definition, DefinitionId, Transition};
 use crate::inputs::{self, InputProblem};
-pub use crate::saga::{Act, Action, Cause, Change, Command, Event, FoldError, Millis, Pending, Phase, Saga};
+pub use crate::saga::{Act, Action, Cause, Change, Command, Event, FoldError, InFlight, Millis, Pending, Phase, Saga};
 
 /// Recorded when one attempt of a command timed out and a retry is due after backoff.
 pub const ATTEMPT_TIMED_OUT: &str = "command_timed_out";
@@ -24,6 +24,8 @@ pub const RETRIED: &str = "command_retried";
 pub const OPERATOR_RETRIED: &str = "operator_retried";
 /// Recorded when an operator sends a saga that ended in failure back into a repair state.
 pub const OPERATOR_RESUMED: &str = "operator_resumed";
+/// Recorded when a saga moves onto another version of its definition.
+pub const DEFINITION_MIGRATED: &str = "definition_migrated";
 
 /// What happens to a saga.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,6 +98,14 @@ pub enum Ignored {
     StillRunning(String),
     #[error("`{to}` is not a repair target of state `{state}` ({})", targets(.allowed))]
     NotRepairable { state: String, to: String, allowed: Vec<String> },
+    #[error("a migration needs both versions of the definition: run it as a migration job, not a saga action")]
+    MigrationIsNotAnAction,
+    #[error("the saga already runs on {0}")]
+    AlreadyOn(DefinitionId),
+    #[error("version {to} of `{name}` declares no `[migrate.{from}]` mapping")]
+    NoMapping { name: String, from: u32, to: u32 },
+    #[error("the `[migrate.{from}]` mapping of version {to} does not cover state `{state}`")]
+    NotMapped { state: String, from: u32, to: u32 },
 }
 
 fn targets(allowed: &[String]) -> String {
@@ -238,6 +248,7 @@ fn operate(def: &Definition, saga: &Saga, act: &Act, now: Millis) -> Result<Vec<
     let state = def.state(&saga.state).ok_or_else(|| Ignored::UnknownState(saga.state.clone()))?;
     let cause = Cause::Operator(act.clone());
     match &act.action {
+        Action::Migrate { .. } => Err(Ignored::MigrationIsNotAnAction),
         Action::Retry | Action::Cancel if saga.terminal => Err(Ignored::Finished(saga.state.clone())),
         Action::Retry => {
             let (Some(pending), Some(spec)) = (&saga.pending, &state.command) else { return Err(Ignored::NothingToRetry(saga.state.clone())) };
@@ -273,7 +284,7 @@ fn operate(def: &Definition, saga: &Saga, act: &Act, now: Millis) -> Result<Vec<
 }
 
 /// The pending command of entering `state` for the `visit`-th state entry.
-fn enter(
+pub(crate) fn enter(
     def: &Definition,
     saga_id: Uuid,
     state: &str,
@@ -312,7 +323,7 @@ fn lookup<'a>(data: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
 }
 
 /// Folds `events` onto `saga` and collects the commands they send.
-fn decide(mut saga: Saga, events: Vec<Event>) -> Decision {
+pub(crate) fn decide(mut saga: Saga, events: Vec<Event>) -> Decision {
     let commands = events.iter().filter_map(|e| e.change.sends()).cloned().collect();
     for event in &events {
         // Only a start event fails to fold onto a started saga, and `take`

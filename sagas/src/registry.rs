@@ -56,6 +56,11 @@ impl Registry {
         self.definitions.get(&(id.name.clone(), id.version)).filter(|d| d.hash() == id.hash)
     }
 
+    /// Version `version` of `name`, if it is loaded.
+    pub fn version(&self, name: &str, version: u32) -> Option<&Arc<Definition>> {
+        self.definitions.get(&(name.to_string(), version))
+    }
+
     /// The highest version of `name`: what new sagas start on.
     pub fn latest(&self, name: &str) -> Option<&Arc<Definition>> {
         self.definitions.range((name.to_string(), 0)..=(name.to_string(), u32::MAX)).next_back().map(|(_, d)| d)

@@ -123,6 +123,29 @@ pub enum Change {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by: Option<Act>,
     },
+    /// The saga moved onto another version of its definition
+    /// (`crate::migration`): from here on it runs on `to`.
+    Migrated {
+        from: DefinitionId,
+        to: DefinitionId,
+        from_state: String,
+        to_state: String,
+        status: String,
+        /// Whether the command in flight was kept or the new state's sent.
+        command: InFlight,
+        pending: Option<Pending>,
+        by: Act,
+    },
+}
+
+/// What a migration does with a command in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InFlight {
+    /// Keep waiting for the reply to the command already sent.
+    Keep,
+    /// Send the new state's command, under a new command id.
+    Resend,
 }
 
 /// Why a transition was taken.
@@ -171,6 +194,9 @@ pub enum Action {
     Cancel,
     /// Send a saga that ended in failure back into one of its state's `repair` targets.
     Resume { to: String },
+    /// Move the saga from version `from` of its definition onto version
+    /// `to`, as `to`'s `[migrate.<from>]` mapping says (`crate::migration`).
+    Migrate { from: u32, to: u32 },
 }
 
 impl Action {
@@ -179,6 +205,7 @@ impl Action {
             Action::Retry => "retry",
             Action::Cancel => "cancel",
             Action::Resume { .. } => "resume",
+            Action::Migrate { .. } => "migrate",
         }
     }
 }
@@ -249,6 +276,18 @@ impl Saga {
             Change::AttemptTimedOut { pending, .. } | Change::Retried { pending, .. } => {
                 saga.pending = Some(pending.clone());
             }
+            Change::Migrated { to, to_state, status, pending, .. } => {
+                saga.definition = to.clone();
+                saga.state = to_state.clone();
+                saga.status = status.clone();
+                saga.terminal = false;
+                saga.pending = pending.clone();
+                // A new entry: a resent command gets an id of its own.
+                saga.visits += 1;
+                if let Some(p) = pending {
+                    saga.commands.insert(to_state.clone(), p.command.id);
+                }
+            }
         }
         saga.version += 1;
         Ok(saga)
@@ -264,9 +303,10 @@ impl Change {
     /// The operator action this change records, if an operator caused it.
     pub fn act(&self) -> Option<&Act> {
         match self {
-            Change::Noted { cause: Cause::Operator(act), .. } | Change::Moved { cause: Cause::Operator(act), .. } | Change::Retried { by: Some(act), .. } => {
-                Some(act)
-            }
+            Change::Noted { cause: Cause::Operator(act), .. }
+            | Change::Moved { cause: Cause::Operator(act), .. }
+            | Change::Retried { by: Some(act), .. }
+            | Change::Migrated { by: act, .. } => Some(act),
             _ => None,
         }
     }
@@ -274,7 +314,10 @@ impl Change {
     /// The command this change puts on the wire, if it sends one.
     pub fn sends(&self) -> Option<&Command> {
         match self {
-            Change::Started { pending: Some(p), .. } | Change::Moved { pending: Some(p), .. } | Change::Retried { pending: p, .. } => Some(&p.command),
+            Change::Started { pending: Some(p), .. }
+            | Change::Moved { pending: Some(p), .. }
+            | Change::Retried { pending: p, .. }
+            | Change::Migrated { command: InFlight::Resend, pending: Some(p), .. } => Some(&p.command),
             _ => None,
         }
     }

@@ -236,6 +236,7 @@ pub(crate) fn validate(raw: RawDefinition, hash: String, at: &At<'_>) -> Result<
     };
     let started = check.event_type(&raw.started);
     let names: BTreeSet<String> = raw.states.get_ref().keys().map(|k| k.get_ref().clone()).collect();
+    let migrations = crate::migration::parse(&raw.migrate, version, &names, check.at, &mut check.problems);
 
     let mut order: Vec<&Spanned<String>> = raw.states.get_ref().keys().collect();
     order.sort_by_key(|k| k.span().start);
@@ -331,7 +332,7 @@ pub(crate) fn validate(raw: RawDefinition, hash: String, at: &At<'_>) -> Result<
         return Err(DefinitionErrors(check.problems));
     }
     let order = order.into_iter().map(|k| k.get_ref().clone()).collect();
-    Ok(Definition { name, version, description: raw.description, initial, started, inputs: declared, states, order, hash })
+    Ok(Definition { name, version, description: raw.description, initial, started, inputs: declared, states, migrations, order, hash })
 }
 
 /// The states a saga can move to directly from `state` on its own (replies,

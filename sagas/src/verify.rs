@@ -70,7 +70,7 @@ pub fn owes(step: &Step, to: &State) -> bool {
         Step::Reply { .. } => !to.terminal || is_success(to),
         Step::Timeout { last, .. } => *last,
         Step::Event { .. } => true,
-        Step::Start | Step::Retry { .. } => false,
+        Step::Start | Step::Migrated { .. } | Step::Retry { .. } => false,
     }
 }
 
@@ -78,6 +78,11 @@ pub fn owes(step: &Step, to: &State) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     Start,
+    /// A saga of version `from` moved onto this version by its
+    /// `[migrate.<from>]` mapping (its state's command sent afresh).
+    Migrated {
+        from: u32,
+    },
     Reply {
         state: String,
         outcome: String,
@@ -104,6 +109,7 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::Start => write!(f, "start"),
+            Step::Migrated { from } => write!(f, "migrated from v{from}"),
             Step::Reply { state, outcome } => write!(f, "reply {state}:{outcome}"),
             Step::Timeout { state, attempt, last: false } => write!(f, "timeout {state} (attempt {attempt})"),
             Step::Timeout { state, attempt, last: true } => write!(f, "timeout {state} (attempt {attempt}, last)"),
@@ -277,6 +283,25 @@ pub fn verify(def: &Definition) -> Report {
     let mut index: HashMap<Key, usize> = HashMap::from([(key_of(&start, &BTreeSet::new()), 0)]);
     let mut edges: Vec<Vec<usize>> = vec![Vec::new()];
     let mut queue = VecDeque::from([0usize]);
+    // A migration puts sagas where the regular execution may never take
+    // them: every state a mapping targets is a starting point too.
+    for (from, to) in migrated_into(def) {
+        let Some(state) = def.state(&to) else { continue };
+        let mut saga = start.clone();
+        saga.state.clone_from(&state.name);
+        saga.status.clone_from(&state.status);
+        saga.visits = 2;
+        saga.pending = machine::enter(def, id, &state.name, saga.visits, &saga.data, &saga.commands, Millis(0));
+        let owed = owed_on_arrival(def, &compensated, &undoes, &state.name);
+        let key = key_of(&saga, &owed);
+        if index.contains_key(&key) {
+            continue;
+        }
+        index.insert(key, nodes.len());
+        queue.push_back(nodes.len());
+        edges.push(Vec::new());
+        nodes.push(Node { saga, now: Millis(0), owed, parent: Some((usize::MAX, Hop { step: Step::Migrated { from }, to })) });
+    }
     let mut uncompensated: BTreeSet<(String, String)> = BTreeSet::new();
     let mut not_ignored: BTreeSet<(String, String)> = BTreeSet::new();
 
@@ -372,6 +397,35 @@ pub fn verify(def: &Definition) -> Report {
         }
     }
     report
+}
+
+/// `(old version, state)` for every non-terminal state a `[migrate.N]`
+/// mapping of `def` moves sagas into.
+fn migrated_into(def: &Definition) -> BTreeSet<(u32, String)> {
+    let targets = def.migrations.values().flat_map(|m| m.states.values().map(move |to| (m.from, to.to.clone())));
+    targets.filter(|(_, to)| def.state(to).is_some_and(|s| !s.terminal)).collect()
+}
+
+/// The compensations a saga migrated into `target` may owe: those of every
+/// compensated state a saga passes on its way to `target` (a saga that
+/// reaches `delivery` was charged, whichever version charged it), less the
+/// one `target` itself undoes.
+fn owed_on_arrival(def: &Definition, compensated: &BTreeMap<&str, &str>, undoes: &BTreeMap<&str, &str>, target: &str) -> BTreeSet<String> {
+    let reaches = |from: &str| {
+        let mut seen = BTreeSet::new();
+        let mut queue = VecDeque::from([from.to_string()]);
+        while let Some(name) = queue.pop_front() {
+            if let Some(state) = def.state(&name) {
+                for next in crate::validate::successors(state) {
+                    if seen.insert(next.to_string()) {
+                        queue.push_back(next.to_string());
+                    }
+                }
+            }
+        }
+        seen.contains(target)
+    };
+    compensated.keys().filter(|c| **c != target && undoes.get(target) != Some(*c) && reaches(c)).map(|c| c.to_string()).collect()
 }
 
 /// The shortest path to node `at` (BFS parents).

@@ -46,6 +46,20 @@ pub async fn act(
     }
 }
 
+/// A request's `reason`, trimmed: required, at most [`MAX_REASON_CHARS`].
+pub(crate) fn reason(fields: &Map<String, Value>) -> Result<String, ApiError> {
+    match fields.get("reason") {
+        Some(Value::String(r)) if r.trim().is_empty() => Err(ApiError::field("reason", "must not be empty")),
+        Some(Value::String(r)) if r.chars().count() > MAX_REASON_CHARS => {
+            Err(ApiError::field("reason", format!("must be at most {MAX_REASON_CHARS} characters")))
+        }
+        Some(Value::String(r)) if r.chars().any(|c| c.is_control() && c != '\n') => Err(ApiError::field("reason", "must not contain control characters")),
+        Some(Value::String(r)) => Ok(r.trim().to_string()),
+        Some(_) => Err(ApiError::field("reason", "must be a string")),
+        None => Err(ApiError::field("reason", "is required: say why, for the saga's history")),
+    }
+}
+
 /// The action a request names, and its reason; field errors say what is wrong.
 pub(crate) fn parse(action: &str, fields: &Map<String, Value>) -> Result<(Action, String), ApiError> {
     let known: &[&str] = match action {
@@ -56,18 +70,7 @@ pub(crate) fn parse(action: &str, fields: &Map<String, Value>) -> Result<(Action
     if let Some(unknown) = fields.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(ApiError::field(unknown, format!("is not a field of {action} (it takes {})", known.join(", "))));
     }
-    let reason = match fields.get("reason") {
-        Some(Value::String(r)) if r.trim().is_empty() => return Err(ApiError::field("reason", "must not be empty")),
-        Some(Value::String(r)) if r.chars().count() > MAX_REASON_CHARS => {
-            return Err(ApiError::field("reason", format!("must be at most {MAX_REASON_CHARS} characters")));
-        }
-        Some(Value::String(r)) if r.chars().any(|c| c.is_control() && c != '\n') => {
-            return Err(ApiError::field("reason", "must not contain control characters"));
-        }
-        Some(Value::String(r)) => r.trim().to_string(),
-        Some(_) => return Err(ApiError::field("reason", "must be a string")),
-        None => return Err(ApiError::field("reason", "is required: say why, for the saga's history")),
-    };
+    let reason = reason(fields)?;
     let action = match action {
         "retry" => Action::Retry,
         "cancel" => Action::Cancel,

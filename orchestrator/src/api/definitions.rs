@@ -27,6 +27,32 @@ pub async fn one(_: super::auth::CanRead, State(state): State<AppState>, Path(na
     Ok(Json(json!({ "name": name, "versions": versions })))
 }
 
+/// `POST /definitions/{name}/versions/{version}/retire`: the version is no
+/// longer loaded from the next start on. Refused (`409`) for the version
+/// new sagas start on and while any saga is live on it.
+pub async fn retire(
+    super::auth::Operator(operator): super::auth::Operator,
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let version: u32 = version.parse().map_err(|_| ApiError::field("version", "must be a version number"))?;
+    let registry = state.runtime.registry();
+    let Some(def) = registry.version(&name, version) else {
+        return Err(ApiError::NotFound(format!("version {version} of saga {:?} is not loaded (never, or retired already)", truncate(&name))));
+    };
+    if registry.latest(&name).is_some_and(|l| l.version == version) {
+        return Err(ApiError::Conflict(format!("version {version} is the one new sagas start on: deploy a newer version first")));
+    }
+    if !state.store.retire(&name, version).await? {
+        let live = state.store.live_counts().await?.get(&(name.clone(), version)).copied().unwrap_or(0);
+        return Err(ApiError::Conflict(format!(
+            "{live} saga(s) are live on version {version}: move them (eso saga migrate) or let them finish, then retire it"
+        )));
+    }
+    tracing::info!(definition = %def.id(), %operator, "definition version retired");
+    Ok(Json(json!({ "name": name, "version": version, "hash": def.hash(), "retired": true, "loaded_until": "the next start" })))
+}
+
 fn version(def: &sagas::Definition, live: &std::collections::BTreeMap<(String, u32), i64>, registry: &sagas::Registry, diagram: bool) -> Value {
     let states: Vec<Value> = def
         .order

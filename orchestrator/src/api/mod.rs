@@ -69,6 +69,8 @@ pub fn router(state: AppState) -> Router {
         .route("/actions/{job}", get(jobs::one))
         .route("/definitions", get(definitions::list))
         .route("/definitions/{name}", get(definitions::one))
+        .route("/definitions/{name}/migrations", axum::routing::post(jobs::migrate))
+        .route("/definitions/{name}/versions/{version}/retire", axum::routing::post(definitions::retire))
         .route("/definitions/{name}/diagram.svg", get(diagram::definition))
         .route("/ui", get(console::index))
         .route("/ui/", get(console::index))

@@ -172,7 +172,7 @@ fn attempt(change: &sagas::Change) -> Option<u32> {
     use sagas::Change::*;
     match change {
         AttemptTimedOut { attempt, .. } | Retried { attempt, .. } => Some(*attempt),
-        Started { pending: Some(p), .. } | Moved { pending: Some(p), .. } => Some(p.attempt),
+        Started { pending: Some(p), .. } | Moved { pending: Some(p), .. } | Migrated { pending: Some(p), .. } => Some(p.attempt),
         _ => None,
     }
 }
@@ -180,8 +180,13 @@ fn attempt(change: &sagas::Change) -> Option<u32> {
 /// Who did what, for an operator's event.
 fn operator(act: &sagas::machine::Act) -> Value {
     let mut shown = json!({ "action": act.action.name(), "reason": act.reason, "by": act.operator });
-    if let sagas::machine::Action::Resume { to } = &act.action {
-        shown["to"] = json!(to);
+    match &act.action {
+        sagas::machine::Action::Resume { to } => shown["to"] = json!(to),
+        sagas::machine::Action::Migrate { from, to } => {
+            shown["from_version"] = json!(from);
+            shown["to_version"] = json!(to);
+        }
+        _ => {}
     }
     shown
 }

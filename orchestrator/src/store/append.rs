@@ -192,13 +192,21 @@ impl Statement {
 
 /// What a step changes in a saga's row, on insert and on update alike.
 /// Every column a list filters on is here, so no step leaves one stale.
-const SAGA_STATE: [(&str, Column); 7] =
-    [("state", Text), ("status", Text), ("terminal", BigInt), ("version", BigInt), ("deadline", BigInt), ("attempt", BigInt), ("snapshot", Json)];
+/// (`definition_version` changes when a saga is migrated.)
+const SAGA_STATE: [(&str, Column); 8] = [
+    ("definition_version", BigInt),
+    ("state", Text),
+    ("status", Text),
+    ("terminal", BigInt),
+    ("version", BigInt),
+    ("deadline", BigInt),
+    ("attempt", BigInt),
+    ("snapshot", Json),
+];
 
 impl Statements {
     pub(super) fn new(backend: Backend) -> Statements {
-        let new_sagas: Vec<_> =
-            [("id", Text), ("definition", Text), ("definition_version", BigInt)].into_iter().chain(SAGA_STATE).chain([("trace", Json)]).collect();
+        let new_sagas: Vec<_> = [("id", Text), ("definition", Text)].into_iter().chain(SAGA_STATE).chain([("trace", Json)]).collect();
         let moved_sagas: Vec<_> = [("id", Text)].into_iter().chain(SAGA_STATE).chain([("expected", BigInt)]).collect();
         let set_state = SAGA_STATE.iter().map(|(name, _)| format!("{name} = r.{name}")).collect::<Vec<_>>().join(", ");
         let events = [("event_id", Text), ("stream_id", Text), ("version", BigInt), ("event_type", Text), ("data", Json), ("metadata", Json)];
@@ -222,6 +230,7 @@ impl Statements {
 /// The columns of [`SAGA_STATE`], from the saga after its step.
 #[derive(Serialize)]
 struct SagaState<'a> {
+    definition_version: u32,
     state: &'a str,
     status: &'a str,
     terminal: u8,
@@ -235,6 +244,7 @@ struct SagaState<'a> {
 impl<'a> SagaState<'a> {
     fn of(saga: &'a Saga) -> Self {
         SagaState {
+            definition_version: saga.definition.version,
             state: &saga.state,
             status: &saga.status,
             terminal: u8::from(saga.terminal),
@@ -250,7 +260,6 @@ impl<'a> SagaState<'a> {
 struct NewSaga<'a> {
     id: Uuid,
     definition: &'a str,
-    definition_version: u32,
     #[serde(flatten)]
     state: SagaState<'a>,
     trace: &'a BTreeMap<String, String>,
@@ -322,7 +331,7 @@ async fn commit(pool: &AnyPool, sql: &Statements, projections: &Projections, app
         .iter()
         .map(|&i| {
             let (a, saga) = (&appends[i], &appends[i].saga);
-            NewSaga { id: saga.id, definition: &saga.definition.name, definition_version: saga.definition.version, state: SagaState::of(saga), trace: &a.trace }
+            NewSaga { id: saga.id, definition: &saga.definition.name, state: SagaState::of(saga), trace: &a.trace }
         })
         .collect();
     let moved_rows: Vec<MovedSaga> = moved

@@ -175,9 +175,11 @@ impl Store {
         rows.iter().map(stored_event).collect()
     }
 
-    /// Every definition version recorded so far: `(name, version, hash, source)`.
+    /// Every definition version recorded so far and not retired: `(name, version, hash, source)`.
     pub async fn definitions(&self) -> Result<Vec<(String, i64, String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT name, version, hash, source FROM saga_definitions ORDER BY name, version").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT name, version, hash, source FROM saga_definitions WHERE retired_at IS NULL ORDER BY name, version")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(|r| Ok((r.try_get("name")?, r.try_get("version")?, r.try_get("hash")?, r.try_get("source")?))).collect()
     }
 
@@ -202,6 +204,28 @@ impl Store {
             .fetch_one(&self.pool)
             .await?
             .try_get("hash")?)
+    }
+
+    /// The versions of definitions that were retired, by name.
+    pub async fn retired(&self) -> Result<std::collections::BTreeSet<(String, u32)>, StoreError> {
+        let rows = sqlx::query("SELECT name, version FROM saga_definitions WHERE retired_at IS NOT NULL").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.try_get("name")?, u32::try_from(r.try_get::<i64, _>("version")?).unwrap_or(0)))).collect()
+    }
+
+    /// Retires version `version` of `name` if no saga is live on it, in one
+    /// statement, so a saga moved onto it meanwhile keeps it: `Ok(false)`
+    /// when sagas are live (or it is not recorded).
+    pub async fn retire(&self, name: &str, version: u32) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE saga_definitions SET retired_at = $3 WHERE name = $1 AND version = $2 AND retired_at IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM sagas WHERE definition = $1 AND definition_version = $2 AND terminal = 0)",
+        )
+        .bind(name)
+        .bind(i64::from(version))
+        .bind(crate::clock::now_us())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Sagas not yet terminal, by definition name and version.

@@ -262,7 +262,7 @@ fn compare(stored: &Stored, folded: &Saga, differences: &mut Vec<String>) {
 }
 
 async fn write_snapshot(tx: &mut sqlx::Transaction<'static, sqlx::Any>, saga: &Saga) -> Result<(), StoreError> {
-    sqlx::query("UPDATE sagas SET snapshot = $2, state = $3, status = $4, terminal = $5, version = $6, deadline = $7, attempt = $8 WHERE id = $1")
+    sqlx::query("UPDATE sagas SET snapshot = $2, state = $3, status = $4, terminal = $5, version = $6, deadline = $7, attempt = $8, definition_version = $9 WHERE id = $1")
         .bind(saga.id.to_string())
         .bind(serde_json::to_string(saga)?)
         .bind(&saga.state)
@@ -271,6 +271,7 @@ async fn write_snapshot(tx: &mut sqlx::Transaction<'static, sqlx::Any>, saga: &S
         .bind(i64::try_from(saga.version).unwrap_or(i64::MAX))
         .bind(saga.deadline().map(|d| d.0))
         .bind(saga.pending.as_ref().map(|p| i64::from(p.attempt)))
+        .bind(i64::from(saga.definition.version))
         .execute(&mut **tx)
         .await?;
     Ok(())
