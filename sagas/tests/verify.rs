@@ -197,3 +197,26 @@ ends_in = ["done"]
     let paths: Vec<String> = report.violations.iter().map(|v| render_path(&v.path)).collect();
     assert!(paths.contains(&"start → reply ask:yes → reply undo:undone → timeout ask (attempt 1, last)".to_string()), "{paths:#?}");
 }
+
+/// A saga migrated into a state may have set an invariant off under the
+/// old version: it arrives with it open when the state is reachable from
+/// where the trigger lands without entering an `unless_through` state.
+#[test]
+fn a_migrated_saga_arrives_with_the_invariants_its_state_may_owe() {
+    let source = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/broken_verify/migration_into_an_offer_skips_refund.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let invariant_paths = |extra: &str| {
+        let def = sagas::parse("shop.toml", &format!("{source}\n[[invariant]]\nafter = \"charge.ok\"\nends_in = [\"done\"]\n{extra}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let report = verify::verify(&def);
+        report.violations.iter().filter(|v| matches!(v.kind, ViolationKind::Invariant { .. })).map(|v| render_path(&v.path)).collect::<Vec<_>>()
+    };
+    // Every way from `ship` to `offer` enters `refund`.
+    assert_eq!(invariant_paths("unless_through = [\"refund\"]\n"), Vec::<String>::new());
+    // A version 1 saga in `charge` may have been charged, refunded and
+    // offered again before the migration.
+    assert_eq!(
+        invariant_paths(""),
+        ["migrated from v1 → reply charge:no", "migrated from v1 → timeout charge (attempt 1, last) → timeout refund (attempt 1, last)"]
+    );
+}
