@@ -51,6 +51,9 @@ pub struct Definition {
     /// [`crate::migration::check`].
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub migrations: BTreeMap<u32, crate::migration::Migration>,
+    /// The `[[invariant]]` tables, in file order; checked by [`crate::verify`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub invariants: Vec<crate::invariant::Invariant>,
     /// State names in the order the file lists them, for diagrams.
     #[serde(skip)]
     pub order: Vec<String>,
@@ -290,8 +293,22 @@ pub enum Problem {
     MapsTerminal { state: String, from: u32 },
     #[error("`{old}` is mapped onto terminal state `{new}`: a migration must not end a running saga")]
     OntoTerminal { old: String, new: String },
+    #[error("`after = \"{after}\"`: {why}")]
+    BadTrigger { after: String, why: String },
+    #[error("the invariant after `{0}` needs `ends_in` or `unless_through`: with neither, no saga it applies to could ever end")]
+    EmptyInvariant(String),
+    #[error("{}", misplaced(.field, .state, *.terminal))]
+    InvariantMisplaced { field: String, state: String, terminal: bool },
     #[error("`{old}` keeps its command in flight, but `{new}` {why}; say `command = \"resend\"` to send `{new}`'s command instead")]
     KeepDiffers { old: String, new: String, why: String },
+}
+
+fn misplaced(field: &str, state: &str, terminal: bool) -> String {
+    if terminal {
+        format!("`{field}` lists `{state}`, a terminal state: a saga that enters it has ended; list it in `ends_in`")
+    } else {
+        format!("`{field}` lists `{state}`, which is not terminal: `ends_in` names where a saga may end; a state to pass through goes in `unless_through`")
+    }
 }
 
 fn hint(known: &[String]) -> String {
@@ -313,6 +330,10 @@ pub(crate) struct RawDefinition {
     pub states: Spanned<BTreeMap<Spanned<String>, Spanned<RawState>>>,
     #[serde(default)]
     pub migrate: BTreeMap<Spanned<String>, BTreeMap<Spanned<String>, Spanned<crate::migration::RawMapped>>>,
+    // Absent from a file, it adds nothing to the TOML data the hash is
+    // taken over, so files written before invariants keep their hash.
+    #[serde(default)]
+    pub invariant: Vec<Spanned<crate::invariant::RawInvariant>>,
 }
 
 #[derive(Deserialize)]

@@ -10,6 +10,7 @@ pub mod definition;
 pub mod diagram;
 pub mod graph;
 pub mod inputs;
+pub mod invariant;
 pub mod machine;
 pub mod migration;
 pub mod registry;

@@ -287,6 +287,8 @@ pub(crate) fn validate(raw: RawDefinition, hash: String, at: &At<'_>) -> Result<
         Some(initial) => initial.get_ref().clone(),
     };
 
+    let invariants = crate::invariant::parse(&raw.invariant, &states, check.at, &mut check.problems);
+
     // Command fields must name something the saga will have: an input, the
     // saga id, or an earlier state's reply (`payment.payment_id`).
     let declared = check.inputs(raw.inputs.as_ref());
@@ -332,7 +334,7 @@ pub(crate) fn validate(raw: RawDefinition, hash: String, at: &At<'_>) -> Result<
         return Err(DefinitionErrors(check.problems));
     }
     let order = order.into_iter().map(|k| k.get_ref().clone()).collect();
-    Ok(Definition { name, version, description: raw.description, initial, started, inputs: declared, states, migrations, order, hash })
+    Ok(Definition { name, version, description: raw.description, initial, started, inputs: declared, states, migrations, invariants, order, hash })
 }
 
 /// The states a saga can move to directly from `state` on its own (replies,

@@ -26,7 +26,11 @@
 //! - **compensation coverage**: see [`is_success`] and [`owes`]: a saga must
 //!   not end in a failure terminal while a step whose effect may have
 //!   happened has not been undone by its compensating state;
-//! - **must ignore**: the probes above were ignored, for the right reason.
+//! - **must ignore**: the probes above were ignored, for the right reason;
+//! - **invariants** the definition declares ([`crate::invariant`]): each
+//!   configuration also carries the invariants triggered and not yet
+//!   discharged (a bitset), and ending in a terminal state outside an open
+//!   invariant's `ends_in` breaks it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::{self, Write};
@@ -135,6 +139,9 @@ pub enum ViolationKind {
     Uncompensated { state: String, compensation: String, terminal: String },
     /// The machine did not ignore `input` in `state` as it must (`got`: what it did).
     NotIgnored { state: String, input: String, got: String },
+    /// The declared invariant triggered by `after` was open when the saga
+    /// ended in `terminal`, which its `ends_in` does not list.
+    Invariant { after: String, ends_in: Vec<String>, unless_through: Vec<String>, terminal: String },
     /// The saga could not start on data holding every declared input.
     StartRefused(String),
     /// More than [`MAX_CONFIGURATIONS`] configurations: the search stopped.
@@ -177,6 +184,17 @@ impl fmt::Display for ViolationKind {
                 "compensation skipped: `{state}` may have taken effect, and the saga ends in failure (`{terminal}`) without passing through `{compensation}`"
             ),
             ViolationKind::NotIgnored { state, input, got } => write!(f, "not ignored: in `{state}`, {input} must be ignored, but {got}"),
+            ViolationKind::Invariant { after, ends_in, unless_through, terminal } => {
+                let list = |names: &[String]| names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+                write!(f, "invariant broken: after `{after}` the saga ends in `{terminal}`")?;
+                if !ends_in.is_empty() {
+                    write!(f, " (ends_in: {})", list(ends_in))?;
+                }
+                if !unless_through.is_empty() {
+                    write!(f, " without passing through {}", list(unless_through))?;
+                }
+                Ok(())
+            }
             ViolationKind::StartRefused(why) => write!(f, "cannot start: {why}"),
             ViolationKind::TooLarge => write!(f, "more than {MAX_CONFIGURATIONS} configurations: not fully explored"),
         }
@@ -218,6 +236,7 @@ fn kind_name(kind: &ViolationKind) -> &'static str {
         ViolationKind::DeadEnd { .. } => "dead end",
         ViolationKind::Uncompensated { .. } => "compensation skipped",
         ViolationKind::NotIgnored { .. } => "not ignored",
+        ViolationKind::Invariant { .. } => "invariant broken",
         ViolationKind::StartRefused(_) => "cannot start",
         ViolationKind::TooLarge => "too large",
     }
@@ -242,12 +261,15 @@ struct Key {
     pending: Option<(bool, u32)>,
     visits: u32,
     owed: BTreeSet<String>,
+    /// Bit `i`: invariant `i` is triggered and not yet discharged.
+    open: u64,
 }
 
 struct Node {
     saga: Saga,
     now: Millis,
     owed: BTreeSet<String>,
+    open: u64,
     parent: Option<(usize, Hop)>,
 }
 
@@ -268,19 +290,22 @@ pub fn verify(def: &Definition) -> Report {
             return report;
         }
     };
-    let key_of = |saga: &Saga, owed: &BTreeSet<String>| Key {
+    let key_of = |saga: &Saga, owed: &BTreeSet<String>, open: u64| Key {
         state: saga.state.clone(),
         pending: saga.pending.as_ref().map(|p| (p.phase == Phase::BackingOff, p.attempt)),
         visits: saga.visits.min(bound),
         owed: owed.clone(),
+        open,
     };
+    let open = advance(def, 0, &Step::Start, Some(&start.state));
     let mut nodes = vec![Node {
         saga: start.clone(),
         now: Millis(0),
         owed: BTreeSet::new(),
+        open,
         parent: Some((usize::MAX, Hop { step: Step::Start, to: start.state.clone() })),
     }];
-    let mut index: HashMap<Key, usize> = HashMap::from([(key_of(&start, &BTreeSet::new()), 0)]);
+    let mut index: HashMap<Key, usize> = HashMap::from([(key_of(&start, &BTreeSet::new(), open), 0)]);
     let mut edges: Vec<Vec<usize>> = vec![Vec::new()];
     let mut queue = VecDeque::from([0usize]);
     // A migration puts sagas where the regular execution may never take
@@ -293,17 +318,20 @@ pub fn verify(def: &Definition) -> Report {
         saga.visits = 2;
         saga.pending = machine::enter(def, id, &state.name, saga.visits, &saga.data, &saga.commands, Millis(0));
         let owed = owed_on_arrival(def, &compensated, &undoes, &state.name);
-        let key = key_of(&saga, &owed);
+        let open = bits(def.invariants.iter().map(|i| i.open_on_arrival(&def.states, &state.name)));
+        let open = advance(def, open, &Step::Migrated { from }, Some(&state.name));
+        let key = key_of(&saga, &owed, open);
         if index.contains_key(&key) {
             continue;
         }
         index.insert(key, nodes.len());
         queue.push_back(nodes.len());
         edges.push(Vec::new());
-        nodes.push(Node { saga, now: Millis(0), owed, parent: Some((usize::MAX, Hop { step: Step::Migrated { from }, to })) });
+        nodes.push(Node { saga, now: Millis(0), owed, open, parent: Some((usize::MAX, Hop { step: Step::Migrated { from }, to })) });
     }
     let mut uncompensated: BTreeSet<(String, String)> = BTreeSet::new();
     let mut not_ignored: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut broken: BTreeSet<(usize, String)> = BTreeSet::new();
 
     while let Some(at) = queue.pop_front() {
         if nodes.len() > MAX_CONFIGURATIONS {
@@ -341,14 +369,16 @@ pub fn verify(def: &Definition) -> Report {
             if let Some(undone) = undoes.get(next.state.as_str()) {
                 owed.remove(*undone);
             }
-            let key = key_of(&next, &owed);
+            let entered = (next.visits > saga.visits).then_some(next.state.as_str());
+            let open = advance(def, nodes[at].open, &step, entered);
+            let key = key_of(&next, &owed, open);
             let target = match index.get(&key) {
                 Some(&seen) => seen,
                 None => {
                     let fresh = nodes.len();
                     let ends_badly = to.terminal && !is_success(to);
                     let hop = Hop { step, to: next.state.clone() };
-                    nodes.push(Node { saga: next, now: when, owed: owed.clone(), parent: Some((at, hop)) });
+                    nodes.push(Node { saga: next, now: when, owed: owed.clone(), open, parent: Some((at, hop)) });
                     edges.push(Vec::new());
                     index.insert(key, fresh);
                     queue.push_back(fresh);
@@ -357,6 +387,19 @@ pub fn verify(def: &Definition) -> Report {
                             if uncompensated.insert((s.clone(), to.name.clone())) {
                                 let compensation = compensated.get(s.as_str()).map(|c| c.to_string()).unwrap_or_default();
                                 let kind = ViolationKind::Uncompensated { state: s.clone(), compensation, terminal: to.name.clone() };
+                                report.violations.push(Violation { kind, path: path_to(&nodes, fresh) });
+                            }
+                        }
+                    }
+                    if to.terminal {
+                        for (i, inv) in def.invariants.iter().enumerate() {
+                            if open & (1 << i) != 0 && !inv.ends_in.contains(&to.name) && broken.insert((i, to.name.clone())) {
+                                let kind = ViolationKind::Invariant {
+                                    after: inv.after.to_string(),
+                                    ends_in: inv.ends_in.clone(),
+                                    unless_through: inv.unless_through.clone(),
+                                    terminal: to.name.clone(),
+                                };
                                 report.violations.push(Violation { kind, path: path_to(&nodes, fresh) });
                             }
                         }
@@ -397,6 +440,26 @@ pub fn verify(def: &Definition) -> Report {
         }
     }
     report
+}
+
+/// The open invariants after `step`, which entered `entered` (None: the
+/// saga stayed where it was): a trigger opens its invariant (again, after a
+/// loop), and entering an `unless_through` state closes it, also when the
+/// triggering step itself enters it.
+fn advance(def: &Definition, mut open: u64, step: &Step, entered: Option<&str>) -> u64 {
+    for (i, inv) in def.invariants.iter().enumerate().take(crate::invariant::MAX_INVARIANTS) {
+        if inv.after.fired_by(step, entered) {
+            open |= 1 << i;
+        }
+        if entered.is_some_and(|s| inv.unless_through.iter().any(|t| t == s)) {
+            open &= !(1 << i);
+        }
+    }
+    open
+}
+
+fn bits(flags: impl Iterator<Item = bool>) -> u64 {
+    flags.take(crate::invariant::MAX_INVARIANTS).enumerate().filter(|(_, on)| *on).fold(0, |acc, (i, _)| acc | 1 << i)
 }
 
 /// `(old version, state)` for every non-terminal state a `[migrate.N]`

@@ -106,3 +106,117 @@ fn a_fifty_state_chain_verifies() {
     assert!(report.is_clean(), "{:?}", report.violations);
     assert_eq!(report.bound, 54);
 }
+
+/// `tests/verify_clean/` holds the shipped sagas with their natural
+/// invariants declared: they hold, and the copies keep the shipped states.
+#[test]
+fn the_shipped_sagas_keep_their_declared_invariants() {
+    let files = common::toml_files("tests/verify_clean");
+    assert_eq!(files.len(), 2);
+    for path in &files {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let source = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let def = sagas::parse(&name, &source).unwrap_or_else(|e| panic!("{e}"));
+        let shipped = if name == "order.toml" { common::order() } else { common::trip() };
+        assert_eq!(def.states, shipped.states, "{name} is a copy of the shipped file");
+        assert_eq!(def.invariants.len(), 3, "{name}");
+        let started = Instant::now();
+        let report = verify::verify(&def);
+        println!("{name} with invariants: {} configurations, bound {}, {:?}", report.configurations, report.bound, started.elapsed());
+        let shown: Vec<String> = report.violations.iter().map(ToString::to_string).collect();
+        assert!(report.is_clean(), "{name}:\n{}", shown.join("\n"));
+    }
+}
+
+/// The gap invariants close: the swapped outcomes send a confirmed charge
+/// straight to a failure terminal, which compensation coverage reads as
+/// "nothing happened", so without the invariants the file verifies clean.
+#[test]
+fn without_its_invariants_the_swapped_payment_verifies_clean() {
+    let source = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/broken_verify/confirmed_payment_cancels.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let Some((bare, _)) = source.split_once("\n# Once the charge") else { panic!("the file declares its invariants last") };
+    let def = sagas::parse("bare.toml", bare).unwrap_or_else(|e| panic!("{e}"));
+    assert!(def.invariants.is_empty());
+    let report = verify::verify(&def);
+    assert!(report.is_clean(), "{:?}", report.violations);
+    let with = verify::verify(&sagas::parse("with.toml", &source).unwrap_or_else(|e| panic!("{e}")));
+    let broken: Vec<_> = with.violations.iter().filter(|v| matches!(v.kind, ViolationKind::Invariant { .. })).collect();
+    assert_eq!(broken.len(), 3, "{:?}", with.violations);
+}
+
+/// Entering an `unless_through` state by the triggering step itself
+/// discharges the invariant; one that stays open is reported once per
+/// terminal, with the shortest path.
+#[test]
+fn an_invariant_closes_on_the_step_that_enters_its_escape() {
+    let source = r#"
+name = "loop"
+version = 1
+initial = "ask"
+started = "loop_started"
+
+[states.ask]
+status = "asking"
+command = { subject = "loop.ask", timeout = "1s" }
+on.yes = { record = ["said_yes"], goto = "undo" }
+on.no = { record = ["said_no"], goto = "done" }
+on_timeout = { record = ["ask_timed_out"], goto = "failed" }
+
+[states.undo]
+status = "undoing"
+command = { subject = "loop.undo", timeout = "1s" }
+on.undone = { record = ["undone"], goto = "ask" }
+on_timeout = { record = ["undo_timed_out"], goto = "failed" }
+
+[states.done]
+status = "done"
+terminal = true
+
+[states.failed]
+status = "failed"
+terminal = true
+
+[[invariant]]
+after = "ask.yes"
+ends_in = ["done"]
+unless_through = ["undo"]
+
+[[invariant]]
+after = "undo.undone"
+ends_in = ["done"]
+"#;
+    let def = sagas::parse("loop.toml", source).unwrap_or_else(|e| panic!("{e}"));
+    let report = verify::verify(&def);
+    // `ask.yes` enters `undo` itself, so it never stays open (`undo`'s
+    // timeout ends in `failed` unreported); `undo.undone` does, and a later
+    // timeout of `ask` ends the saga in `failed`.
+    let shown: Vec<String> = report.violations.iter().map(ToString::to_string).collect();
+    assert_eq!(shown.len(), 1, "{shown:#?}");
+    assert!(shown[0].starts_with("invariant broken: after `undo.undone` the saga ends in `failed` (ends_in: `done`)"), "{shown:#?}");
+    let paths: Vec<String> = report.violations.iter().map(|v| render_path(&v.path)).collect();
+    assert!(paths.contains(&"start → reply ask:yes → reply undo:undone → timeout ask (attempt 1, last)".to_string()), "{paths:#?}");
+}
+
+/// A saga migrated into a state may have set an invariant off under the
+/// old version: it arrives with it open when the state is reachable from
+/// where the trigger lands without entering an `unless_through` state.
+#[test]
+fn a_migrated_saga_arrives_with_the_invariants_its_state_may_owe() {
+    let source = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/broken_verify/migration_into_an_offer_skips_refund.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let invariant_paths = |extra: &str| {
+        let def = sagas::parse("shop.toml", &format!("{source}\n[[invariant]]\nafter = \"charge.ok\"\nends_in = [\"done\"]\n{extra}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let report = verify::verify(&def);
+        report.violations.iter().filter(|v| matches!(v.kind, ViolationKind::Invariant { .. })).map(|v| render_path(&v.path)).collect::<Vec<_>>()
+    };
+    // Every way from `ship` to `offer` enters `refund`.
+    assert_eq!(invariant_paths("unless_through = [\"refund\"]\n"), Vec::<String>::new());
+    // A version 1 saga in `charge` may have been charged, refunded and
+    // offered again before the migration.
+    assert_eq!(
+        invariant_paths(""),
+        ["migrated from v1 → reply charge:no", "migrated from v1 → timeout charge (attempt 1, last) → timeout refund (attempt 1, last)"]
+    );
+}
