@@ -334,19 +334,7 @@ async fn bulk(app: &TestApp) {
     assert_eq!(status, 422, "a key reused for another request: {reused}");
     let matched = job["matched"].as_u64().unwrap_or(0);
     assert!(matched >= 3, "{job}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let finished = loop {
-        let response = app.http.get(format!("{}/actions/{}", app.url, job["job"].as_str().unwrap_or_default())).bearer_auth(READER).send().await;
-        let body: Value = match response {
-            Ok(r) => r.json().await.unwrap_or(Value::Null),
-            Err(e) => panic!("GET job: {e}"),
-        };
-        if body["status"] == "finished" {
-            break body;
-        }
-        assert!(Instant::now() < deadline, "the job did not finish: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let finished = common::until_finished(&app.http, &app.url, READER, job["job"].as_str().unwrap_or_default(), Duration::from_secs(20)).await;
     let (done, refused) = (finished["done"].as_u64().unwrap_or(0), finished["refused"].as_u64().unwrap_or(0));
     assert_eq!(done + refused, matched, "{finished}");
     assert!(refused >= 1, "the saga already in `undo` has no cancel: {finished}");

@@ -5,20 +5,14 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Nats, Postgres, Process, process_env};
+use common::{Nats, Postgres, Process, process_env, until_finished, until_part_done};
 use serde_json::{Value, json};
 use sqlx::Row;
 
 const ALICE: &str = "alice-operator-token-0123456789";
 const SAGAS: usize = 1000;
-
-async fn job(http: &reqwest::Client, url: &str, id: &str) -> Value {
-    let response = http.get(format!("{url}/actions/{id}")).bearer_auth(ALICE).send().await.unwrap_or_else(|e| panic!("GET job: {e}"));
-    assert_eq!(response.status().as_u16(), 200);
-    response.json().await.unwrap_or(Value::Null)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_stuck_sagas_are_retried_once_each_through_a_crash() {
@@ -51,27 +45,9 @@ async fn a_thousand_stuck_sagas_are_retried_once_each_through_a_crash() {
     let id = created["job"].as_str().unwrap_or_default().to_string();
 
     // Killed once part of the job is done, at a rate that leaves most of it to do.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let done = job(&http, &url, &id).await["done"].as_u64().unwrap_or(0);
-        if done >= 200 {
-            assert!(done < SAGAS as u64, "the job finished before the crash; the test proves nothing");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the job did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_part_done(&http, &url, ALICE, &id, 200, SAGAS as u64).await;
     eso.restart().await;
-
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let finished = loop {
-        let state = job(&http, &url, &id).await;
-        if state["status"] == "finished" {
-            break state;
-        }
-        assert!(Instant::now() < deadline, "the job did not resume after the restart: {state}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let finished = until_finished(&http, &url, ALICE, &id, Duration::from_secs(90)).await;
     assert_eq!((finished["done"].as_u64(), finished["refused"].as_u64(), finished["failed"].as_u64()), (Some(SAGAS as u64), Some(0), Some(0)), "{finished}");
 
     let pool = postgres.pool().await;

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Nats, Postgres, Process, process_env};
+use common::{Nats, Postgres, Process, process_env, until_finished, until_part_done};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -31,12 +31,6 @@ fn fixture(name: &str) -> String {
 
 async fn count(pool: &sqlx::AnyPool, sql: &'static str) -> i64 {
     sqlx::query(sql).fetch_one(pool).await.unwrap_or_else(|e| panic!("{sql}: {e}")).try_get("n").unwrap_or(-1)
-}
-
-async fn job(http: &reqwest::Client, url: &str, id: &str) -> Value {
-    let response = http.get(format!("{url}/actions/{id}")).bearer_auth(ALICE).send().await.unwrap_or_else(|e| panic!("GET job: {e}"));
-    assert_eq!(response.status().as_u16(), 200);
-    response.json().await.unwrap_or(Value::Null)
 }
 
 /// Answers version 3's `notify` step, as the notification service would.
@@ -126,27 +120,10 @@ async fn scenario(crash: bool) {
     };
 
     if crash {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let done = job(&http, &url, &id).await["done"].as_u64().unwrap_or(0);
-            if done >= 100 {
-                assert!(done < SAGAS as u64, "the job finished before the crash; the test proves nothing");
-                break;
-            }
-            assert!(Instant::now() < deadline, "the migration did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_part_done(&http, &url, ALICE, &id, 100, SAGAS as u64).await;
         eso.restart().await;
     }
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let finished = loop {
-        let state = job(&http, &url, &id).await;
-        if state["status"] == "finished" {
-            break state;
-        }
-        assert!(Instant::now() < deadline, "the migration did not finish: {state}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let finished = until_finished(&http, &url, ALICE, &id, Duration::from_secs(90)).await;
     let elapsed = started.elapsed();
     if let Some(migrating) = migrating {
         let (ok, said) = migrating.await.unwrap_or_else(|e| panic!("{e}"));

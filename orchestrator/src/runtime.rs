@@ -65,6 +65,19 @@ pub enum Stepped {
     UnknownSaga,
 }
 
+impl Stepped {
+    /// What an operator's action (or a migration) came to, as metrics and
+    /// logs name it.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Stepped::Applied { .. } => "applied",
+            Stepped::Ignored(sagas::Ignored::Repeated(_)) => "repeated",
+            Stepped::Ignored(_) => "refused",
+            Stepped::UnknownSaga => "unknown",
+        }
+    }
+}
+
 /// What a start did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Started {
@@ -297,12 +310,7 @@ impl Runtime {
         let (action, operator) = (act.action.name(), act.operator.clone());
         let causation = format!("operator:{operator}");
         let stepped = self.advance_from(id, Some(row), Input::Operator(act), causation).instrument(span).await?;
-        let outcome = match &stepped {
-            Stepped::Applied { .. } => "applied",
-            Stepped::Ignored(sagas::Ignored::Repeated(_)) => "repeated",
-            Stepped::Ignored(_) => "refused",
-            Stepped::UnknownSaga => "unknown",
-        };
+        let outcome = stepped.outcome();
         metrics::counter!("eso_operator_actions_total", "action" => action, "outcome" => outcome).increment(1);
         tracing::info!(saga.id = %id, action, %operator, outcome, "operator action");
         Ok(stepped)
@@ -325,12 +333,7 @@ impl Runtime {
         // A saga already moved runs on `new`, which the registry finds: the
         // decision above still refuses it (as repeated or already on `new`).
         let stepped = self.advance_with(id, Some(row), causation, decide).instrument(span).await?;
-        let outcome = match &stepped {
-            Stepped::Applied { .. } => "applied",
-            Stepped::Ignored(sagas::Ignored::Repeated(_)) => "repeated",
-            Stepped::Ignored(_) => "refused",
-            Stepped::UnknownSaga => "unknown",
-        };
+        let outcome = stepped.outcome();
         metrics::counter!("eso_sagas_migrated_total", "definition" => new.name.clone(), "outcome" => outcome).increment(1);
         Ok(stepped)
     }

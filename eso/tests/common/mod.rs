@@ -21,12 +21,14 @@ use uuid::Uuid;
 
 mod app;
 mod checks;
+mod jobs;
 mod migrations;
 mod process;
 mod servers;
 
 pub use app::*;
 pub use checks::*;
+pub use jobs::*;
 pub use migrations::*;
 pub use process::*;
 pub use servers::*;

@@ -6,7 +6,6 @@ use axum::http::header;
 use std::sync::LazyLock;
 
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
 
 use super::auth::CanOpenConsole;
 
@@ -25,16 +24,12 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// The page, naming its script and style by content hash.
 fn page() -> &'static str {
     static PAGE: LazyLock<String> = LazyLock::new(|| {
-        let versioned = |path: &str, body: &str| format!("{path}?v={}", &hex(&Sha256::digest(body.as_bytes()))[..16]);
+        let versioned = |path: &str, body: &str| format!("{path}?v={}", &super::sha256_hex(body.as_bytes())[..16]);
         INDEX
             .replace("\"/ui/app.js\"", &format!("\"{}\"", versioned("/ui/app.js", APP)))
             .replace("\"/ui/style.css\"", &format!("\"{}\"", versioned("/ui/style.css", STYLE)))
     });
     &PAGE
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `GET /ui`.

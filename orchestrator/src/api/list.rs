@@ -225,18 +225,10 @@ pub async fn counts(_: CanRead, State(state): State<AppState>, Params(params): P
         return Err(ApiError::BadRequest(format!("unknown parameter {:?}; GET /sagas/counts takes {}", truncate(unknown), KNOWN.join(", "))));
     }
     let query = Query::parse(&params, &[])?;
-    if let Some(name) = &query.definition
-        && state.runtime.registry().latest(name).is_none()
-    {
-        return Err(ApiError::NotFound(format!("no saga definition named {:?} is loaded", truncate(name))));
-    }
-    // Only loaded versions: each filter is an entry of the finished-counts
-    // cache, so the filters a client can name are bounded.
-    if let Some(version) = query.version
-        && !state.runtime.registry().iter().any(|d| d.version == version && query.definition.as_ref().is_none_or(|n| &d.name == n))
-    {
-        return Err(ApiError::field("version", "no loaded definition has that version"));
-    }
+    // The list's own checks: a definition and a version that are loaded.
+    // Only loaded versions, as each filter is an entry of the
+    // finished-counts cache: the filters a client can name are bounded.
+    query.filters(state.runtime.registry(), now_us(), None, 1)?;
     let (counts, finished_as_of) = state.store.counts(query.definition.as_deref(), query.version).await?;
     let counts: Vec<Value> = counts
         .iter()

@@ -141,8 +141,13 @@ pub(crate) fn request_key(headers: &HeaderMap, fields: &Map<String, Value>) -> R
     }
     // serde_json's maps are sorted (no `preserve_order`), so this is canonical.
     let canonical = Value::Object(fields.clone()).to_string();
-    let fingerprint = Sha256::digest(canonical.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let fingerprint = sha256_hex(canonical.as_bytes());
     Ok(Some((key.to_string(), fingerprint)))
+}
+
+/// The SHA-256 of `bytes`, in hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// At most 64 characters of `s`, for echoing input in an error.

@@ -210,7 +210,7 @@ impl Store {
         Ok((counts, taken))
     }
 
-    async fn count_where(&self, definition: Option<&str>, version: Option<u32>, terminal: i64) -> Result<Vec<Count>, StoreError> {
+    pub(super) async fn count_where(&self, definition: Option<&str>, version: Option<u32>, terminal: i64) -> Result<Vec<Count>, StoreError> {
         let mut sql = String::from("SELECT definition, definition_version, state, status, terminal, COUNT(*) AS n FROM sagas WHERE terminal = $1");
         match (definition.is_some(), version.is_some()) {
             (true, true) => sql.push_str(" AND definition = $2 AND definition_version = $3"),

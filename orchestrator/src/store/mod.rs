@@ -228,17 +228,14 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Sagas not yet terminal, by definition name and version.
+    /// Sagas not yet terminal, by definition name and version: the live
+    /// part of [`Store::counts`], summed over states.
     pub async fn live_counts(&self) -> Result<BTreeMap<(String, u32), i64>, StoreError> {
-        let rows = sqlx::query("SELECT definition, definition_version, COUNT(*) AS n FROM sagas WHERE terminal = 0 GROUP BY definition, definition_version")
-            .fetch_all(&self.readers)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let version: i64 = r.try_get("definition_version")?;
-                Ok(((r.try_get("definition")?, u32::try_from(version).unwrap_or(0)), r.try_get("n")?))
-            })
-            .collect()
+        let mut live = BTreeMap::new();
+        for c in self.count_where(None, None, 0).await? {
+            *live.entry((c.definition, c.version)).or_insert(0) += c.count;
+        }
+        Ok(live)
     }
 
     /// Forgets idempotency keys recorded before `before` (Unix
