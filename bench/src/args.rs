@@ -41,6 +41,12 @@ pub struct BenchArgs {
     /// (comma-separated for a sweep).
     #[arg(long, value_delimiter = ',')]
     pub rate: Vec<f64>,
+    /// Overload points: after the closed-loop points, open-loop points at
+    /// these multiples of the target's closed-loop peak (the best
+    /// `sagas/s` of its --concurrency points), e.g. `0.5,1,2,4`. Shed
+    /// POSTs (`429`) are counted apart and not sent again.
+    #[arg(long, value_delimiter = ',')]
+    pub overload: Vec<f64>,
     /// Sagas per point (with --duration too: whichever ends first).
     #[arg(long)]
     pub sagas: Option<usize>,
@@ -134,6 +140,12 @@ impl BenchArgs {
         }
         if self.rate.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
             bail!("--rate must be positive");
+        }
+        if self.overload.iter().any(|f| !(f.is_finite() && *f > 0.0 && *f <= 100.0)) {
+            bail!("--overload factors must be above 0 and at most 100");
+        }
+        if !self.overload.is_empty() && self.concurrency.is_empty() {
+            bail!("--overload needs --concurrency: the closed-loop points measure the peak it multiplies");
         }
         let concurrency = if self.concurrency.is_empty() && self.rate.is_empty() { vec![8] } else { self.concurrency.clone() };
         Ok(concurrency.into_iter().map(|c| Shape::Closed { concurrency: c }).chain(self.rate.iter().map(|&r| Shape::Open { rate: r })).collect())

@@ -44,6 +44,14 @@ pub struct Client {
     mix: Mix,
 }
 
+/// What a POST came to, short of an error.
+#[derive(Debug, Clone, Copy)]
+pub enum Posted {
+    Accepted(Uuid),
+    /// Turned away at once by the server's admission control.
+    Shed,
+}
+
 /// The fields of `GET /orders/{id}` the bench reads.
 #[derive(Debug, Deserialize)]
 pub struct OrderView {
@@ -77,17 +85,24 @@ impl Client {
         }
     }
 
-    /// `POST /orders`: the new saga's id once it is durable (201).
-    pub async fn create(&self, i: usize) -> anyhow::Result<Uuid> {
+    /// `POST /orders`: the new saga's id once it is durable (201), or
+    /// [`Posted::Shed`] when the server turned it away (`429`, or `503`
+    /// with `Retry-After`) without taking it on.
+    pub async fn create(&self, i: usize) -> anyhow::Result<Posted> {
         let body = json!({ "amount": 10.50, "description": self.description(i) });
         let response = self.http.post(format!("{}/orders", self.base)).json(&body).send().await.context("POST /orders")?;
         let status = response.status();
+        let shed = status == reqwest::StatusCode::TOO_MANY_REQUESTS
+            || (status == reqwest::StatusCode::SERVICE_UNAVAILABLE && response.headers().contains_key(reqwest::header::RETRY_AFTER));
         let text = response.text().await.context("reading the POST answer")?;
+        if shed {
+            return Ok(Posted::Shed);
+        }
         if !status.is_success() {
             bail!("POST /orders answered {status}: {}", text.chars().take(200).collect::<String>());
         }
         let answer: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("POST /orders answered {text:?}"))?;
-        answer["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).with_context(|| format!("no id in {text:?}"))
+        answer["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).map(Posted::Accepted).with_context(|| format!("no id in {text:?}"))
     }
 
     /// `GET /orders/{id}`, held by the server up to `wait` while the saga runs.
@@ -139,25 +154,31 @@ pub struct Length {
 pub struct Raw {
     pub attempted: usize,
     pub post_us: Vec<u64>,
+    /// How long each shed POST took to be answered.
+    pub shed_us: Vec<u64>,
     pub post_errors: usize,
     pub first_post_error: Option<String>,
     pub started_wall_us: i64,
     pub elapsed: Duration,
+    /// The load alone, without the wait for the last sagas.
+    pub load_elapsed: Duration,
     pub seen: Seen,
 }
 
 #[derive(Default)]
 struct Posts {
     post_us: Vec<u64>,
+    shed_us: Vec<u64>,
     errors: usize,
     first_error: Option<String>,
 }
 
 impl Posts {
-    fn record(log: &Mutex<Posts>, result: &anyhow::Result<Uuid>, since: Instant) {
+    fn record(log: &Mutex<Posts>, result: &anyhow::Result<Posted>, since: Instant) {
         let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
         match result {
-            Ok(_) => log.post_us.push(since.elapsed().as_micros() as u64),
+            Ok(Posted::Accepted(_)) => log.post_us.push(since.elapsed().as_micros() as u64),
+            Ok(Posted::Shed) => log.shed_us.push(since.elapsed().as_micros() as u64),
             Err(e) => {
                 log.errors += 1;
                 if log.first_error.is_none() {
@@ -195,6 +216,7 @@ pub async fn run(client: &Client, plan: Plan, after_load: impl FnOnce()) -> Raw 
         Shape::Closed { concurrency } => closed(client, &tracker, &posts, concurrency, length, drain).await,
         Shape::Open { rate } => open(client, &tracker, &posts, (rate, max_posts), length, (started, started_wall_us)).await,
     };
+    let load_elapsed = started.elapsed();
     after_load();
     tracker.close();
     let poller_abort = poller.abort_handle();
@@ -203,7 +225,7 @@ pub async fn run(client: &Client, plan: Plan, after_load: impl FnOnce()) -> Raw 
     }
     let seen = tracker.take();
     let posts = std::mem::take(&mut *posts.lock().unwrap_or_else(PoisonError::into_inner));
-    Raw { attempted, post_us: posts.post_us, post_errors: posts.errors, first_post_error: posts.first_error, started_wall_us, elapsed: started.elapsed(), seen }
+    Raw { attempted, post_us: posts.post_us, shed_us: posts.shed_us, post_errors: posts.errors, first_post_error: posts.first_error, started_wall_us, elapsed: started.elapsed(), load_elapsed, seen }
 }
 
 /// `concurrency` clients, each: POST, wait until its saga is terminal, repeat.
@@ -224,12 +246,12 @@ async fn closed(client: &Client, tracker: &Arc<Tracker>, posts: &Arc<Mutex<Posts
                 let result = client.create(i).await;
                 Posts::record(&posts, &result, sent);
                 match result {
-                    Ok(id) => {
+                    Ok(Posted::Accepted(id)) => {
                         let done = tracker.watch(id, sent_wall);
                         // Not terminal in time: counted as unfinished; go on.
                         let _ = tokio::time::timeout(saga_timeout, done).await;
                     }
-                    Err(_) => tokio::time::sleep(ERROR_PAUSE).await,
+                    Ok(Posted::Shed) | Err(_) => tokio::time::sleep(ERROR_PAUSE).await,
                 }
             }
         });
@@ -269,7 +291,9 @@ async fn open(
         tasks.spawn(async move {
             let result = client.create(i).await;
             Posts::record(&posts, &result, due);
-            if let Ok(id) = result {
+            // A shed POST is not sent again: the open loop measures what
+            // the server takes of a load that does not wait for it.
+            if let Ok(Posted::Accepted(id)) = result {
                 drop(tracker.watch(id, due_wall));
             }
             drop(permit);

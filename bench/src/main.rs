@@ -239,12 +239,30 @@ async fn run_target(
         println!("note: CHECKPOINT before the points failed (not a superuser?): {e:#}");
     }
     report::print_header();
+    let first = points.len();
     for &shape in shapes {
         target.check_alive()?;
         let point = point::measure(args, target, &client, shape, length, poll, tracing, ceiling).await?;
         report::print_row(&point);
         points.push(point);
         tokio::time::sleep(SETTLE).await;
+    }
+    if !args.overload.is_empty() {
+        let peak = points[first..].iter().filter(|p| p.kind == "closed").map(|p| p.completed_per_s).fold(0.0, f64::max);
+        if peak <= 0.0 {
+            bail!("--overload: the closed-loop points completed nothing, so there is no peak to multiply");
+        }
+        println!("  overload: closed-loop peak {peak:.1} sagas/s");
+        for &factor in &args.overload {
+            target.check_alive()?;
+            let shape = Shape::Open { rate: (peak * factor).round().max(1.0) };
+            let mut point = point::measure(args, target, &client, shape, length, poll, tracing, ceiling).await?;
+            point.peak_factor = Some(factor);
+            report::print_row(&point);
+            points.push(point);
+            // A backlog's tail (relay, timers) must not be the next point's load.
+            tokio::time::sleep(SETTLE * 4).await;
+        }
     }
     target.check_alive()
 }

@@ -84,6 +84,8 @@ pub(super) async fn measure(
         _ => raw.elapsed.as_secs_f64(),
     };
     let completed_per_s = if seconds > 0.0 { completed as f64 / seconds } else { 0.0 };
+    let load_seconds = raw.load_elapsed.as_secs_f64();
+    let per_load_second = |n: usize| if load_seconds > 0.0 { n as f64 / load_seconds } else { 0.0 };
     let mut latencies: Vec<u64> = raw.seen.finished.iter().map(|f| f.latency_us).collect();
     let mut seen: Vec<u64> = raw.seen.finished.iter().map(|f| f.seen_us).collect();
     let mut detects: Vec<u64> = raw.seen.finished.iter().map(|f| f.detect_us).collect();
@@ -105,8 +107,10 @@ pub(super) async fn measure(
         hold,
         concurrency,
         rate,
+        peak_factor: None,
         attempted: raw.attempted,
         accepted: raw.post_us.len(),
+        shed: raw.shed_us.len(),
         completed,
         unfinished: raw.seen.unfinished_accepted_wall_us.len(),
         errors: Errors { post: raw.post_errors, poll: raw.seen.errors as usize, first: raw.first_post_error.take().or_else(|| raw.seen.first_error.take()) },
@@ -114,6 +118,9 @@ pub(super) async fn measure(
         completed_per_s,
         latency_ms: report::Latency::of(&mut latencies),
         latency_seen_ms: report::Latency::of(&mut seen),
+        accepted_per_s: per_load_second(raw.post_us.len()),
+        shed_per_s: per_load_second(raw.shed_us.len()),
+        shed_ms: report::Latency::of(&mut raw.shed_us),
         post_ms: report::Latency::of(&mut raw.post_us),
         outcomes,
         latency_by_outcome_ms,

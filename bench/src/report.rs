@@ -114,9 +114,14 @@ pub struct Point {
     pub hold: bool,
     pub concurrency: Option<usize>,
     pub rate: Option<f64>,
-    /// POSTs sent, accepted (2xx), finished (terminal seen), never finished.
+    /// `--overload` points: the rate as a multiple of this target's
+    /// closed-loop peak (`completed_per_s` of its best closed point).
+    pub peak_factor: Option<f64>,
+    /// POSTs sent, accepted (2xx), shed (`429`, or `503` with
+    /// `Retry-After`), finished (terminal seen), never finished.
     pub attempted: usize,
     pub accepted: usize,
+    pub shed: usize,
     pub completed: usize,
     pub unfinished: usize,
     pub errors: Errors,
@@ -130,6 +135,11 @@ pub struct Point {
     /// POST sent (or due) → the poller saw the terminal status: an upper bound.
     pub latency_seen_ms: Latency,
     pub post_ms: Latency,
+    /// Accepted and shed POSTs per second of the load (not of the drain).
+    pub accepted_per_s: f64,
+    pub shed_per_s: f64,
+    /// How long a shed POST took to be answered.
+    pub shed_ms: Latency,
     pub outcomes: BTreeMap<String, usize>,
     /// `latency_ms` of the sagas that ended in each status (`delivered`
     /// takes one step more than a declined order's `cancelled`).
@@ -244,22 +254,23 @@ pub fn mib(kib: u64) -> f64 {
 
 pub fn print_header() {
     println!(
-        "  {:<6} {:>8} {:>7} {:>6} {:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9}  peak RSS MiB (sampled)",
-        "kind", "offered", "sagas", "errors", "sagas/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "POST p50", "POST p99", "in-flight"
+        "  {:<6} {:>8} {:>7} {:>6} {:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>7} {:>8}  peak RSS MiB (sampled)",
+        "kind", "offered", "sagas", "errors", "sagas/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "POST p50", "POST p99", "in-flight", "shed/s", "shed p99"
     );
 }
 
 pub fn print_row(p: &Point) {
-    let offered = match (p.concurrency, p.rate) {
-        (Some(c), _) => format!("c={c}"),
-        (_, Some(r)) => format!("r={r}"),
+    let offered = match (p.concurrency, p.rate, p.peak_factor) {
+        (Some(c), _, _) => format!("c={c}"),
+        (_, _, Some(f)) => format!("{f}×peak"),
+        (_, Some(r), _) => format!("r={r}"),
         _ => "-".into(),
     };
     let kind = if p.hold { "hold" } else { p.kind };
     let rss: Vec<String> =
         p.processes.iter().map(|q| format!("{} {}", short_name(&q.name), q.peak_rss_mib.map_or("?".into(), |m| format!("{m:.1}")))).collect();
     println!(
-        "  {:<6} {:>8} {:>7} {:>6} {:>8.1} {:>7.2} {:>7.2} {:>7.2} {:>8.1} {:>8.2} {:>8.2} {:>9}  {}",
+        "  {:<6} {:>8} {:>7} {:>6} {:>8.1} {:>7.2} {:>7.2} {:>7.2} {:>8.1} {:>8.2} {:>8.2} {:>9} {:>7.1} {:>8.2}  {}",
         kind,
         offered,
         p.completed,
@@ -272,8 +283,13 @@ pub fn print_row(p: &Point) {
         p.post_ms.p50,
         p.post_ms.p99,
         p.peak_in_flight,
+        p.shed_per_s,
+        p.shed_ms.p99,
         rss.join(" · ")
     );
+    if let Some(rate) = p.rate.filter(|_| p.peak_factor.is_some()) {
+        println!("         offered {rate:.0}/s: accepted {:.1}/s, shed {:.1}/s ({} of {} POSTs)", p.accepted_per_s, p.shed_per_s, p.shed, p.attempted);
+    }
     let mut detail = vec![format!("outcomes {}", p.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))];
     if let Some(s) = &p.server {
         detail.push(format!("{:.2} commits/saga ({:.1} appends each, {:.2} ms mean)", s.commits_per_saga, s.appends_per_commit, s.commit_ms_mean));

@@ -79,7 +79,8 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, em
     };
 
     let registry = definitions::load(&store, &config.sagas_dir).await?;
-    let runtime = Runtime::new(store.clone(), bus.clone(), registry, config.idempotency_ttl);
+    let admission = Arc::new(crate::admission::Admission::new(config.admission));
+    let runtime = Runtime::new(store.clone(), bus.clone(), registry, config.idempotency_ttl, admission);
     let timers = tokio::spawn(runtime.clone().run_timers(config.timer_interval(), stop_intake.clone()));
     let jobs = tokio::spawn(crate::jobs::run(runtime.clone(), store.clone(), stop_intake.clone()));
     let stop_relay = CancellationToken::new();

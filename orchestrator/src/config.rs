@@ -60,6 +60,12 @@ pub struct Config {
     /// /sagas/{id}` links it. Unset: no link.
     #[arg(long, env = "ESO_TRACE_URL", value_parser = TraceUrl::parse)]
     pub trace_url: Option<TraceUrl>,
+    /// How many sagas this replica takes on at once; past it, a new one
+    /// is answered `429` with `Retry-After`. `adaptive` (the limit follows
+    /// the latency the machine sustains, between 16 and 2000),
+    /// `adaptive:MIN..MAX`, `fixed:N`, or `off` (take everything).
+    #[arg(long, env = "ESO_ADMISSION", default_value = "adaptive", value_parser = crate::admission::Policy::parse)]
+    pub admission: crate::admission::Policy,
 }
 
 /// A URL template for a trace, checked at start-up to hold `{trace_id}`,

@@ -2,6 +2,7 @@
 //! store, outbox relay. The decisions live in the `sagas` crate; this crate
 //! is the imperative shell around them.
 
+pub mod admission;
 pub mod api;
 pub mod app;
 pub mod bus;

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::admission::{Admission, Ticket};
 use crate::bus::{Bus, BusError};
 use crate::clock;
 use crate::finishes::{Finishes, Watch};
@@ -35,6 +36,10 @@ const TIMER_BATCH: i64 = 256;
 /// How often expired idempotency keys are deleted (each replica; the
 /// delete of one interval's worth is small).
 const KEY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// How often places in flight held too long are given back.
+const TICKET_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// The causation of a step a saga's deadline took.
+const TIMER_CAUSATION: &str = "timer";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -114,6 +119,8 @@ struct Inner {
     reply_steps: tokio::sync::Semaphore,
     /// How long an idempotency key names its saga.
     key_lifetime: Duration,
+    /// The sagas this replica takes on at once (see `admission.rs`).
+    admission: Arc<Admission>,
 }
 
 /// Replies stepped at once. A participant coming back after an outage
@@ -124,7 +131,7 @@ struct Inner {
 const MAX_REPLY_STEPS: usize = 2 * crate::store::MAX_BATCH;
 
 impl Runtime {
-    pub fn new(store: Store, bus: Bus, registry: Registry, key_lifetime: Duration) -> Self {
+    pub fn new(store: Store, bus: Bus, registry: Registry, key_lifetime: Duration, admission: Arc<Admission>) -> Self {
         let inner = Inner {
             store,
             bus,
@@ -134,12 +141,17 @@ impl Runtime {
             finishes: Arc::default(),
             reply_steps: tokio::sync::Semaphore::new(MAX_REPLY_STEPS),
             key_lifetime,
+            admission,
         };
         Runtime { inner: Arc::new(inner) }
     }
 
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.inner.admission
     }
 
     /// Wakes when saga `id` finishes on this replica (see [`Finishes`]);
@@ -152,16 +164,17 @@ impl Runtime {
     /// `data` as its inputs. Returns once the start event is committed;
     /// the first command goes out after. The work runs in a task of its
     /// own, so a client that hangs up after the commit cannot stop the
-    /// first command from being sent.
-    pub async fn start(&self, name: &str, data: Map<String, Value>, key: Option<StartKey>) -> Result<Started, RuntimeError> {
+    /// first command from being sent. The saga keeps `ticket`, its place
+    /// in flight, until it ends or parks.
+    pub async fn start(&self, name: &str, data: Map<String, Value>, key: Option<StartKey>, ticket: Option<Ticket>) -> Result<Started, RuntimeError> {
         let def = self.inner.registry.latest(name).ok_or_else(|| RuntimeError::NoDefinition(name.to_string()))?.clone();
         def.check_inputs(&data).map_err(RuntimeError::Inputs)?;
         let runtime = self.clone();
-        let task = self.inner.tasks.spawn(async move { runtime.start_now(def, data, key).await }.instrument(tracing::Span::current()));
+        let task = self.inner.tasks.spawn(async move { runtime.start_now(def, data, key, ticket).await }.instrument(tracing::Span::current()));
         task.await.map_err(|e| RuntimeError::Aborted(e.to_string()))?
     }
 
-    async fn start_now(&self, def: Arc<Definition>, data: Map<String, Value>, key: Option<StartKey>) -> Result<Started, RuntimeError> {
+    async fn start_now(&self, def: Arc<Definition>, data: Map<String, Value>, key: Option<StartKey>, ticket: Option<Ticket>) -> Result<Started, RuntimeError> {
         // Time-ordered: a new saga's rows land at the end of each id index
         // instead of on a random page of it (docs/benchmarks.md).
         // With no counter (`NoContext`) the 74 bits after the millisecond
@@ -197,6 +210,10 @@ impl Runtime {
         self.inner.cache.remember(&decision.saga, &trace, now, now);
         metrics::counter!("eso_sagas_started_total", "definition" => def.name.clone()).increment(1);
         tracing::info!(saga.id = %id, definition = %def.id(), "saga started");
+        if let Some(ticket) = ticket {
+            self.inner.admission.hold(id, ticket);
+            self.settle(&decision.saga, true);
+        }
         self.dispatch(decision.commands);
         Ok(Started::Created(id, def.id()))
     }
@@ -286,6 +303,9 @@ impl Runtime {
             }
             metrics::histogram!("eso_step_seconds", "definition" => def.name.clone(), "state" => saga.state.clone()).record(started.elapsed().as_secs_f64());
             self.record_outcome(&def, &saga, &decision.saga, &decision.events, row.created_at);
+            // A timer's step means a command went unanswered: whatever
+            // follows waits on a participant, not on this replica.
+            self.settle(&decision.saga, causation != TIMER_CAUSATION);
             let _entered = span.enter();
             self.dispatch(decision.commands);
             let events = decision.events.into_iter().map(|e| e.event_type).collect();
@@ -336,6 +356,15 @@ impl Runtime {
         let outcome = stepped.outcome();
         metrics::counter!("eso_sagas_migrated_total", "definition" => new.name.clone(), "outcome" => outcome).increment(1);
         Ok(stepped)
+    }
+
+    /// Gives back the place in flight of `saga` if it was admitted here and
+    /// now ends or parks, or waits on a participant (`!learn`: then its
+    /// time is not a sample of this replica's). See `admission.rs`.
+    fn settle(&self, saga: &Saga, learn: bool) {
+        if saga.terminal || saga.pending.is_none() || !learn {
+            self.inner.admission.settle(saga.id, learn);
+        }
     }
 
     async fn append(&self, def: &Definition, before: Option<&Saga>, append: Append) -> Result<Committed, RuntimeError> {
@@ -463,10 +492,15 @@ impl Runtime {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sweep = Instant::now();
+        let mut last_ticket_sweep = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = shutdown.cancelled() => return,
+            }
+            if last_ticket_sweep.elapsed() >= TICKET_SWEEP_INTERVAL {
+                last_ticket_sweep = Instant::now();
+                self.inner.admission.sweep();
             }
             if last_sweep.elapsed() >= KEY_SWEEP_INTERVAL {
                 last_sweep = Instant::now();
@@ -493,7 +527,7 @@ impl Runtime {
                     async move {
                         let id = row.saga.id;
                         // The claimed row is fresher than any cache entry.
-                        if let Err(e) = runtime.advance_from(id, Some(row), Input::Deadline, "timer".into()).await {
+                        if let Err(e) = runtime.advance_from(id, Some(row), Input::Deadline, TIMER_CAUSATION.into()).await {
                             tracing::warn!(error = %e, "timer step failed; it will fire again after its lease");
                         }
                     }

@@ -35,6 +35,7 @@ pub fn config(database_url: Option<String>, nats_url: Option<String>, sqlite: Pa
         operator_token: None,
         read_token: None,
         trace_url: None,
+        admission: orchestrator::admission::Policy::DEFAULT,
     }
 }
 

@@ -35,6 +35,11 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("{0}")]
     Unavailable(String),
+    /// Past the admission limit (`admission.rs`): this many sagas in flight.
+    #[error("this replica has {0} sagas in flight, all it takes on at once; retry after the Retry-After seconds, with jitter")]
+    Overloaded(usize),
+    #[error("this replica is stopping; retry, and another replica (or this one, restarted) will answer")]
+    Stopping,
     #[error("internal error")]
     Internal(String),
 }
@@ -57,10 +62,12 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let challenge = matches!(self, ApiError::Unauthorized(_));
+        let retry = matches!(self, ApiError::Overloaded(_) | ApiError::Stopping);
         let body = match self {
             ApiError::Fields(fields) => json!({ "error": fields }),
             ApiError::Internal(detail) => {
@@ -73,6 +80,11 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body)).into_response();
         if challenge {
             response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
+        if retry {
+            // One second: a saga here takes milliseconds, so places free up
+            // well within it; clients add their own jitter (README).
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
         }
         response
     }

@@ -2,6 +2,7 @@
 //! server span per request, metrics, timeout, body limit) are in `layers.rs`.
 
 mod actions;
+mod admit;
 pub mod auth;
 mod console;
 mod definitions;
@@ -25,6 +26,7 @@ use axum::routing::get;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+pub use admit::Admitted;
 pub use error::ApiError;
 pub use wait::MAX_WAIT;
 
@@ -81,6 +83,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    // After routing, so the gate knows the route; inside the layers, so a
+    // shed request is still traced and counted.
+    let routes = routes.route_layer(axum::middleware::from_fn_with_state(state.clone(), admit::admit));
     layers::around(routes, limit).with_state(state)
 }
 

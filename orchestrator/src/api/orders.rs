@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::Json;
+use axum::{Extension, Json};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
@@ -13,18 +13,24 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::sagas::{history, key_reused, parse_id, start_key};
-use super::{ApiError, AppState, json_request, wait};
+use super::{Admitted, ApiError, AppState, json_request, wait};
 use crate::orders;
 use crate::runtime::Started;
 
 /// `POST /`: `{"amount": 207.00, "description": "…"}` → `201 {"id": "…"}`;
 /// the order saga's start, with the seed API's body and answer.
-pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<(StatusCode, Json<Value>), ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    admitted: Option<Extension<Admitted>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = json_request(&headers, body, state.max_body_bytes)?;
     let order = orders::parse(&body.fields, &body.bytes).map_err(ApiError::Fields)?;
     let key = start_key(&headers, &body.fields)?;
     loaded(&state)?;
-    let started = state.runtime.start(orders::DEFINITION, orders::inputs(&order), key).await?;
+    let ticket = admitted.and_then(|a| a.take());
+    let started = state.runtime.start(orders::DEFINITION, orders::inputs(&order), key, ticket).await?;
     let (status, id) = match started {
         Started::Created(id, _) => (StatusCode::CREATED, id),
         Started::Existing(id) => (StatusCode::OK, id),

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use axum::Json;
+use axum::{Extension, Json};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::{ApiError, AppState, JsonBody, json_request, truncate, wait};
+use super::{Admitted, ApiError, AppState, JsonBody, json_request, truncate, wait};
 use crate::clock::rfc3339;
 use crate::orders;
 use crate::runtime::{StartKey, Started, Stepped};
@@ -24,6 +24,7 @@ const MAX_NAME_LEN: usize = 100;
 /// `POST /sagas/{name}` with the saga's inputs → `201 {"id", "definition"}`.
 pub async fn start(
     State(state): State<AppState>,
+    admitted: Option<Extension<Admitted>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -35,7 +36,7 @@ pub async fn start(
     // The order saga's inputs go through its adapter, so an order started
     // here is the order `POST /` would have made.
     let inputs = if def.name == orders::DEFINITION { orders::prepare(fields, &bytes).map_err(ApiError::Fields)? } else { fields };
-    match state.runtime.start(&def.name, inputs, key).await? {
+    match state.runtime.start(&def.name, inputs, key, admitted.and_then(|a| a.take())).await? {
         Started::Created(id, definition) => {
             let body = json!({ "id": id, "definition": { "name": definition.name, "version": definition.version, "hash": definition.hash } });
             Ok((StatusCode::CREATED, Json(body)))

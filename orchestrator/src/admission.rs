@@ -1,0 +1,362 @@
+//! Admission control: how many sagas this replica takes on at once, and
+//! the answer (`429`, at once) to a new one past that.
+//!
+//! A saga is *in flight* here from the `POST` that starts it until it ends
+//! or parks: it reaches a terminal state, or a state with no command out
+//! (it waits for an outside event or a long timer), or a command of it
+//! times out (it then waits on a participant, not on this replica). The
+//! time that takes is the sample the limit learns from.
+//!
+//! The limit is Envoy's adaptive concurrency gradient (the filter Zeebe's
+//! backpressure and Netflix's concurrency-limits also follow): every
+//! window of samples, `limit = limit × gradient + √limit`, where
+//! `gradient = clamp(min_rtt × (1 + buffer) / p90, 0.5, 2)` and `min_rtt`
+//! is the lowest window p90 of the last minute. Past the point where more
+//! sagas in flight only queue (for the group commit, the database's
+//! connections, the participants), latency rises above `min_rtt` and the
+//! limit shrinks to what the machine sustains; when latency is back, it
+//! grows, but only while the sagas in flight use most of it, so an idle
+//! replica does not keep a limit it never tried. Envoy re-measures
+//! `min_rtt` by pinning the limit low for a moment; the sliding minute of
+//! windows does that without turning anyone away.
+//!
+//! [`Limiter`] decides, given samples and times; [`Admission`] holds the
+//! counts and the tickets of the sagas in flight.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+/// A window closes after this long, once it holds [`WINDOW_SAMPLES`].
+const WINDOW: Duration = Duration::from_millis(100);
+const WINDOW_SAMPLES: usize = 16;
+/// A window this old closes with whatever it holds (at light load).
+const WINDOW_MAX: Duration = Duration::from_secs(1);
+/// How long a window's p90 counts toward `min_rtt`.
+const MIN_RTT_HORIZON: Duration = Duration::from_secs(60);
+/// Latency above `min_rtt` that is not yet queueing.
+const BUFFER: f64 = 0.5;
+/// The limit grows only while this share of it is in use.
+const GROW_AT_UTILISATION: f64 = 0.8;
+/// A ticket held this long is given back: its saga went on on another
+/// replica (a timer taken over) or its step was lost with a crash.
+pub const STALE_TICKET: Duration = Duration::from_secs(60);
+/// `/readyz` says not ready for this long after a request was shed, so a
+/// probe every few seconds sees it.
+const SHEDDING_SHOWS_FOR: Duration = Duration::from_secs(5);
+
+/// How the limit is set (`ESO_ADMISSION`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Policy {
+    /// Adapts between `min` and `max`, starting at `initial`.
+    Adaptive { min: usize, initial: usize, max: usize },
+    /// A hand-picked limit.
+    Fixed(usize),
+    /// Takes everything (the behaviour before admission control).
+    Off,
+}
+
+impl Policy {
+    pub const DEFAULT: Policy = Policy::Adaptive { min: 16, initial: 64, max: 2000 };
+    const MAX: usize = 1_000_000;
+
+    /// `adaptive`, `adaptive:MIN..MAX`, `fixed:N` or `off`.
+    pub fn parse(text: &str) -> Result<Policy, String> {
+        let usage = "expected `adaptive`, `adaptive:MIN..MAX` (e.g. adaptive:16..2000), `fixed:N` or `off`";
+        let number = |s: &str, what: &str| -> Result<usize, String> {
+            let n: usize = s.trim().parse().map_err(|_| format!("{what} {s:?} is not a whole number; {usage}"))?;
+            if n == 0 || n > Self::MAX {
+                return Err(format!("{what} must be 1 to {}, not {n}", Self::MAX));
+            }
+            Ok(n)
+        };
+        match text.trim().split_once(':') {
+            None if text.trim() == "adaptive" => Ok(Self::DEFAULT),
+            None if text.trim() == "off" => Ok(Policy::Off),
+            Some(("fixed", n)) => Ok(Policy::Fixed(number(n, "the limit")?)),
+            Some(("adaptive", range)) => {
+                let (min, max) = range.split_once("..").ok_or_else(|| format!("{range:?} is not a range MIN..MAX; {usage}"))?;
+                let (min, max) = (number(min, "the least limit")?, number(max, "the largest limit")?);
+                if min > max {
+                    return Err(format!("the least limit {min} is above the largest {max}"));
+                }
+                Ok(Policy::Adaptive { min, initial: 64.clamp(min, max), max })
+            }
+            _ => Err(format!("{text:?}: {usage}")),
+        }
+    }
+}
+
+/// The adaptive limit, pure: samples and times in, the limit out.
+#[derive(Debug)]
+pub struct Limiter {
+    min: f64,
+    max: f64,
+    limit: f64,
+    window: Vec<Duration>,
+    window_started: Instant,
+    /// The most sagas in flight seen in this window.
+    window_peak: usize,
+    /// Each closed window's p90, for `min_rtt`.
+    history: VecDeque<(Instant, Duration)>,
+}
+
+impl Limiter {
+    pub fn new(min: usize, initial: usize, max: usize, now: Instant) -> Limiter {
+        Limiter {
+            min: min as f64,
+            max: max as f64,
+            limit: initial.clamp(min, max) as f64,
+            window: Vec::with_capacity(WINDOW_SAMPLES * 4),
+            window_started: now,
+            window_peak: 0,
+            history: VecDeque::new(),
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit as usize
+    }
+
+    /// The lowest window p90 of the last minute.
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.history.iter().map(|(_, p90)| *p90).min()
+    }
+
+    /// A saga was in flight for `latency`, with `in_flight` beside it. A
+    /// window that closes updates the limit, which is returned.
+    pub fn sample(&mut self, latency: Duration, in_flight: usize, now: Instant) -> Option<usize> {
+        self.window.push(latency);
+        self.window_peak = self.window_peak.max(in_flight);
+        let age = now.saturating_duration_since(self.window_started);
+        if !(age >= WINDOW_MAX || (age >= WINDOW && self.window.len() >= WINDOW_SAMPLES)) {
+            return None;
+        }
+        self.window.sort_unstable();
+        let p90 = self.window[(self.window.len() * 9).div_ceil(10).saturating_sub(1)];
+        while self.history.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > MIN_RTT_HORIZON) {
+            self.history.pop_front();
+        }
+        self.history.push_back((now, p90));
+        let min_rtt = self.min_rtt().unwrap_or(p90);
+        let gradient = (min_rtt.as_secs_f64() * (1.0 + BUFFER) / p90.as_secs_f64().max(1e-6)).clamp(0.5, 2.0);
+        let used = self.window_peak as f64 >= GROW_AT_UTILISATION * self.limit;
+        // Latency says "more would fit", but the sagas in flight did not
+        // use the limit: it stays, rather than grow to a size never tried.
+        if gradient < 1.0 || used {
+            let next = self.limit * gradient;
+            self.limit = (next + next.sqrt()).clamp(self.min, self.max);
+        }
+        self.window.clear();
+        self.window_started = now;
+        self.window_peak = in_flight;
+        Some(self.limit())
+    }
+}
+
+/// One saga's place in flight; given back when dropped.
+#[derive(Debug)]
+pub struct Ticket {
+    in_flight: Arc<AtomicUsize>,
+    taken: Instant,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why a request was turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// At the limit: `limit` sagas in flight.
+    Full { limit: usize },
+}
+
+/// This replica's gate for new work, and the tickets of what it admitted.
+pub struct Admission {
+    policy: Policy,
+    in_flight: Arc<AtomicUsize>,
+    limit: AtomicUsize,
+    limiter: Mutex<Option<Limiter>>,
+    /// Tickets of sagas started here, until they end or park.
+    held: Mutex<HashMap<Uuid, Ticket>>,
+    /// When a request was last shed, for `/readyz`.
+    last_shed: Mutex<Option<Instant>>,
+}
+
+impl Admission {
+    pub fn new(policy: Policy) -> Admission {
+        let (limit, limiter) = match policy {
+            Policy::Adaptive { min, initial, max } => (initial, Some(Limiter::new(min, initial, max, Instant::now()))),
+            Policy::Fixed(n) => (n, None),
+            Policy::Off => (usize::MAX, None),
+        };
+        Admission {
+            policy,
+            in_flight: Arc::default(),
+            limit: AtomicUsize::new(limit),
+            limiter: Mutex::new(limiter),
+            held: Mutex::default(),
+            last_shed: Mutex::default(),
+        }
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// A place for one more saga (or outside event), or why not.
+    pub fn try_admit(&self) -> Result<Ticket, Refusal> {
+        let limit = self.limit.load(Ordering::Acquire);
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let ticket = Ticket { in_flight: self.in_flight.clone(), taken: Instant::now() };
+        if before >= limit {
+            drop(ticket);
+            *self.last_shed.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+            return Err(Refusal::Full { limit });
+        }
+        Ok(ticket)
+    }
+
+    /// Saga `id` started with `ticket`: it is in flight until [`Admission::settle`].
+    pub fn hold(&self, id: Uuid, ticket: Ticket) {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).insert(id, ticket);
+    }
+
+    /// Saga `id` ended or parked; with `learn`, its time in flight is a
+    /// sample of what this replica sustains (not when a timeout ended it:
+    /// that measures a participant, not us).
+    pub fn settle(&self, id: Uuid, learn: bool) {
+        let Some(ticket) = self.held.lock().unwrap_or_else(PoisonError::into_inner).remove(&id) else { return };
+        let latency = ticket.taken.elapsed();
+        drop(ticket);
+        if !learn {
+            return;
+        }
+        let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(limiter) = limiter.as_mut()
+            && let Some(limit) = limiter.sample(latency, self.in_flight.load(Ordering::Acquire), Instant::now())
+        {
+            self.limit.store(limit, Ordering::Release);
+        }
+    }
+
+    /// Gives back tickets held past [`STALE_TICKET`].
+    pub fn sweep(&self) {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, t| t.taken.elapsed() < STALE_TICKET);
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Acquire)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// The lowest recent window p90 the limit is measured against.
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.limiter.lock().unwrap_or_else(PoisonError::into_inner).as_ref().and_then(Limiter::min_rtt)
+    }
+
+    /// Whether a request was shed in the last few seconds.
+    pub fn shedding(&self) -> bool {
+        self.last_shed.lock().unwrap_or_else(PoisonError::into_inner).is_some_and(|at| at.elapsed() < SHEDDING_SHOWS_FOR)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Feeds `windows` full windows of `latency` at `in_flight`, returning the limit.
+    fn feed(limiter: &mut Limiter, now: &mut Instant, windows: usize, latency: Duration, in_flight: usize) -> usize {
+        for _ in 0..windows {
+            for _ in 0..WINDOW_SAMPLES {
+                limiter.sample(latency, in_flight, *now);
+            }
+            *now += WINDOW;
+            limiter.sample(latency, in_flight, *now);
+        }
+        limiter.limit()
+    }
+
+    #[test]
+    fn latency_that_stays_at_its_floor_lets_a_used_limit_grow() {
+        let mut now = Instant::now();
+        let mut limiter = Limiter::new(16, 64, 2000, now);
+        let grown = feed(&mut limiter, &mut now, 3, 20 * MS, 64);
+        assert!(grown > 64, "{grown}");
+    }
+
+    #[test]
+    fn an_unused_limit_does_not_grow() {
+        let mut now = Instant::now();
+        let mut limiter = Limiter::new(16, 64, 2000, now);
+        assert_eq!(feed(&mut limiter, &mut now, 10, 20 * MS, 5), 64);
+    }
+
+    #[test]
+    fn queueing_shrinks_the_limit_to_its_floor_and_no_further() {
+        let mut now = Instant::now();
+        let mut limiter = Limiter::new(16, 64, 2000, now);
+        feed(&mut limiter, &mut now, 5, 20 * MS, 64);
+        let before = limiter.limit();
+        let after = feed(&mut limiter, &mut now, 1, 200 * MS, before);
+        assert!(after < before, "{after} < {before}");
+        assert_eq!(feed(&mut limiter, &mut now, 30, 200 * MS, 2000), 16);
+    }
+
+    #[test]
+    fn the_floor_forgets_windows_older_than_its_horizon() {
+        let mut now = Instant::now();
+        let mut limiter = Limiter::new(16, 64, 2000, now);
+        feed(&mut limiter, &mut now, 1, 5 * MS, 64);
+        now += MIN_RTT_HORIZON + WINDOW;
+        feed(&mut limiter, &mut now, 1, 40 * MS, 64);
+        assert_eq!(limiter.min_rtt(), Some(40 * MS));
+    }
+
+    #[test]
+    fn past_the_limit_a_request_is_refused_and_its_place_given_back() {
+        let admission = Admission::new(Policy::Fixed(2));
+        let (a, b) = (admission.try_admit(), admission.try_admit());
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(admission.try_admit().err(), Some(Refusal::Full { limit: 2 }));
+        assert_eq!(admission.in_flight(), 2);
+        assert!(admission.shedding());
+        drop(a);
+        assert!(admission.try_admit().is_ok());
+    }
+
+    #[test]
+    fn a_settled_saga_gives_its_place_back_once() {
+        let admission = Admission::new(Policy::DEFAULT);
+        let id = Uuid::nil();
+        admission.hold(id, admission.try_admit().unwrap_or_else(|_| panic!("admitted")));
+        assert_eq!(admission.in_flight(), 1);
+        admission.settle(id, true);
+        admission.settle(id, true);
+        assert_eq!(admission.in_flight(), 0);
+    }
+
+    #[test]
+    fn policies_parse_and_absurd_ones_say_why() {
+        assert_eq!(Policy::parse("adaptive"), Ok(Policy::DEFAULT));
+        assert_eq!(Policy::parse("fixed:500"), Ok(Policy::Fixed(500)));
+        assert_eq!(Policy::parse("off"), Ok(Policy::Off));
+        assert_eq!(Policy::parse("adaptive:8..100"), Ok(Policy::Adaptive { min: 8, initial: 64, max: 100 }));
+        assert_eq!(Policy::parse("adaptive:100..200"), Ok(Policy::Adaptive { min: 100, initial: 100, max: 200 }));
+        for (bad, says) in [("fixed:0", "1 to"), ("fixed:x", "whole number"), ("adaptive:9..3", "above"), ("adaptive:5", "range"), ("lots", "expected")] {
+            let why = Policy::parse(bad).err().unwrap_or_default();
+            assert!(why.contains(says), "{bad}: {why}");
+        }
+    }
+}
