@@ -455,7 +455,9 @@ impl Runtime {
         let reply = match self.inner.bus.request(&subject, headers, body, timeout).await {
             Ok(reply) => reply,
             Err(e) => {
-                // The saga's deadline retries it; nothing to do here.
+                // The saga's deadline retries it; until then it waits on a
+                // participant (or on no one), not on this replica.
+                self.inner.admission.settle(saga_id, false);
                 let level_is_normal = matches!(e, BusError::Timeout(_) | BusError::NoResponders(_));
                 if level_is_normal {
                     tracing::info!(error = %e, "no reply; the saga's deadline will retry");
@@ -473,6 +475,7 @@ impl Runtime {
             Err(_) => {
                 let why = serde_json::from_slice::<ErrorReply>(&reply).map_or_else(|_| "unreadable reply".to_string(), |e| e.error);
                 tracing::warn!(error = %why, "participant could not answer; the saga's deadline will retry");
+                self.inner.admission.settle(saga_id, false);
                 return;
             }
         };
