@@ -29,8 +29,9 @@ async fn a_thousand_stuck_sagas_are_retried_once_each_through_a_crash() {
     let start = |_| {
         let (http, url) = (http.clone(), url.clone());
         async move {
-            let response = http.post(format!("{url}/sagas/hold")).json(&json!({})).send().await.unwrap_or_else(|e| panic!("POST: {e}"));
-            assert_eq!(response.status().as_u16(), 201);
+            let response = common::post_retrying(&http, &format!("{url}/sagas/hold"), &json!({})).await;
+            let status = response.status().as_u16();
+            assert_eq!(status, 201, "{}", response.text().await.unwrap_or_default());
         }
     };
     for chunk in (0..SAGAS).collect::<Vec<_>>().chunks(50) {

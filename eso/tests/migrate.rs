@@ -68,8 +68,7 @@ async fn scenario(crash: bool) {
         let posts = chunk.iter().map(|i| {
             let (http, url) = (http.clone(), url.clone());
             async move {
-                let response = http.post(&url).json(&json!({ "amount": 10.50, "description": format!("test order {i}") })).send().await;
-                let response = response.unwrap_or_else(|e| panic!("POST: {e}"));
+                let response = common::post_retrying(&http, &url, &json!({ "amount": 10.50, "description": format!("test order {i}") })).await;
                 assert_eq!(response.status().as_u16(), 201);
                 let trace = response.headers().get("x-trace-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
                 let body: Value = response.json().await.unwrap_or(Value::Null);

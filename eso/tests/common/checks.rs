@@ -33,6 +33,25 @@ pub async fn post_many(urls: &[String], n: usize) -> Vec<Uuid> {
     futures::future::join_all(posts).await.into_iter().flatten().collect()
 }
 
+/// `POST url` with `body` as a client should: a request shed by admission
+/// control (`429`, or `503` with `Retry-After`) is sent again after the
+/// `Retry-After` seconds plus a jitter, for up to a minute.
+pub async fn post_retrying(http: &reqwest::Client, url: &str, body: &Value) -> reqwest::Response {
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let mut jitter = 0u64;
+    loop {
+        let response = http.post(url).json(body).send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let shed = response.status() == 429 || (response.status() == 503 && retry_after.is_some());
+        if !shed || Instant::now() > give_up {
+            return response;
+        }
+        // A cheap spread, so clients turned away together come back apart.
+        jitter = (jitter * 7 + 131) % 500;
+        tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1)) + Duration::from_millis(jitter)).await;
+    }
+}
+
 /// Waits until every saga in the database is terminal.
 pub async fn wait_all_terminal(pool: &sqlx::AnyPool, expected: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
