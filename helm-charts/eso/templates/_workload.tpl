@@ -126,6 +126,8 @@ spec:
             - name: ESO_TRACE_URL
               value: {{ . | quote }}
             {{- end }}
+            - name: ESO_ADMISSION
+              value: {{ $root.Values.admission | quote }}
             {{- end }}
             - name: RUST_LOG
               value: {{ $root.Values.log.level | quote }}
