@@ -33,6 +33,9 @@ pub enum ApiError {
     TooLarge(usize),
     #[error("content type must be application/json")]
     UnsupportedMediaType,
+    /// A client too slow to send its request (`serve.rs`).
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -57,10 +60,13 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let challenge = matches!(self, ApiError::Unauthorized(_));
+        // The rest of a late body is not worth waiting for: say the connection ends here.
+        let close = matches!(self, ApiError::RequestTimeout(_));
         let body = match self {
             ApiError::Fields(fields) => json!({ "error": fields }),
             ApiError::Internal(detail) => {
@@ -73,6 +79,9 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body)).into_response();
         if challenge {
             response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
+        if close {
+            response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
         }
         response
     }
