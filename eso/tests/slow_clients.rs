@@ -197,8 +197,10 @@ async fn past_the_connection_cap_connections_are_refused_until_a_slot_frees() {
         assert!(Instant::now() < deadline, "no request served after a slot freed: {response:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // On that slot (the client keeps its connection), /metrics shows the cap at work.
-    assert!(scraped(&app, OPEN).await >= CAP as f64);
+    // With room for the scrape (the client may open a second connection
+    // before its first is back in its pool), /metrics shows the cap at work.
+    drop(held.pop());
+    assert!(scraped(&app, OPEN).await >= held.len() as f64);
     assert!(scraped(&app, REFUSED).await >= 1.0);
 
     // When every client has gone, the gauge is back where it started.

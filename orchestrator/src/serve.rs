@@ -129,7 +129,7 @@ fn open_file_limit(wanted: u64) -> Option<u64> {
         return None;
     }
     let (soft, hard) = (u64::from(limit.rlim_cur), u64::from(limit.rlim_max));
-    if soft >= wanted {
+    if soft >= wanted.min(hard) {
         return Some(soft);
     }
     let soft_wanted: libc::rlim_t = wanted.min(hard).try_into().unwrap_or(limit.rlim_max);
