@@ -55,7 +55,7 @@ pub struct Embedded {
 }
 
 pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, embedded: Embedded) -> anyhow::Result<Running> {
-    // Before anything else starts: a bad token setting stops eso with the reason.
+    // Before anything else starts: a bad token or connection setting stops eso with the reason.
     let tokens = api::auth::Tokens::from_settings(config.operator_token.as_ref(), config.read_token.as_ref()).map_err(|e| anyhow::anyhow!(e))?;
     let limits = crate::serve::Limits::from_config(config)?;
     let store = open_store(config).await?;
