@@ -55,8 +55,9 @@ pub struct Embedded {
 }
 
 pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, embedded: Embedded) -> anyhow::Result<Running> {
-    // Before anything else starts: a bad token setting stops eso with the reason.
+    // Before anything else starts: a bad token or connection setting stops eso with the reason.
     let tokens = api::auth::Tokens::from_settings(config.operator_token.as_ref(), config.read_token.as_ref()).map_err(|e| anyhow::anyhow!(e))?;
+    let limits = crate::serve::Limits::from_config(config)?;
     let store = open_store(config).await?;
 
     let Embedded { participants: embedded, pool: participants_pool } = embedded;
@@ -101,11 +102,8 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, em
         stopping: stop_intake.clone(),
         tokens: Arc::new(tokens),
     });
-    let stop = stop_intake.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(stop.cancelled_owned()).await
-    });
-    tracing::info!(%addr, "listening");
+    let server = tokio::spawn(crate::serve::serve(listener, app, limits, stop_intake.clone()));
+    tracing::info!(%addr, max_connections = limits.max_connections, "listening");
     Ok(Running {
         addr,
         store,

@@ -38,6 +38,22 @@ pub struct Config {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "ESO_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
+    /// Most HTTP connections this replica holds open at once; past them a
+    /// new connection is answered `503` and closed at once, so a crowd of
+    /// clients (slow ones above all) costs a bounded number of files and
+    /// tasks. Unset: 4096, or fewer if the open-file limit cannot hold them.
+    #[arg(long, env = "ESO_MAX_CONNECTIONS", value_parser = parse_max_connections)]
+    pub max_connections: Option<usize>,
+    /// Longest a client may take to send a request's headers (e.g. `10s`),
+    /// which is also how long a kept-alive connection may sit idle; then
+    /// the connection is closed.
+    #[arg(long, env = "ESO_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_header_timeout)]
+    pub header_timeout: Duration,
+    /// Longest a client may take to send a request's body once its headers
+    /// are in (e.g. `30s`); then it is answered `408` and the connection
+    /// closed.
+    #[arg(long, env = "ESO_BODY_TIMEOUT", default_value = "30s", value_parser = parse_body_timeout)]
+    pub body_timeout: Duration,
     /// How long an `Idempotency-Key` names the saga it started (e.g. `24h`,
     /// `30m`); a key older than this starts a new saga.
     #[arg(long, env = "ESO_IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
@@ -134,6 +150,48 @@ impl Config {
     }
 }
 
+/// Bounds of the connection settings: below them every client would be cut
+/// off (or refused); above them a setting no longer bounds anything, and
+/// a deadline that far out could overflow the clock.
+pub const MAX_CONNECTIONS: std::ops::RangeInclusive<usize> = 1..=1_000_000;
+pub const HEADER_TIMEOUT: std::ops::RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(10 * 60);
+pub const BODY_TIMEOUT: std::ops::RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(60 * 60);
+
+fn parse_max_connections(value: &str) -> Result<usize, String> {
+    let n = value.trim().parse::<usize>().map_err(|e| format!("must be a number of connections: {e}"))?;
+    check_max_connections(n).map(|()| n)
+}
+
+pub fn check_max_connections(n: usize) -> Result<(), String> {
+    if MAX_CONNECTIONS.contains(&n) {
+        Ok(())
+    } else {
+        Err(format!("must be from {} to {} connections, not {n}", MAX_CONNECTIONS.start(), MAX_CONNECTIONS.end()))
+    }
+}
+
+fn parse_header_timeout(value: &str) -> Result<Duration, String> {
+    parse_bounded(value, &HEADER_TIMEOUT)
+}
+
+fn parse_body_timeout(value: &str) -> Result<Duration, String> {
+    parse_bounded(value, &BODY_TIMEOUT)
+}
+
+fn parse_bounded(value: &str, range: &std::ops::RangeInclusive<Duration>) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(value).map_err(|e| format!("must be a duration such as `10s` or `500ms`: {e}"))?;
+    check_duration(duration, range).map(|()| duration)
+}
+
+pub fn check_duration(duration: Duration, range: &std::ops::RangeInclusive<Duration>) -> Result<(), String> {
+    if range.contains(&duration) {
+        Ok(())
+    } else {
+        let show = |d: &Duration| humantime::format_duration(*d).to_string();
+        Err(format!("must be from {} to {}, not {}", show(range.start()), show(range.end()), show(&duration)))
+    }
+}
+
 /// The URL of an embedded SQLite file, created on first use.
 pub fn sqlite_url(path: &Path) -> String {
     format!("sqlite:{}?mode=rwc", path.display())
@@ -157,6 +215,26 @@ mod tests {
             assert_eq!(config.bind, std::net::IpAddr::from([127, 0, 0, 1]));
         }
         assert_eq!(Cli::parse_from(["eso", "--bind", "0.0.0.0"]).config.bind, std::net::IpAddr::from([0, 0, 0, 0]));
+    }
+
+    #[test]
+    fn connection_limits_out_of_bounds_are_refused_with_the_bounds() {
+        let error = |args: &[&str]| Cli::try_parse_from([&["eso"], args].concat()).err().map(|e| e.to_string()).unwrap_or_default();
+        for (args, says) in [
+            (&["--max-connections", "0"][..], "from 1 to 1000000"),
+            (&["--max-connections", "99999999999"], "from 1 to 1000000"),
+            (&["--max-connections", "many"], "number of connections"),
+            (&["--header-timeout", "0s"], "from 100ms to 10m"),
+            (&["--header-timeout", "200years"], "from 100ms to 10m"),
+            (&["--body-timeout", "10ms"], "from 100ms to 1h"),
+            (&["--body-timeout", "soon"], "duration such as"),
+        ] {
+            let refused = error(args);
+            assert!(refused.contains(says), "{args:?}: {refused}");
+        }
+        let config = Cli::try_parse_from(["eso", "--max-connections", "50", "--header-timeout", "1s", "--body-timeout", "500ms"]).map(|c| c.config);
+        let limits = config.ok().map(|c| (c.max_connections, c.header_timeout, c.body_timeout));
+        assert_eq!(limits, Some((Some(50), std::time::Duration::from_secs(1), std::time::Duration::from_millis(500))));
     }
 
     #[test]

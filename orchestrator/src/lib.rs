@@ -17,4 +17,5 @@ pub mod orders;
 pub mod rebuild;
 pub mod runtime;
 mod saga_cache;
+pub mod serve;
 pub mod store;

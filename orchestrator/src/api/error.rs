@@ -33,6 +33,9 @@ pub enum ApiError {
     TooLarge(usize),
     #[error("content type must be application/json")]
     UnsupportedMediaType,
+    /// A client too slow to send its request (`serve.rs`).
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     Unavailable(String),
     /// Past the admission limit (`admission.rs`): this many sagas in flight.
@@ -62,12 +65,15 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) | ApiError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let challenge = matches!(self, ApiError::Unauthorized(_));
         let retry = matches!(self, ApiError::Overloaded(_) | ApiError::Stopping);
+        // The rest of a late body is not worth waiting for: say the connection ends here.
+        let close = matches!(self, ApiError::RequestTimeout(_));
         let body = match self {
             ApiError::Fields(fields) => json!({ "error": fields }),
             ApiError::Internal(detail) => {
@@ -85,6 +91,9 @@ impl IntoResponse for ApiError {
             // One second: a saga here takes milliseconds, so places free up
             // well within it; clients add their own jitter (README).
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        if close {
+            response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
         }
         response
     }

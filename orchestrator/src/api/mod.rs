@@ -90,10 +90,12 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The request body, or the error that says why it could not be read
-/// (`413` past the configured limit).
+/// (`413` past the configured limit, `408` past the body timeout).
 pub(crate) fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        if let Some(timed_out) = crate::serve::body_timed_out(&rejection) {
+            ApiError::RequestTimeout(timed_out.to_string())
+        } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(limit)
         } else {
             ApiError::BadRequest(format!("cannot read body: {rejection}"))
