@@ -4,21 +4,26 @@
 //! A saga is *in flight* here from the `POST` that starts it until it ends
 //! or parks: it reaches a terminal state, or a state with no command out
 //! (it waits for an outside event or a long timer), or a command of it
-//! times out (it then waits on a participant, not on this replica). The
-//! time that takes is the sample the limit learns from.
+//! times out or finds no one to answer (it then waits on a participant,
+//! not on this replica). The time that takes is the sample the limit
+//! learns from.
 //!
-//! The limit is Envoy's adaptive concurrency gradient (the filter Zeebe's
-//! backpressure and Netflix's concurrency-limits also follow): every
-//! window of samples, `limit = limit × gradient + √limit`, where
-//! `gradient = clamp(min_rtt × (1 + buffer) / p90, 0.5, 2)` and `min_rtt`
-//! is the lowest window p90 of the last minute. Past the point where more
-//! sagas in flight only queue (for the group commit, the database's
-//! connections, the participants), latency rises above `min_rtt` and the
-//! limit shrinks to what the machine sustains; when latency is back, it
-//! grows, but only while the sagas in flight use most of it, so an idle
-//! replica does not keep a limit it never tried. Envoy re-measures
-//! `min_rtt` by pinning the limit low for a moment; the sliding minute of
-//! windows does that without turning anyone away.
+//! The limit follows the gradient of Envoy's adaptive concurrency filter
+//! (the family of Netflix's concurrency-limits, which Zeebe's backpressure
+//! builds on): every window of samples, `limit = limit × gradient +
+//! √limit`, with `gradient = clamp(TOLERANCE × baseline / p90, 0.5, 2)`.
+//! The baseline is the lowest window p90 of the last ten minutes among
+//! windows that were *not* held at the gate (fewer sagas in flight than
+//! the limit): what a saga takes when nothing queues in front of eso.
+//! Latency may grow to `TOLERANCE` times that before the limit shrinks:
+//! eso batches its commits, so some more latency under load buys a lot of
+//! throughput, but past that point more sagas in flight only queue (for
+//! the group commit, the database's connections, the participants). The
+//! limit grows back only while the sagas in flight use most of it, so an
+//! idle replica does not keep a limit it never tried. Under sustained
+//! overload every window is held at the gate and the baseline is not
+//! re-measured (it stays what it was, instead of drifting up with the
+//! queue, the failure of baselines taken from loaded windows).
 //!
 //! [`Limiter`] decides, given samples and times; [`Admission`] holds the
 //! counts and the tickets of the sagas in flight.
@@ -35,10 +40,12 @@ const WINDOW: Duration = Duration::from_millis(100);
 const WINDOW_SAMPLES: usize = 16;
 /// A window this old closes with whatever it holds (at light load).
 const WINDOW_MAX: Duration = Duration::from_secs(1);
-/// How long a window's p90 counts toward `min_rtt`.
-const MIN_RTT_HORIZON: Duration = Duration::from_secs(60);
-/// Latency above `min_rtt` that is not yet queueing.
-const BUFFER: f64 = 0.5;
+/// How long an unloaded window's p90 counts toward the baseline.
+const BASELINE_HORIZON: Duration = Duration::from_secs(600);
+/// How far above the baseline a window's p90 may go before the limit
+/// shrinks (eso's latency at half its peak is about 3 to 4 times its
+/// latency at one client: docs/benchmarks.md).
+const TOLERANCE: f64 = 4.0;
 /// The limit grows only while this share of it is in use.
 const GROW_AT_UTILISATION: f64 = 0.8;
 /// A ticket held this long is given back: its saga went on on another
@@ -60,12 +67,12 @@ pub enum Policy {
 }
 
 impl Policy {
-    pub const DEFAULT: Policy = Policy::Adaptive { min: 16, initial: 64, max: 2000 };
+    pub const DEFAULT: Policy = Policy::Adaptive { min: 32, initial: 128, max: 4000 };
     const MAX: usize = 1_000_000;
 
     /// `adaptive`, `adaptive:MIN..MAX`, `fixed:N` or `off`.
     pub fn parse(text: &str) -> Result<Policy, String> {
-        let usage = "expected `adaptive`, `adaptive:MIN..MAX` (e.g. adaptive:16..2000), `fixed:N` or `off`";
+        let usage = "expected `adaptive`, `adaptive:MIN..MAX` (e.g. adaptive:32..4000), `fixed:N` or `off`";
         let number = |s: &str, what: &str| -> Result<usize, String> {
             let n: usize = s.trim().parse().map_err(|_| format!("{what} {s:?} is not a whole number; {usage}"))?;
             if n == 0 || n > Self::MAX {
@@ -83,7 +90,7 @@ impl Policy {
                 if min > max {
                     return Err(format!("the least limit {min} is above the largest {max}"));
                 }
-                Ok(Policy::Adaptive { min, initial: 64.clamp(min, max), max })
+                Ok(Policy::Adaptive { min, initial: 128.clamp(min, max), max })
             }
             _ => Err(format!("{text:?}: {usage}")),
         }
@@ -100,8 +107,10 @@ pub struct Limiter {
     window_started: Instant,
     /// The most sagas in flight seen in this window.
     window_peak: usize,
-    /// Each closed window's p90, for `min_rtt`.
+    /// The p90 of each closed window that was not held at the gate.
     history: VecDeque<(Instant, Duration)>,
+    /// The baseline when `history` is empty: the last one known.
+    last_baseline: Option<Duration>,
 }
 
 impl Limiter {
@@ -114,6 +123,7 @@ impl Limiter {
             window_started: now,
             window_peak: 0,
             history: VecDeque::new(),
+            last_baseline: None,
         }
     }
 
@@ -121,9 +131,10 @@ impl Limiter {
         self.limit as usize
     }
 
-    /// The lowest window p90 of the last minute.
-    pub fn min_rtt(&self) -> Option<Duration> {
-        self.history.iter().map(|(_, p90)| *p90).min()
+    /// What a saga takes when nothing queues at the gate: the lowest p90
+    /// of the recent windows that were not held there.
+    pub fn baseline(&self) -> Option<Duration> {
+        self.history.iter().map(|(_, p90)| *p90).min().or(self.last_baseline)
     }
 
     /// A saga was in flight for `latency`, with `in_flight` beside it. A
@@ -137,12 +148,17 @@ impl Limiter {
         }
         self.window.sort_unstable();
         let p90 = self.window[(self.window.len() * 9).div_ceil(10).saturating_sub(1)];
-        while self.history.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > MIN_RTT_HORIZON) {
+        while self.history.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > BASELINE_HORIZON) {
             self.history.pop_front();
         }
-        self.history.push_back((now, p90));
-        let min_rtt = self.min_rtt().unwrap_or(p90);
-        let gradient = (min_rtt.as_secs_f64() * (1.0 + BUFFER) / p90.as_secs_f64().max(1e-6)).clamp(0.5, 2.0);
+        // A window held at the gate measures the queue as well as eso.
+        let held = self.window_peak as f64 >= self.limit;
+        if !held || self.baseline().is_none() {
+            self.history.push_back((now, p90));
+        }
+        let baseline = self.baseline().unwrap_or(p90);
+        self.last_baseline = Some(baseline);
+        let gradient = (TOLERANCE * baseline.as_secs_f64() / p90.as_secs_f64().max(1e-6)).clamp(0.5, 2.0);
         let used = self.window_peak as f64 >= GROW_AT_UTILISATION * self.limit;
         // Latency says "more would fit", but the sagas in flight did not
         // use the limit: it stays, rather than grow to a size never tried.
@@ -259,9 +275,9 @@ impl Admission {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// The lowest recent window p90 the limit is measured against.
-    pub fn min_rtt(&self) -> Option<Duration> {
-        self.limiter.lock().unwrap_or_else(PoisonError::into_inner).as_ref().and_then(Limiter::min_rtt)
+    /// The saga time the limit measures latency against ([`Limiter::baseline`]).
+    pub fn baseline(&self) -> Option<Duration> {
+        self.limiter.lock().unwrap_or_else(PoisonError::into_inner).as_ref().and_then(Limiter::baseline)
     }
 
     /// Whether a request was shed in the last few seconds.
@@ -289,10 +305,11 @@ mod tests {
     }
 
     #[test]
-    fn latency_that_stays_at_its_floor_lets_a_used_limit_grow() {
+    fn latency_within_its_tolerance_lets_a_used_limit_grow() {
         let mut now = Instant::now();
         let mut limiter = Limiter::new(16, 64, 2000, now);
-        let grown = feed(&mut limiter, &mut now, 3, 20 * MS, 64);
+        feed(&mut limiter, &mut now, 1, 5 * MS, 10);
+        let grown = feed(&mut limiter, &mut now, 3, 15 * MS, 60);
         assert!(grown > 64, "{grown}");
     }
 
@@ -304,10 +321,10 @@ mod tests {
     }
 
     #[test]
-    fn queueing_shrinks_the_limit_to_its_floor_and_no_further() {
+    fn queueing_past_its_tolerance_shrinks_the_limit_to_its_floor_and_no_further() {
         let mut now = Instant::now();
         let mut limiter = Limiter::new(16, 64, 2000, now);
-        feed(&mut limiter, &mut now, 5, 20 * MS, 64);
+        feed(&mut limiter, &mut now, 5, 20 * MS, 40);
         let before = limiter.limit();
         let after = feed(&mut limiter, &mut now, 1, 200 * MS, before);
         assert!(after < before, "{after} < {before}");
@@ -315,13 +332,28 @@ mod tests {
     }
 
     #[test]
-    fn the_floor_forgets_windows_older_than_its_horizon() {
+    fn windows_held_at_the_gate_do_not_move_the_baseline() {
         let mut now = Instant::now();
         let mut limiter = Limiter::new(16, 64, 2000, now);
-        feed(&mut limiter, &mut now, 1, 5 * MS, 64);
-        now += MIN_RTT_HORIZON + WINDOW;
-        feed(&mut limiter, &mut now, 1, 40 * MS, 64);
-        assert_eq!(limiter.min_rtt(), Some(40 * MS));
+        feed(&mut limiter, &mut now, 1, 10 * MS, 8);
+        // Sustained overload: every window full, latency up.
+        feed(&mut limiter, &mut now, 50, 300 * MS, 5000);
+        assert_eq!(limiter.baseline(), Some(10 * MS));
+        // Long after every unloaded window expired, the last baseline holds.
+        now += BASELINE_HORIZON + WINDOW;
+        feed(&mut limiter, &mut now, 1, 300 * MS, 5000);
+        assert_eq!(limiter.baseline(), Some(10 * MS));
+        assert_eq!(limiter.limit(), 16);
+    }
+
+    #[test]
+    fn the_baseline_forgets_unloaded_windows_older_than_its_horizon() {
+        let mut now = Instant::now();
+        let mut limiter = Limiter::new(16, 64, 2000, now);
+        feed(&mut limiter, &mut now, 1, 5 * MS, 8);
+        now += BASELINE_HORIZON + WINDOW;
+        feed(&mut limiter, &mut now, 1, 40 * MS, 8);
+        assert_eq!(limiter.baseline(), Some(40 * MS));
     }
 
     #[test]
@@ -352,8 +384,9 @@ mod tests {
         assert_eq!(Policy::parse("adaptive"), Ok(Policy::DEFAULT));
         assert_eq!(Policy::parse("fixed:500"), Ok(Policy::Fixed(500)));
         assert_eq!(Policy::parse("off"), Ok(Policy::Off));
-        assert_eq!(Policy::parse("adaptive:8..100"), Ok(Policy::Adaptive { min: 8, initial: 64, max: 100 }));
-        assert_eq!(Policy::parse("adaptive:100..200"), Ok(Policy::Adaptive { min: 100, initial: 100, max: 200 }));
+        assert_eq!(Policy::parse("adaptive:8..100"), Ok(Policy::Adaptive { min: 8, initial: 100, max: 100 }));
+        assert_eq!(Policy::parse("adaptive:200..300"), Ok(Policy::Adaptive { min: 200, initial: 200, max: 300 }));
+        assert_eq!(Policy::parse("adaptive:8..1000"), Ok(Policy::Adaptive { min: 8, initial: 128, max: 1000 }));
         for (bad, says) in [("fixed:0", "1 to"), ("fixed:x", "whole number"), ("adaptive:9..3", "above"), ("adaptive:5", "range"), ("lots", "expected")] {
             let why = Policy::parse(bad).err().unwrap_or_default();
             assert!(why.contains(says), "{bad}: {why}");

@@ -78,7 +78,7 @@ pub struct Config {
     pub trace_url: Option<TraceUrl>,
     /// How many sagas this replica takes on at once; past it, a new one
     /// is answered `429` with `Retry-After`. `adaptive` (the limit follows
-    /// the latency the machine sustains, between 16 and 2000),
+    /// the latency the machine sustains, between 32 and 4000),
     /// `adaptive:MIN..MAX`, `fixed:N`, or `off` (take everything).
     #[arg(long, env = "ESO_ADMISSION", default_value = "adaptive", value_parser = crate::admission::Policy::parse)]
     pub admission: crate::admission::Policy,

@@ -35,8 +35,8 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if admission.limit() != usize::MAX {
         metrics::gauge!("eso_admission_limit").set(admission.limit() as f64);
     }
-    if let Some(rtt) = admission.min_rtt() {
-        metrics::gauge!("eso_admission_min_rtt_seconds").set(rtt.as_secs_f64());
+    if let Some(baseline) = admission.baseline() {
+        metrics::gauge!("eso_admission_baseline_seconds").set(baseline.as_secs_f64());
     }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.telemetry.render_metrics())
 }
