@@ -117,7 +117,7 @@ impl Fault {
         let terminal = Terminal::wait(store, &tally.accepted, TERMINAL_WAIT).await;
         summary.sagas = Some(terminal.sagas);
         summary.terminal = Some(terminal.accepted_terminal);
-        summary.stored_unaccepted = Some(terminal.sagas.saturating_sub(tally.accepted.len() - terminal.missing));
+        summary.stored_unaccepted = Some(terminal.sagas.saturating_sub(tally.accepted.len() - terminal.missing.len()));
         match refused_but_stored(store, &tally.refused_keys).await {
             Ok(n) => summary.refused_but_stored = Some(n),
             Err(e) => summary.problem(format!("idempotency keys: {e}")),
@@ -127,7 +127,11 @@ impl Fault {
             Ok(money) => {
                 summary.double_payments = Some(money.doubled.len());
                 summary.money_errors = Some(money.unpaid_deliveries + money.kept_by_cancelled);
-                summary.missing = Some(terminal.missing + money.missing.len());
+                let missing: std::collections::HashSet<&Uuid> = terminal.missing.iter().chain(&money.missing).collect();
+                summary.missing = Some(missing.len());
+                if money.records == 0 && !tally.accepted.is_empty() {
+                    summary.problem("no payment records to check: the check read the wrong table".into());
+                }
                 summary.problems.extend(money.problems());
             }
             Err(e) => summary.problem(format!("payment records: {e}")),
@@ -364,7 +368,7 @@ async fn post_orders(urls: Vec<String>, stop: Arc<AtomicBool>) -> Tally {
         // Half the orders (four in a row, every path) carry an idempotency
         // key, as careful clients' do: both kinds of start share batches,
         // and a refusal's key tells whether its saga was stored after all.
-        let key = ((i / 4) % 2 == 0).then(|| Uuid::new_v4().to_string());
+        let key = (i / 4).is_multiple_of(2).then(|| Uuid::new_v4().to_string());
         let (http, url) = (http.clone(), urls[i % urls.len()].clone());
         posts.spawn(async move {
             let mut request = http.post(&url).json(&serde_json::json!({ "amount": 10.50, "description": description }));
@@ -394,7 +398,8 @@ struct Terminal {
     sagas: usize,
     terminal: usize,
     accepted_terminal: usize,
-    missing: usize,
+    /// Accepted sagas not in the store.
+    missing: Vec<Uuid>,
 }
 
 impl Terminal {
@@ -403,19 +408,15 @@ impl Terminal {
     /// terminal.
     async fn wait(pool: &sqlx::AnyPool, accepted: &[Uuid], timeout: Duration) -> Terminal {
         let deadline = Instant::now() + timeout;
-        let mut last = Terminal { sagas: 0, terminal: 0, accepted_terminal: 0, missing: accepted.len() };
+        let mut last = Terminal { sagas: 0, terminal: 0, accepted_terminal: 0, missing: accepted.to_vec() };
         loop {
             if let Ok(rows) = sqlx::query("SELECT id, terminal FROM sagas").fetch_all(pool).await {
                 let stored: std::collections::HashMap<String, bool> =
                     rows.iter().filter_map(|r| Some((r.try_get::<String, _>("id").ok()?, r.try_get::<i64, _>("terminal").ok()? == 1))).collect();
-                let ids = accepted.iter().map(|id| stored.get(&id.to_string()).copied());
-                let (accepted_terminal, missing) = ids.fold((0, 0), |(t, m), s| match s {
-                    Some(true) => (t + 1, m),
-                    Some(false) => (t, m),
-                    None => (t, m + 1),
-                });
+                let accepted_terminal = accepted.iter().filter(|id| stored.get(&id.to_string()) == Some(&true)).count();
+                let missing = accepted.iter().filter(|id| !stored.contains_key(&id.to_string())).copied().collect();
                 last = Terminal { sagas: stored.len(), terminal: stored.values().filter(|t| **t).count(), accepted_terminal, missing };
-                if missing == 0 && last.terminal == last.sagas {
+                if last.missing.is_empty() && last.terminal == last.sagas {
                     return last;
                 }
             }
@@ -428,10 +429,10 @@ impl Terminal {
 
     fn problems(&self, accepted: usize) -> Vec<String> {
         let mut problems = vec![];
-        if self.missing > 0 {
-            problems.push(format!("{} accepted sagas are not in the store", self.missing));
+        if !self.missing.is_empty() {
+            problems.push(format!("{} accepted sagas are not in the store: {:?}", self.missing.len(), self.missing));
         }
-        if self.accepted_terminal + self.missing < accepted {
+        if self.accepted_terminal + self.missing.len() < accepted {
             problems.push(format!("after {TERMINAL_WAIT:?}: {} of {accepted} accepted sagas terminal", self.accepted_terminal));
         }
         if self.terminal < self.sagas {

@@ -56,6 +56,9 @@ pub async fn wait_all_terminal(pool: &sqlx::AnyPool, expected: usize, timeout: D
 /// that kept a confirmed charge, and accepted orders the store lost.
 #[derive(Debug, Default)]
 pub struct Money {
+    /// Payment records read: none at all means the check looked at the
+    /// wrong table.
+    pub records: i64,
     pub doubled: Vec<String>,
     pub unpaid_deliveries: i64,
     pub kept_by_cancelled: i64,
@@ -64,6 +67,7 @@ pub struct Money {
 
 impl Money {
     pub async fn count(pool: &sqlx::AnyPool, orders: &[Uuid]) -> Result<Money, sqlx::Error> {
+        let records = sqlx::query("SELECT COUNT(*) AS n FROM payments").fetch_one(pool).await?.try_get("n")?;
         let doubled = sqlx::query("SELECT order_id FROM payments GROUP BY order_id HAVING COUNT(*) > 1")
             .fetch_all(pool)
             .await?
@@ -88,7 +92,7 @@ impl Money {
         let known: std::collections::HashSet<String> =
             sqlx::query("SELECT id FROM orders").fetch_all(pool).await?.iter().filter_map(|r| r.try_get("id").ok()).collect();
         let missing = orders.iter().filter(|id| !known.contains(&id.to_string())).copied().collect();
-        Ok(Money { doubled, unpaid_deliveries, kept_by_cancelled, missing })
+        Ok(Money { records, doubled, unpaid_deliveries, kept_by_cancelled, missing })
     }
 
     /// What is wrong, one phrase each; empty when nothing is.
