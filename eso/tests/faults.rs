@@ -28,10 +28,19 @@ use rand::{RngExt, SeedableRng};
 use sqlx::Row;
 use uuid::Uuid;
 
-/// Orders POSTed per second: enough that sagas are nearly always in
-/// flight, modest because the tests of this binary run two at a time on
-/// two shared cores, each with its own processes.
+/// Orders POSTed per second unless `ESO_FAULT_RATE` says otherwise:
+/// enough that a debug build nearly always has sagas in flight, modest
+/// because the tests of this binary run two at a time on two shared cores,
+/// each with its own processes. A release build ends a saga in a few
+/// milliseconds, so the soak posts faster to keep as many in flight.
 const RATE: u32 = 40;
+
+fn rate() -> u32 {
+    match std::env::var("ESO_FAULT_RATE") {
+        Ok(s) => s.trim().parse().ok().filter(|r| *r > 0).unwrap_or_else(|| panic!("ESO_FAULT_RATE={s} is not a positive number")),
+        Err(_) => RATE,
+    }
+}
 /// POSTs waiting for an answer at once, at most: a part that is down must
 /// not pile up thousands of requests (past this, ticks are skipped).
 const MAX_POSTS_WAITING: usize = 64;
@@ -238,11 +247,12 @@ impl Summary {
         }
         self.printed = true;
         println!(
-            "SOAK fault={} seed={} result={} kills={} sagas_in_flight_at_kills={} accepted={} refused={} refused_by_status={} failed_posts={} sagas={} terminal={} \
+            "SOAK fault={} seed={} result={} rate={} kills={} sagas_in_flight_at_kills={} accepted={} refused={} refused_by_status={} failed_posts={} sagas={} terminal={} \
              stored_unaccepted={} refused_but_stored={} missing={} double_payments={} money_errors={} lost_events={} doubled_events={} takeover_ms={} leases_taken_over={} replay={} secs={}",
             self.fault,
             self.seed,
             if passed { "pass" } else { "fail" },
+            rate(),
             self.kills.len(),
             list(&self.kills),
             show(self.accepted),
@@ -308,7 +318,7 @@ enum Posted {
     Failed,
 }
 
-/// Orders POSTed at [`RATE`] to the URLs in turn, until stopped. A POST
+/// Orders POSTed at [`rate`] a second to the URLs in turn, until stopped. A POST
 /// that is not accepted is not retried: a client's retry is a new order,
 /// and the tally says how many there were of each.
 struct Load {
@@ -332,7 +342,7 @@ impl Load {
 
 async fn post_orders(urls: Vec<String>, stop: Arc<AtomicBool>) -> Tally {
     let http = reqwest::Client::builder().timeout(POST_TIMEOUT).build().unwrap_or_else(|e| panic!("http client: {e}"));
-    let mut tick = tokio::time::interval(Duration::from_secs(1) / RATE);
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut posts = tokio::task::JoinSet::new();
     let mut tally = Tally::default();
@@ -442,8 +452,8 @@ impl Terminal {
     }
 }
 
-/// Postgres and NATS of the test's own, the environment of its `eso`
-/// processes, and the two participants as processes.
+/// Postgres and NATS of the test's own, and the environment of its `eso`
+/// processes.
 struct Cluster {
     postgres: Postgres,
     nats: Nats,
