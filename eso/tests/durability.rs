@@ -1,17 +1,16 @@
-//! Nothing lost, nothing doubled: the orchestrator, the payment participant
-//! and NATS are killed while hundreds of sagas are in flight; after they
-//! come back every accepted order reaches a terminal state, no order is
-//! charged twice, and every event reaches JetStream exactly once. All parts
-//! are real processes on real Postgres and NATS.
+//! Nothing lost, nothing doubled, at the moments that are not random:
+//! two orchestrators sharing one database and one NATS, a SIGTERM that
+//! must drain in-flight work and flush the outbox, and a relay down past
+//! JetStream's duplicate window or on a stream kept from another store.
+//! All parts are real processes on real Postgres and NATS. Kills at random
+//! moments under load (orchestrator, participants, embedded eso, Postgres,
+//! NATS, a replica holding timer leases) are in `faults.rs`.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{
-    Nats, Postgres, PrivatePostgres, Process, assert_events_published_once, assert_no_double_charge, assert_replay_finds_no_difference, post_many,
-    wait_all_terminal,
-};
+use common::{Nats, Postgres, Process, assert_events_published_once, assert_no_double_charge, assert_replay_finds_no_difference, post_many, wait_all_terminal};
 use sqlx::Row;
 
 struct Cluster {
@@ -45,57 +44,6 @@ impl Cluster {
     }
 }
 
-const SAGAS: usize = 300;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_orchestrator_killed_mid_flight_loses_nothing() {
-    let cluster = Cluster::new().await;
-    let _payment = cluster.participant("payment").await;
-    let _delivery = cluster.participant("delivery").await;
-    let mut orchestrator = cluster.orchestrator().await;
-    let url = orchestrator.url();
-    let posts = tokio::spawn(async move { post_many(&[url], SAGAS).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    orchestrator.kill();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    orchestrator.restart().await;
-    let accepted = posts.await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(accepted.len(), SAGAS);
-    cluster.check(&accepted).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_payment_participant_killed_mid_flight_charges_no_one_twice() {
-    let cluster = Cluster::new().await;
-    let mut payment = cluster.participant("payment").await;
-    let _delivery = cluster.participant("delivery").await;
-    let orchestrator = cluster.orchestrator().await;
-    let url = orchestrator.url();
-    let posts = tokio::spawn(async move { post_many(&[url], SAGAS).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    payment.kill();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    payment.restart().await;
-    let accepted = posts.await.unwrap_or_else(|e| panic!("{e}"));
-    cluster.check(&accepted).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nats_restart_mid_flight_loses_nothing() {
-    let mut cluster = Cluster::new().await;
-    let _payment = cluster.participant("payment").await;
-    let _delivery = cluster.participant("delivery").await;
-    let orchestrator = cluster.orchestrator().await;
-    let url = orchestrator.url();
-    let posts = tokio::spawn(async move { post_many(&[url], SAGAS).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    cluster.nats.kill();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    cluster.nats.start_again().await;
-    let accepted = posts.await.unwrap_or_else(|e| panic!("{e}"));
-    cluster.check(&accepted).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_orchestrators_share_one_database_and_one_nats() {
     let cluster = Cluster::new().await;
@@ -107,58 +55,6 @@ async fn two_orchestrators_share_one_database_and_one_nats() {
     let accepted = post_many(&[a.url(), b.url()], 1000).await;
     assert_eq!(accepted.len(), 1000);
     cluster.check(&accepted).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_postgres_crash_mid_flight_loses_nothing_accepted() {
-    let mut postgres = PrivatePostgres::start().await;
-    let nats = Nats::start().await;
-    let mut env = common::process_env(&Postgres::at(&postgres.url), &nats);
-    env.retain(|(k, _)| *k != "ESO_DB_POOL");
-    let _payment = Process::spawn(&["participant", "payment"], &env).await;
-    let _delivery = Process::spawn(&["participant", "delivery"], &env).await;
-    let orchestrator = Process::spawn(&[], &env).await;
-    let url = orchestrator.url();
-    let posts = tokio::spawn(async move { post_many(&[url], SAGAS).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(postgres.crash(), "pg_ctl stop -m immediate failed");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    postgres.start_again().await;
-    let accepted = posts.await.unwrap_or_else(|e| panic!("{e}"));
-    let pool = postgres.pool().await;
-    wait_all_terminal(&pool, accepted.len(), Duration::from_secs(90)).await;
-    assert_no_double_charge(&pool, &accepted).await;
-    assert_events_published_once(&pool, &nats.client().await, Duration::from_secs(30)).await;
-    assert_replay_finds_no_difference(&env);
-}
-
-/// The embedded default (SQLite, in-process bus and participants) killed
-/// mid-flight: after a restart every accepted saga ends, no order has two
-/// payment records, and every snapshot equals the fold of its events.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_embedded_orchestrator_killed_mid_flight_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let store = dir.path().join("eso.db");
-    let env = vec![("ESO_SQLITE_PATH", store.display().to_string()), ("ESO_TIMER_INTERVAL_MS", "20".to_string())];
-    let mut orchestrator = Process::spawn(&[], &env).await;
-    let url = orchestrator.url();
-    let posts = tokio::spawn(async move { post_many(&[url], SAGAS).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    orchestrator.kill();
-    orchestrator.restart().await;
-    let accepted = posts.await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(accepted.len(), SAGAS);
-    let pool = common::pool(&format!("sqlite:{}", store.display())).await;
-    wait_all_terminal(&pool, accepted.len(), Duration::from_secs(90)).await;
-    orchestrator.kill();
-    let records = common::pool(&format!("sqlite:{}", store.with_extension("participants.db").display())).await;
-    let doubled: i64 = sqlx::query("SELECT COUNT(*) AS n FROM (SELECT order_id FROM payments GROUP BY order_id HAVING COUNT(*) > 1) AS d")
-        .fetch_one(&records)
-        .await
-        .and_then(|r| r.try_get("n"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(doubled, 0, "orders with more than one payment record");
-    assert_replay_finds_no_difference(&env);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

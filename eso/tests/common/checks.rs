@@ -69,68 +69,152 @@ pub async fn wait_all_terminal(pool: &sqlx::AnyPool, expected: usize, timeout: D
     }
 }
 
+/// What the payment participant's records say about money: orders with
+/// more than one payment record (a charge command sent twice under two
+/// ids), delivered orders without exactly one kept charge, cancelled orders
+/// that kept a confirmed charge, and accepted orders the store lost.
+#[derive(Debug, Default)]
+pub struct Money {
+    /// Payment records read: none at all means the check looked at the
+    /// wrong table.
+    pub records: i64,
+    pub doubled: Vec<String>,
+    pub unpaid_deliveries: i64,
+    pub kept_by_cancelled: i64,
+    pub missing: Vec<Uuid>,
+}
+
+impl Money {
+    pub async fn count(pool: &sqlx::AnyPool, orders: &[Uuid]) -> Result<Money, sqlx::Error> {
+        let records = sqlx::query("SELECT COUNT(*) AS n FROM payments").fetch_one(pool).await?.try_get("n")?;
+        let doubled = sqlx::query("SELECT order_id FROM payments GROUP BY order_id HAVING COUNT(*) > 1")
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .filter_map(|r| r.try_get("order_id").ok())
+            .collect();
+        let unpaid_deliveries = sqlx::query(
+            "SELECT COUNT(*) AS n FROM orders o WHERE o.status = 'delivered' AND NOT EXISTS \
+             (SELECT 1 FROM payments p WHERE p.order_id = o.id AND p.outcome = 'confirmed' AND p.refunded = 0)",
+        )
+        .fetch_one(pool)
+        .await?
+        .try_get("n")?;
+        let kept_by_cancelled = sqlx::query(
+            "SELECT COUNT(*) AS n FROM orders o JOIN payments p ON p.order_id = o.id WHERE o.status = 'cancelled' AND p.outcome = 'confirmed' AND p.refunded = 0",
+        )
+        .fetch_one(pool)
+        .await?
+        .try_get("n")?;
+        // One read of every id instead of a query per order: a fault run
+        // checks thousands.
+        let known: std::collections::HashSet<String> =
+            sqlx::query("SELECT id FROM orders").fetch_all(pool).await?.iter().filter_map(|r| r.try_get("id").ok()).collect();
+        let missing = orders.iter().filter(|id| !known.contains(&id.to_string())).copied().collect();
+        Ok(Money { records, doubled, unpaid_deliveries, kept_by_cancelled, missing })
+    }
+
+    /// What is wrong, one phrase each; empty when nothing is.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = vec![];
+        if !self.doubled.is_empty() {
+            problems.push(format!("orders with more than one payment record: {:?}", self.doubled));
+        }
+        if self.unpaid_deliveries != 0 {
+            problems.push(format!("{} delivered orders without exactly one kept charge", self.unpaid_deliveries));
+        }
+        if self.kept_by_cancelled != 0 {
+            problems.push(format!("{} cancelled orders that kept the customer's money", self.kept_by_cancelled));
+        }
+        if !self.missing.is_empty() {
+            problems.push(format!("{} accepted orders are not in the store: {:?}", self.missing.len(), self.missing));
+        }
+        problems
+    }
+}
+
 /// Checks the promises that must hold after any crash: each order has
 /// exactly one payment record, money moved back for every cancelled order
 /// whose charge was confirmed, and no order is both delivered and refunded.
 pub async fn assert_no_double_charge(pool: &sqlx::AnyPool, orders: &[Uuid]) {
-    let doubled: Vec<String> = sqlx::query("SELECT order_id FROM payments GROUP BY order_id HAVING COUNT(*) > 1")
-        .fetch_all(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .iter()
-        .filter_map(|r| r.try_get("order_id").ok())
-        .collect();
-    assert!(doubled.is_empty(), "orders with more than one payment record: {doubled:?}");
-    let unpaid: i64 = sqlx::query("SELECT COUNT(*) AS n FROM orders o WHERE o.status = 'delivered' AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.order_id = o.id AND p.outcome = 'confirmed' AND p.refunded = 0)")
-        .fetch_one(pool)
-        .await
-        .and_then(|r| r.try_get("n"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(unpaid, 0, "delivered orders without exactly one kept charge");
-    let kept: i64 = sqlx::query(
-        "SELECT COUNT(*) AS n FROM orders o JOIN payments p ON p.order_id = o.id WHERE o.status = 'cancelled' AND p.outcome = 'confirmed' AND p.refunded = 0",
-    )
-    .fetch_one(pool)
-    .await
-    .and_then(|r| r.try_get("n"))
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(kept, 0, "cancelled orders that kept the customer's money");
-    let known: i64 = sqlx::query("SELECT COUNT(*) AS n FROM orders").fetch_one(pool).await.and_then(|r| r.try_get("n")).unwrap_or(-1);
-    assert!(known as usize >= orders.len(), "accepted orders lost: {known} stored, {} accepted", orders.len());
-    for id in orders {
-        let found = sqlx::query("SELECT 1 FROM orders WHERE id = $1").bind(id.to_string()).fetch_optional(pool).await.ok().flatten();
-        assert!(found.is_some(), "accepted order {id} is not in the store");
+    let money = Money::count(pool, orders).await.unwrap_or_else(|e| panic!("{e}"));
+    let problems = money.problems();
+    assert!(problems.is_empty(), "{}", problems.join("; "));
+}
+
+/// The event stream against the events table: committed events missing
+/// from the stream, events on it more than once (each extra copy counted),
+/// and messages that are no event of the store.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub events: usize,
+    pub messages: u64,
+    pub lost: Vec<String>,
+    pub doubled: Vec<String>,
+    pub foreign: Vec<String>,
+}
+
+impl Published {
+    /// Waits up to `timeout` for the stream to hold as many messages as
+    /// the store has events (the relay may still be catching up), then
+    /// reads every message back by its `Nats-Msg-Id`.
+    pub async fn count(pool: &sqlx::AnyPool, nats: &async_nats::Client, timeout: Duration) -> Result<Published, String> {
+        use futures::StreamExt;
+        let ids: std::collections::HashSet<String> = sqlx::query("SELECT event_id FROM events")
+            .fetch_all(pool)
+            .await
+            .map_err(|e| format!("events: {e}"))?
+            .iter()
+            .filter_map(|r| r.try_get("event_id").ok())
+            .collect();
+        let js = async_nats::jetstream::new(nats.clone());
+        let mut stream = js.get_stream("ESO_EVENTS").await.map_err(|e| format!("event stream: {e}"))?;
+        let deadline = Instant::now() + timeout;
+        let messages = loop {
+            let messages = stream.info().await.map(|i| i.state.messages).unwrap_or(0);
+            if messages >= ids.len() as u64 || Instant::now() >= deadline {
+                break messages;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let consumer = stream.create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default()).await.map_err(|e| format!("consumer: {e}"))?;
+        let mut stream_messages = consumer.messages().await.map_err(|e| format!("messages: {e}"))?;
+        let mut seen = std::collections::HashMap::<String, usize>::new();
+        for _ in 0..messages {
+            let message = tokio::time::timeout(Duration::from_secs(5), stream_messages.next()).await.ok().flatten();
+            let Some(Ok(message)) = message else { return Err("could not read the event stream back".into()) };
+            let id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.to_string()).unwrap_or_default();
+            *seen.entry(id).or_default() += 1;
+        }
+        let mut published = Published { events: ids.len(), messages, ..Published::default() };
+        for (id, copies) in &seen {
+            if !ids.contains(id) {
+                published.foreign.push(id.clone());
+            }
+            published.doubled.extend(std::iter::repeat_n(id.clone(), copies.saturating_sub(1)));
+        }
+        published.lost = ids.into_iter().filter(|id| !seen.contains_key(id)).collect();
+        Ok(published)
+    }
+
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = vec![];
+        if !self.lost.is_empty() {
+            problems.push(format!("{} of {} events never reached JetStream (e.g. {:?})", self.lost.len(), self.events, &self.lost[..self.lost.len().min(5)]));
+        }
+        if !self.doubled.is_empty() {
+            problems.push(format!("{} extra copies of events in JetStream (e.g. {:?})", self.doubled.len(), &self.doubled[..self.doubled.len().min(5)]));
+        }
+        if !self.foreign.is_empty() {
+            problems.push(format!("JetStream holds {} messages that are no event of the store: {:?}", self.foreign.len(), self.foreign));
+        }
+        problems
     }
 }
 
-/// Every event is in JetStream exactly once: the stream holds as many
-/// messages as the events table has rows, and their message ids are the
-/// event ids.
+/// Every event is in JetStream exactly once: its message id is the event id.
 pub async fn assert_events_published_once(pool: &sqlx::AnyPool, nats: &async_nats::Client, timeout: Duration) {
-    use futures::StreamExt;
-    let events: i64 = sqlx::query("SELECT COUNT(*) AS n FROM events").fetch_one(pool).await.and_then(|r| r.try_get("n")).unwrap_or(-1);
-    let js = async_nats::jetstream::new(nats.clone());
-    let deadline = Instant::now() + timeout;
-    let mut stream = js.get_stream("ESO_EVENTS").await.unwrap_or_else(|e| panic!("event stream: {e}"));
-    loop {
-        let messages = stream.info().await.map(|i| i.state.messages).unwrap_or(0) as i64;
-        if messages == events {
-            break;
-        }
-        assert!(messages <= events, "{messages} messages in JetStream for {events} events: duplicates");
-        assert!(Instant::now() < deadline, "only {messages} of {events} events reached JetStream after {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let consumer = stream.create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default()).await.unwrap_or_else(|e| panic!("consumer: {e}"));
-    let mut messages = consumer.messages().await.unwrap_or_else(|e| panic!("messages: {e}"));
-    let mut seen = std::collections::HashSet::new();
-    for _ in 0..events {
-        let message = tokio::time::timeout(Duration::from_secs(5), messages.next()).await.ok().flatten();
-        let Some(Ok(message)) = message else { panic!("could not read the event stream back") };
-        let id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.to_string()).unwrap_or_default();
-        assert!(seen.insert(id.clone()), "event {id} is in JetStream twice");
-    }
-    let ids: std::collections::HashSet<String> =
-        sqlx::query("SELECT event_id FROM events").fetch_all(pool).await.unwrap_or_default().iter().filter_map(|r| r.try_get("event_id").ok()).collect();
-    assert_eq!(seen, ids, "JetStream holds other events than the store");
+    let published = Published::count(pool, nats, timeout).await.unwrap_or_else(|e| panic!("{e}"));
+    let problems = published.problems();
+    assert!(problems.is_empty(), "after {timeout:?}: {}", problems.join("; "));
 }

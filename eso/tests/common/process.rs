@@ -56,17 +56,27 @@ impl std::ops::DerefMut for Process {
     }
 }
 
-/// `eso replay --dry-run` on the store `env` names: asserts that every
-/// saga's stored snapshot and projection rows equal the fold of its events.
-pub fn assert_replay_finds_no_difference(env: &[(&str, String)]) {
+/// `eso replay --dry-run` on the store `env` names: whether every saga's
+/// stored snapshot and projection rows equal the fold of its events, and
+/// if not, what it printed.
+pub fn replay_differences(env: &[(&str, String)]) -> Result<(), String> {
     let output = Command::new(env!("CARGO_BIN_EXE_eso"))
         .args(["replay", "--dry-run"])
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RUST_LOG", "warn")
         .output()
-        .unwrap_or_else(|e| panic!("eso replay: {e}"));
+        .map_err(|e| format!("eso replay: {e}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "eso replay --dry-run found differences:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("every snapshot and projection matches its events"), "{stdout}");
+    if output.status.success() && stdout.contains("every snapshot and projection matches its events") {
+        Ok(())
+    } else {
+        Err(format!("eso replay --dry-run found differences:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr)))
+    }
+}
+
+pub fn assert_replay_finds_no_difference(env: &[(&str, String)]) {
+    if let Err(e) = replay_differences(env) {
+        panic!("{e}");
+    }
 }
