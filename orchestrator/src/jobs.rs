@@ -286,7 +286,7 @@ async fn work(runtime: &Runtime, store: &Store, job: &Job, holder: &str, shutdow
                     Ok(Stepped::UnknownSaga) => ("refused", Some("no such saga".to_string())),
                     // The store is away: the saga is left unmarked, for the
                     // next round (or whoever holds the lease next).
-                    Err(RuntimeError::Store(e @ (StoreError::Database(_) | StoreError::Retryable(_) | StoreError::Closed))) => {
+                    Err(RuntimeError::Store(e @ (StoreError::Database(_) | StoreError::Retryable(_) | StoreError::Unconfirmed(_) | StoreError::Closed))) => {
                         away = Some(e);
                         continue;
                     }

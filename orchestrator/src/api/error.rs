@@ -106,6 +106,12 @@ impl From<crate::runtime::RuntimeError> for ApiError {
                 tracing::warn!(error = %detail, "store unavailable");
                 ApiError::Unavailable("the event store is unavailable; try again".into())
             }
+            crate::runtime::RuntimeError::Store(crate::store::StoreError::Unconfirmed(detail)) => {
+                tracing::warn!(error = %detail, "commit not confirmed");
+                ApiError::Unavailable(
+                    "the event store did not confirm the commit, so this request may have been recorded: send it again with the same Idempotency-Key to get what it did (without one, a retry may start a second saga)".into(),
+                )
+            }
             crate::runtime::RuntimeError::Store(crate::store::StoreError::Closed) => ApiError::Unavailable("shutting down".into()),
             crate::runtime::RuntimeError::Contended(id) => ApiError::Unavailable(format!("saga {id} is changing too fast to step; try again")),
             crate::runtime::RuntimeError::DefinitionNotLoaded(id, definition) => {

@@ -132,7 +132,11 @@ async fn run_committer(pool: AnyPool, sql: Statements, projections: Projections,
             Err(e) => {
                 tracing::warn!(error = %e, appends = appends.len(), "commit failed");
                 for reply in replies {
-                    let _ = reply.send(Err(StoreError::Database(e.to_string())));
+                    let error = match &e {
+                        StoreError::Unconfirmed(detail) => StoreError::Unconfirmed(detail.clone()),
+                        other => StoreError::Database(other.to_string()),
+                    };
+                    let _ = reply.send(Err(error));
                 }
             }
         }
@@ -381,7 +385,12 @@ async fn commit(pool: &AnyPool, sql: &Statements, projections: &Projections, app
         }
     }
     sql.insert_events.execute(&mut tx, &events, now).await?;
-    tx.commit().await?;
+    // Past this point an error says nothing of the outcome: Postgres may
+    // have made the commit durable and died before acknowledging it.
+    tx.commit().await.map_err(|e| match StoreError::from(e) {
+        StoreError::Database(detail) => StoreError::Unconfirmed(detail),
+        other => other,
+    })?;
     Ok(results)
 }
 

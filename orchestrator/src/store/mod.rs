@@ -37,6 +37,10 @@ pub enum StoreError {
     /// A deadlock or serialization failure: the same work may succeed again.
     #[error("database (retryable): {0}")]
     Retryable(String),
+    /// The connection broke during `COMMIT`: the transaction may or may not
+    /// be durable, so the caller must not be told it was not.
+    #[error("database (commit not confirmed): {0}")]
+    Unconfirmed(String),
 }
 
 impl From<sqlx::Error> for StoreError {
