@@ -128,7 +128,12 @@ impl Fault {
         summary.terminal = Some(terminal.accepted_terminal);
         summary.stored_unaccepted = Some(terminal.sagas.saturating_sub(tally.accepted.len() - terminal.missing.len()));
         match refused_but_stored(store, &tally.refused_keys).await {
-            Ok(n) => summary.refused_but_stored = Some(n),
+            Ok((n, unwarned)) => {
+                summary.refused_but_stored = Some(n);
+                if unwarned > 0 {
+                    summary.problem(format!("{unwarned} refused POST(s) had their saga stored, answered as if nothing was recorded"));
+                }
+            }
             Err(e) => summary.problem(format!("idempotency keys: {e}")),
         }
         summary.problems.extend(terminal.problems(tally.accepted.len()));
@@ -285,10 +290,13 @@ impl Drop for Summary {
 }
 
 /// How many of these idempotency keys (of refused POSTs) name a saga.
-async fn refused_but_stored(pool: &sqlx::AnyPool, keys: &[String]) -> Result<usize, sqlx::Error> {
+/// Also how many of those were answered as if nothing was recorded (not
+/// with the "did not confirm the commit" `503` that says it may have been).
+async fn refused_but_stored(pool: &sqlx::AnyPool, keys: &[(String, bool)]) -> Result<(usize, usize), sqlx::Error> {
     let stored: std::collections::HashSet<String> =
         sqlx::query("SELECT key FROM saga_keys WHERE scope = 'order'").fetch_all(pool).await?.iter().filter_map(|r| r.try_get("key").ok()).collect();
-    Ok(keys.iter().filter(|k| stored.contains(*k)).count())
+    let found: Vec<bool> = keys.iter().filter(|(k, _)| stored.contains(k)).map(|(_, warned)| *warned).collect();
+    Ok((found.len(), found.iter().filter(|warned| !**warned).count()))
 }
 
 /// Non-terminal sagas in the store.
@@ -305,8 +313,9 @@ struct Tally {
     refused: u64,
     /// The refusals by status.
     refused_by_status: std::collections::BTreeMap<u16, u64>,
-    /// The idempotency keys of refused POSTs that carried one.
-    refused_keys: Vec<String>,
+    /// The idempotency keys of refused POSTs that carried one, and whether
+    /// the answer said the commit was not confirmed.
+    refused_keys: Vec<(String, bool)>,
     /// No answer (connection refused or reset, timeout): the saga may or
     /// may not exist; if it does, it must end like any other.
     failed: u64,
@@ -314,7 +323,9 @@ struct Tally {
 
 enum Posted {
     Accepted(Uuid),
-    Refused(u16, Option<String>),
+    /// The status, the key sent, and whether the answer warned that the
+    /// saga may exist (an unconfirmed commit).
+    Refused(u16, Option<String>, bool),
     Failed,
 }
 
@@ -348,10 +359,10 @@ async fn post_orders(urls: Vec<String>, stop: Arc<AtomicBool>) -> Tally {
     let mut tally = Tally::default();
     let count = |tally: &mut Tally, posted: Result<Posted, tokio::task::JoinError>| match posted {
         Ok(Posted::Accepted(id)) => tally.accepted.push(id),
-        Ok(Posted::Refused(status, key)) => {
+        Ok(Posted::Refused(status, key, warned)) => {
             tally.refused += 1;
             *tally.refused_by_status.entry(status).or_default() += 1;
-            tally.refused_keys.extend(key);
+            tally.refused_keys.extend(key.map(|k| (k, warned)));
         }
         Ok(Posted::Failed) | Err(_) => tally.failed += 1,
     };
@@ -391,7 +402,11 @@ async fn post_orders(urls: Vec<String>, stop: Arc<AtomicBool>) -> Tally {
                     // Accepted, but the id was lost with the body: as good as no answer.
                     body["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).map_or(Posted::Failed, Posted::Accepted)
                 }
-                Ok(r) => Posted::Refused(r.status().as_u16(), key),
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let warned = r.text().await.is_ok_and(|body| body.contains("did not confirm the commit"));
+                    Posted::Refused(status, key, warned)
+                }
                 Err(_) => Posted::Failed,
             }
         });

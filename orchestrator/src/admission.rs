@@ -29,7 +29,7 @@
 //! counts and the tickets of the sagas in flight.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -51,9 +51,11 @@ const GROW_AT_UTILISATION: f64 = 0.8;
 /// A ticket held this long is given back: its saga went on on another
 /// replica (a timer taken over) or its step was lost with a crash.
 pub const STALE_TICKET: Duration = Duration::from_secs(60);
-/// `/readyz` says not ready for this long after a request was shed, so a
-/// probe every few seconds sees it.
+/// `/readyz` says not ready for this long after a tick saw heavy
+/// shedding, so a probe every few seconds sees it.
 const SHEDDING_SHOWS_FOR: Duration = Duration::from_secs(5);
+/// The share of requests refused between two ticks that is heavy shedding.
+const HEAVY_SHEDDING: f64 = 0.1;
 
 /// How the limit is set (`ESO_ADMISSION`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -69,6 +71,17 @@ pub enum Policy {
 impl Policy {
     pub const DEFAULT: Policy = Policy::Adaptive { min: 32, initial: 128, max: 4000 };
     const MAX: usize = 1_000_000;
+
+    /// Whether a policy built in code (not parsed) holds together.
+    pub fn check(&self) -> Result<(), String> {
+        match *self {
+            Policy::Adaptive { min, initial, max } if min == 0 || min > max || !(min..=max).contains(&initial) || max > Self::MAX => {
+                Err(format!("the adaptive limit needs 1 ≤ least ≤ initial ≤ largest ≤ {}, not {min}, {initial}, {max}", Self::MAX))
+            }
+            Policy::Fixed(n) if n == 0 || n > Self::MAX => Err(format!("the limit must be 1 to {}, not {n}", Self::MAX)),
+            _ => Ok(()),
+        }
+    }
 
     /// `adaptive`, `adaptive:MIN..MAX`, `fixed:N` or `off`.
     pub fn parse(text: &str) -> Result<Policy, String> {
@@ -111,6 +124,8 @@ pub struct Limiter {
     history: VecDeque<(Instant, Duration)>,
     /// The baseline when `history` is empty: the last one known.
     last_baseline: Option<Duration>,
+    /// The gate's count of refusals when this window began.
+    window_refused: u64,
 }
 
 impl Limiter {
@@ -124,6 +139,7 @@ impl Limiter {
             window_peak: 0,
             history: VecDeque::new(),
             last_baseline: None,
+            window_refused: 0,
         }
     }
 
@@ -137,9 +153,10 @@ impl Limiter {
         self.history.iter().map(|(_, p90)| *p90).min().or(self.last_baseline)
     }
 
-    /// A saga was in flight for `latency`, with `in_flight` beside it. A
-    /// window that closes updates the limit, which is returned.
-    pub fn sample(&mut self, latency: Duration, in_flight: usize, now: Instant) -> Option<usize> {
+    /// A saga was in flight for `latency`, with `in_flight` (itself
+    /// included) beside it, when the gate had refused `refused` requests
+    /// in all. A window that closes updates the limit, which is returned.
+    pub fn sample(&mut self, latency: Duration, in_flight: usize, refused: u64, now: Instant) -> Option<usize> {
         self.window.push(latency);
         self.window_peak = self.window_peak.max(in_flight);
         let age = now.saturating_duration_since(self.window_started);
@@ -151,24 +168,29 @@ impl Limiter {
         while self.history.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > BASELINE_HORIZON) {
             self.history.pop_front();
         }
-        // A window held at the gate measures the queue as well as eso.
-        let held = self.window_peak as f64 >= self.limit;
-        if !held || self.baseline().is_none() {
+        // A window in which the gate turned someone away measures the
+        // queue as well as eso: it does not count toward the baseline.
+        let held = refused > self.window_refused;
+        if !held {
             self.history.push_back((now, p90));
         }
-        let baseline = self.baseline().unwrap_or(p90);
-        self.last_baseline = Some(baseline);
-        let gradient = (TOLERANCE * baseline.as_secs_f64() / p90.as_secs_f64().max(1e-6)).clamp(0.5, 2.0);
-        let used = self.window_peak as f64 >= GROW_AT_UTILISATION * self.limit;
-        // Latency says "more would fit", but the sagas in flight did not
-        // use the limit: it stays, rather than grow to a size never tried.
-        if gradient < 1.0 || used {
-            let next = self.limit * gradient;
-            self.limit = (next + next.sqrt()).clamp(self.min, self.max);
+        // A replica that starts under overload has no baseline yet: it
+        // keeps its limit until a window that was not held gives one.
+        if let Some(baseline) = self.baseline() {
+            self.last_baseline = Some(baseline);
+            let gradient = (TOLERANCE * baseline.as_secs_f64() / p90.as_secs_f64().max(1e-6)).clamp(0.5, 2.0);
+            let used = self.window_peak as f64 >= GROW_AT_UTILISATION * self.limit;
+            // Latency says "more would fit", but the sagas in flight did
+            // not use the limit: it stays, rather than grow to a size never tried.
+            if gradient < 1.0 || used {
+                let next = self.limit * gradient;
+                self.limit = (next + next.sqrt()).clamp(self.min, self.max);
+            }
         }
         self.window.clear();
         self.window_started = now;
         self.window_peak = in_flight;
+        self.window_refused = refused;
         Some(self.limit())
     }
 }
@@ -201,8 +223,18 @@ pub struct Admission {
     limiter: Mutex<Option<Limiter>>,
     /// Tickets of sagas started here, until they end or park.
     held: Mutex<HashMap<Uuid, Ticket>>,
-    /// When a request was last shed, for `/readyz`.
-    last_shed: Mutex<Option<Instant>>,
+    /// Requests admitted and refused since the start.
+    admitted: AtomicU64,
+    refused: AtomicU64,
+    /// What [`Admission::tick`] last saw, and when shedding was last heavy.
+    ticked: Mutex<Tick>,
+}
+
+#[derive(Default)]
+struct Tick {
+    admitted: u64,
+    refused: u64,
+    heavy_at: Option<Instant>,
 }
 
 impl Admission {
@@ -218,7 +250,9 @@ impl Admission {
             limit: AtomicUsize::new(limit),
             limiter: Mutex::new(limiter),
             held: Mutex::default(),
-            last_shed: Mutex::default(),
+            admitted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            ticked: Mutex::default(),
         }
     }
 
@@ -233,10 +267,22 @@ impl Admission {
         let ticket = Ticket { in_flight: self.in_flight.clone(), taken: Instant::now() };
         if before >= limit {
             drop(ticket);
-            *self.last_shed.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+            self.refused.fetch_add(1, Ordering::AcqRel);
             return Err(Refusal::Full { limit });
         }
+        self.admitted.fetch_add(1, Ordering::AcqRel);
         Ok(ticket)
+    }
+
+    /// Whether a request would be refused now: the gate's cheap first
+    /// look, before a request's body is read (the place itself is taken
+    /// once it is, by [`Admission::try_admit`]).
+    pub fn full(&self) -> bool {
+        let full = self.in_flight.load(Ordering::Acquire) >= self.limit.load(Ordering::Acquire);
+        if full {
+            self.refused.fetch_add(1, Ordering::AcqRel);
+        }
+        full
     }
 
     /// Saga `id` started with `ticket`: it is in flight until [`Admission::settle`].
@@ -250,21 +296,34 @@ impl Admission {
     pub fn settle(&self, id: Uuid, learn: bool) {
         let Some(ticket) = self.held.lock().unwrap_or_else(PoisonError::into_inner).remove(&id) else { return };
         let latency = ticket.taken.elapsed();
+        // Read with this saga still counted: the peak a window saw can
+        // then reach the limit, as the gate saw it.
+        let in_flight = self.in_flight.load(Ordering::Acquire);
         drop(ticket);
         if !learn {
             return;
         }
+        let refused = self.refused.load(Ordering::Acquire);
         let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(limiter) = limiter.as_mut()
-            && let Some(limit) = limiter.sample(latency, self.in_flight.load(Ordering::Acquire), Instant::now())
+            && let Some(limit) = limiter.sample(latency, in_flight, refused, Instant::now())
         {
             self.limit.store(limit, Ordering::Release);
         }
     }
 
-    /// Gives back tickets held past [`STALE_TICKET`].
-    pub fn sweep(&self) {
+    /// Once a second or so: gives back tickets held past [`STALE_TICKET`],
+    /// and notes whether the gate refused a real share of the requests
+    /// since the last tick (for `/readyz`).
+    pub fn tick(&self) {
         self.held.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, t| t.taken.elapsed() < STALE_TICKET);
+        let (admitted, refused) = (self.admitted.load(Ordering::Acquire), self.refused.load(Ordering::Acquire));
+        let mut last = self.ticked.lock().unwrap_or_else(PoisonError::into_inner);
+        let (new_admitted, new_refused) = (admitted.saturating_sub(last.admitted), refused.saturating_sub(last.refused));
+        if new_refused > 0 && new_refused as f64 >= HEAVY_SHEDDING * (new_admitted + new_refused) as f64 {
+            last.heavy_at = Some(Instant::now());
+        }
+        (last.admitted, last.refused) = (admitted, refused);
     }
 
     pub fn limit(&self) -> usize {
@@ -280,9 +339,11 @@ impl Admission {
         self.limiter.lock().unwrap_or_else(PoisonError::into_inner).as_ref().and_then(Limiter::baseline)
     }
 
-    /// Whether a request was shed in the last few seconds.
+    /// Whether the gate refused a real share of its requests in the last
+    /// few seconds (not one refusal: a replica at half its peak sheds a
+    /// few, and would flap out of its load balancer).
     pub fn shedding(&self) -> bool {
-        self.last_shed.lock().unwrap_or_else(PoisonError::into_inner).is_some_and(|at| at.elapsed() < SHEDDING_SHOWS_FOR)
+        self.ticked.lock().unwrap_or_else(PoisonError::into_inner).heavy_at.is_some_and(|at| at.elapsed() < SHEDDING_SHOWS_FOR)
     }
 }
 
@@ -292,68 +353,93 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    /// Feeds `windows` full windows of `latency` at `in_flight`, returning the limit.
-    fn feed(limiter: &mut Limiter, now: &mut Instant, windows: usize, latency: Duration, in_flight: usize) -> usize {
-        for _ in 0..windows {
-            for _ in 0..WINDOW_SAMPLES {
-                limiter.sample(latency, in_flight, *now);
-            }
-            *now += WINDOW;
-            limiter.sample(latency, in_flight, *now);
+    /// Feeds `windows` full windows of `latency` at `in_flight`, the gate
+    /// refusing someone in each when `held`; returns the limit.
+    struct Feed {
+        limiter: Limiter,
+        now: Instant,
+        refused: u64,
+    }
+
+    impl Feed {
+        fn new(min: usize, initial: usize, max: usize) -> Feed {
+            let now = Instant::now();
+            Feed { limiter: Limiter::new(min, initial, max, now), now, refused: 0 }
         }
-        limiter.limit()
+
+        fn windows(&mut self, n: usize, latency: Duration, in_flight: usize, held: bool) -> usize {
+            for _ in 0..n {
+                for _ in 0..WINDOW_SAMPLES {
+                    self.limiter.sample(latency, in_flight, self.refused, self.now);
+                }
+                if held {
+                    self.refused += 1;
+                }
+                self.now += WINDOW;
+                self.limiter.sample(latency, in_flight, self.refused, self.now);
+            }
+            self.limiter.limit()
+        }
     }
 
     #[test]
     fn latency_within_its_tolerance_lets_a_used_limit_grow() {
-        let mut now = Instant::now();
-        let mut limiter = Limiter::new(16, 64, 2000, now);
-        feed(&mut limiter, &mut now, 1, 5 * MS, 10);
-        let grown = feed(&mut limiter, &mut now, 3, 15 * MS, 60);
+        let mut feed = Feed::new(16, 64, 2000);
+        feed.windows(1, 5 * MS, 10, false);
+        let grown = feed.windows(3, 15 * MS, 60, false);
         assert!(grown > 64, "{grown}");
     }
 
     #[test]
     fn an_unused_limit_does_not_grow() {
-        let mut now = Instant::now();
-        let mut limiter = Limiter::new(16, 64, 2000, now);
-        assert_eq!(feed(&mut limiter, &mut now, 10, 20 * MS, 5), 64);
+        let mut feed = Feed::new(16, 64, 2000);
+        assert_eq!(feed.windows(10, 20 * MS, 5, false), 64);
     }
 
     #[test]
     fn queueing_past_its_tolerance_shrinks_the_limit_to_its_floor_and_no_further() {
-        let mut now = Instant::now();
-        let mut limiter = Limiter::new(16, 64, 2000, now);
-        feed(&mut limiter, &mut now, 5, 20 * MS, 40);
-        let before = limiter.limit();
-        let after = feed(&mut limiter, &mut now, 1, 200 * MS, before);
+        let mut feed = Feed::new(16, 64, 2000);
+        feed.windows(5, 20 * MS, 40, false);
+        let before = feed.limiter.limit();
+        let after = feed.windows(1, 200 * MS, before, true);
         assert!(after < before, "{after} < {before}");
-        assert_eq!(feed(&mut limiter, &mut now, 30, 200 * MS, 2000), 16);
+        assert_eq!(feed.windows(30, 200 * MS, 16, true), 16);
     }
 
     #[test]
     fn windows_held_at_the_gate_do_not_move_the_baseline() {
-        let mut now = Instant::now();
-        let mut limiter = Limiter::new(16, 64, 2000, now);
-        feed(&mut limiter, &mut now, 1, 10 * MS, 8);
-        // Sustained overload: every window full, latency up.
-        feed(&mut limiter, &mut now, 50, 300 * MS, 5000);
-        assert_eq!(limiter.baseline(), Some(10 * MS));
-        // Long after every unloaded window expired, the last baseline holds.
-        now += BASELINE_HORIZON + WINDOW;
-        feed(&mut limiter, &mut now, 1, 300 * MS, 5000);
-        assert_eq!(limiter.baseline(), Some(10 * MS));
-        assert_eq!(limiter.limit(), 16);
+        let mut feed = Feed::new(16, 64, 2000);
+        feed.windows(1, 10 * MS, 8, false);
+        // Sustained overload: someone refused in every window, latency up,
+        // the sagas in flight one short of the limit as `settle` sees them.
+        for _ in 0..50 {
+            let limit = feed.limiter.limit();
+            feed.windows(1, 300 * MS, limit.saturating_sub(1), true);
+        }
+        assert_eq!(feed.limiter.baseline(), Some(10 * MS));
+        // Long after every unloaded window expired (refusals all along),
+        // the last baseline holds.
+        feed.refused += 1;
+        feed.now += BASELINE_HORIZON + WINDOW;
+        feed.windows(1, 300 * MS, 15, true);
+        assert_eq!(feed.limiter.baseline(), Some(10 * MS));
+        assert_eq!(feed.limiter.limit(), 16);
+    }
+
+    #[test]
+    fn a_replica_started_under_overload_keeps_its_limit_until_it_has_a_baseline() {
+        let mut feed = Feed::new(16, 64, 2000);
+        assert_eq!(feed.windows(5, 300 * MS, 64, true), 64);
+        assert_eq!(feed.limiter.baseline(), None);
     }
 
     #[test]
     fn the_baseline_forgets_unloaded_windows_older_than_its_horizon() {
-        let mut now = Instant::now();
-        let mut limiter = Limiter::new(16, 64, 2000, now);
-        feed(&mut limiter, &mut now, 1, 5 * MS, 8);
-        now += BASELINE_HORIZON + WINDOW;
-        feed(&mut limiter, &mut now, 1, 40 * MS, 8);
-        assert_eq!(limiter.baseline(), Some(40 * MS));
+        let mut feed = Feed::new(16, 64, 2000);
+        feed.windows(1, 5 * MS, 8, false);
+        feed.now += BASELINE_HORIZON + WINDOW;
+        feed.windows(1, 40 * MS, 8, false);
+        assert_eq!(feed.limiter.baseline(), Some(40 * MS));
     }
 
     #[test]
@@ -361,11 +447,38 @@ mod tests {
         let admission = Admission::new(Policy::Fixed(2));
         let (a, b) = (admission.try_admit(), admission.try_admit());
         assert!(a.is_ok() && b.is_ok());
+        assert!(admission.full());
         assert_eq!(admission.try_admit().err(), Some(Refusal::Full { limit: 2 }));
         assert_eq!(admission.in_flight(), 2);
-        assert!(admission.shedding());
         drop(a);
+        assert!(!admission.full());
         assert!(admission.try_admit().is_ok());
+    }
+
+    #[test]
+    fn only_a_real_share_of_refusals_is_shedding() {
+        let admission = Admission::new(Policy::Fixed(1));
+        let kept = admission.try_admit();
+        admission.tick();
+        // One refusal beside a hundred admissions: not shedding.
+        drop(kept);
+        for _ in 0..100 {
+            drop(admission.try_admit());
+        }
+        let kept = admission.try_admit();
+        assert!(admission.try_admit().is_err());
+        admission.tick();
+        assert!(!admission.shedding());
+        // A fifth of the requests refused: shedding.
+        for _ in 0..4 {
+            assert!(admission.try_admit().is_err());
+        }
+        drop(kept);
+        for _ in 0..16 {
+            drop(admission.try_admit());
+        }
+        admission.tick();
+        assert!(admission.shedding());
     }
 
     #[test]
@@ -391,5 +504,8 @@ mod tests {
             let why = Policy::parse(bad).err().unwrap_or_default();
             assert!(why.contains(says), "{bad}: {why}");
         }
+        assert!(Policy::DEFAULT.check().is_ok());
+        assert!(Policy::Adaptive { min: 9, initial: 9, max: 3 }.check().is_err());
+        assert!(Policy::Fixed(0).check().is_err());
     }
 }

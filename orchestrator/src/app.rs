@@ -20,6 +20,8 @@ use crate::store::{self, Store};
 /// Longest wait for command round trips in flight at shutdown (they are
 /// bounded by their own timeouts; this guards against a stuck one).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait for the requests in flight at shutdown.
+const SERVER_DRAIN: Duration = Duration::from_secs(10);
 
 /// A running orchestrator.
 pub struct Running {
@@ -57,6 +59,7 @@ pub struct Embedded {
 pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, embedded: Embedded) -> anyhow::Result<Running> {
     // Before anything else starts: a bad token or connection setting stops eso with the reason.
     let tokens = api::auth::Tokens::from_settings(config.operator_token.as_ref(), config.read_token.as_ref()).map_err(|e| anyhow::anyhow!(e))?;
+    config.admission.check().map_err(|e| anyhow::anyhow!("ESO_ADMISSION: {e}"))?;
     let limits = crate::serve::Limits::from_config(config)?;
     let store = open_store(config).await?;
 
@@ -155,7 +158,13 @@ impl Running {
     /// trips in flight, publish every committed event, then return.
     pub async fn stop(self) {
         self.stop_intake.cancel();
-        let _ = self.server.await;
+        // A client trickling a body, or not reading its answer, must not
+        // hold the stop past the drain below (and the pod's grace period).
+        let abort = self.server.abort_handle();
+        if tokio::time::timeout(SERVER_DRAIN, self.server).await.is_err() {
+            tracing::warn!("connections still open at shutdown; closed");
+            abort.abort();
+        }
         let _ = self.timers.await;
         let _ = self.jobs.await;
         if tokio::time::timeout(DRAIN_TIMEOUT, self.runtime.drain()).await.is_err() {

@@ -36,8 +36,9 @@ const TIMER_BATCH: i64 = 256;
 /// How often expired idempotency keys are deleted (each replica; the
 /// delete of one interval's worth is small).
 const KEY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
-/// How often places in flight held too long are given back.
-const TICKET_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How often admission control gives back places held too long and
+/// looks at how much it shed (`Admission::tick`).
+const ADMISSION_TICK: Duration = Duration::from_secs(1);
 /// The causation of a step a saga's deadline took.
 const TIMER_CAUSATION: &str = "timer";
 
@@ -495,15 +496,15 @@ impl Runtime {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sweep = Instant::now();
-        let mut last_ticket_sweep = Instant::now();
+        let mut last_admission_tick = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = shutdown.cancelled() => return,
             }
-            if last_ticket_sweep.elapsed() >= TICKET_SWEEP_INTERVAL {
-                last_ticket_sweep = Instant::now();
-                self.inner.admission.sweep();
+            if last_admission_tick.elapsed() >= ADMISSION_TICK {
+                last_admission_tick = Instant::now();
+                self.inner.admission.tick();
             }
             if last_sweep.elapsed() >= KEY_SWEEP_INTERVAL {
                 last_sweep = Instant::now();

@@ -38,7 +38,8 @@ pub async fn post_many(urls: &[String], n: usize) -> Vec<Uuid> {
 /// `Retry-After` seconds plus a jitter, for up to a minute.
 pub async fn post_retrying(http: &reqwest::Client, url: &str, body: &Value) -> reqwest::Response {
     let give_up = Instant::now() + Duration::from_secs(60);
-    let mut jitter = 0u64;
+    // Seeded per call, so callers turned away together come back apart.
+    let mut jitter = (Uuid::new_v4().as_u128() % 500) as u64;
     loop {
         let response = http.post(url).json(body).send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
         let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -46,7 +47,6 @@ pub async fn post_retrying(http: &reqwest::Client, url: &str, body: &Value) -> r
         if !shed || Instant::now() > give_up {
             return response;
         }
-        // A cheap spread, so clients turned away together come back apart.
         jitter = (jitter * 7 + 131) % 500;
         tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1)) + Duration::from_millis(jitter)).await;
     }

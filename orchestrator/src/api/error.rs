@@ -109,7 +109,7 @@ impl From<crate::runtime::RuntimeError> for ApiError {
             crate::runtime::RuntimeError::Store(crate::store::StoreError::Unconfirmed(detail)) => {
                 tracing::warn!(error = %detail, "commit not confirmed");
                 ApiError::Unavailable(
-                    "the event store did not confirm the commit, so this request may have been recorded: send it again with the same Idempotency-Key to get what it did (without one, a retry may start a second saga)".into(),
+                    "the event store did not confirm the commit, so this request may have been recorded: look before sending it again, or send a start again with the same Idempotency-Key to get the saga it started (without one, a retry may start a second saga)".into(),
                 )
             }
             crate::runtime::RuntimeError::Store(crate::store::StoreError::Closed) => ApiError::Unavailable("shutting down".into()),

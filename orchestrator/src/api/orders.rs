@@ -29,7 +29,7 @@ pub async fn create(
     let order = orders::parse(&body.fields, &body.bytes).map_err(ApiError::Fields)?;
     let key = start_key(&headers, &body.fields)?;
     loaded(&state)?;
-    let ticket = admitted.and_then(|a| a.take());
+    let ticket = admitted.map(|a| a.ticket(&state)).transpose()?;
     let started = state.runtime.start(orders::DEFINITION, orders::inputs(&order), key, ticket).await?;
     let (status, id) = match started {
         Started::Created(id, _) => (StatusCode::CREATED, id),

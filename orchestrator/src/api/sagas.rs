@@ -36,7 +36,8 @@ pub async fn start(
     // The order saga's inputs go through its adapter, so an order started
     // here is the order `POST /` would have made.
     let inputs = if def.name == orders::DEFINITION { orders::prepare(fields, &bytes).map_err(ApiError::Fields)? } else { fields };
-    match state.runtime.start(&def.name, inputs, key, admitted.and_then(|a| a.take())).await? {
+    let ticket = admitted.map(|a| a.ticket(&state)).transpose()?;
+    match state.runtime.start(&def.name, inputs, key, ticket).await? {
         Started::Created(id, definition) => {
             let body = json!({ "id": id, "definition": { "name": definition.name, "version": definition.version, "hash": definition.hash } });
             Ok((StatusCode::CREATED, Json(body)))
@@ -146,6 +147,7 @@ pub(super) async fn history(state: &AppState, id: &str, definition: Option<&str>
 /// state has no transition for it (or has finished), `404` for no saga.
 pub async fn send_event(
     State(state): State<AppState>,
+    admitted: Option<Extension<Admitted>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -159,6 +161,8 @@ pub async fn send_event(
         None => return Err(ApiError::field("name", "is required")),
     };
     let data = fields.get("data").cloned().unwrap_or(Value::Null);
+    // The event's place in flight, for as long as its step takes.
+    let _ticket = admitted.map(|a| a.ticket(&state)).transpose()?;
     let input = sagas::Input::Event { name: name.clone(), data };
     match state.runtime.advance(id, input, format!("event:{name}")).await? {
         Stepped::Applied { .. } => Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "event": name })))),
