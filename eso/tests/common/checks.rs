@@ -4,7 +4,8 @@ use super::*;
 
 /// POSTs `n` orders concurrently to the given base URLs (round robin) with
 /// a mix of descriptions; returns their ids. Retries a POST that could not
-/// connect (the target may be restarting); a 2xx means the order is durable.
+/// connect (the target may be restarting) or was shed (after its
+/// `Retry-After`, as [`post_retrying`]); a 2xx means the order is durable.
 pub async fn post_many(urls: &[String], n: usize) -> Vec<Uuid> {
     let http = reqwest::Client::new();
     let posts = (0..n).map(|i| {
@@ -16,16 +17,22 @@ pub async fn post_many(urls: &[String], n: usize) -> Vec<Uuid> {
                 1 => format!("xxx order {i}"),
                 _ => format!("random order {i}"),
             };
-            let give_up = Instant::now() + Duration::from_secs(60);
+            let give_up = Instant::now() + Duration::from_secs(120);
+            let mut jitter = Jitter::new();
             loop {
-                assert!(Instant::now() < give_up, "POST {url} not accepted for 60 s");
+                assert!(Instant::now() < give_up, "POST {url} not accepted for 120 s");
                 match http.post(&url).json(&json!({ "amount": 10.50, "description": description })).send().await {
                     Ok(r) if r.status().is_success() => {
                         let body: Value = r.json().await.unwrap_or(Value::Null);
                         return body["id"].as_str().and_then(|s| Uuid::parse_str(s).ok());
                     }
-                    // Not accepted (connection refused, 503): the client retries, as clients do.
-                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    // Shed: after Retry-After. Not accepted otherwise (connection
+                    // refused, 503): soon. The client retries, as clients do.
+                    Ok(r) => match shed_for(&r) {
+                        Some(wait) => tokio::time::sleep(wait + jitter.next()).await,
+                        None => tokio::time::sleep(Duration::from_millis(50)).await,
+                    },
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             }
         }
@@ -33,22 +40,41 @@ pub async fn post_many(urls: &[String], n: usize) -> Vec<Uuid> {
     futures::future::join_all(posts).await.into_iter().flatten().collect()
 }
 
+/// How long a shed answer (`429`, or `503` with `Retry-After`) asks the
+/// client to wait; `None` for any other answer.
+fn shed_for(response: &reqwest::Response) -> Option<Duration> {
+    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let shed = response.status() == 429 || (response.status() == 503 && retry_after.is_some());
+    shed.then(|| Duration::from_secs(retry_after.unwrap_or(1)))
+}
+
+/// Up to half a second more on each wait, seeded per client, so clients
+/// turned away together come back apart.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Jitter {
+        Jitter((Uuid::new_v4().as_u128() % 500) as u64)
+    }
+
+    fn next(&mut self) -> Duration {
+        self.0 = (self.0 * 7 + 131) % 500;
+        Duration::from_millis(self.0)
+    }
+}
+
 /// `POST url` with `body` as a client should: a request shed by admission
-/// control (`429`, or `503` with `Retry-After`) is sent again after the
-/// `Retry-After` seconds plus a jitter, for up to a minute.
+/// control is sent again after its `Retry-After` plus a jitter, for up to
+/// a minute.
 pub async fn post_retrying(http: &reqwest::Client, url: &str, body: &Value) -> reqwest::Response {
     let give_up = Instant::now() + Duration::from_secs(60);
-    // Seeded per call, so callers turned away together come back apart.
-    let mut jitter = (Uuid::new_v4().as_u128() % 500) as u64;
+    let mut jitter = Jitter::new();
     loop {
         let response = http.post(url).json(body).send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
-        let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        let shed = response.status() == 429 || (response.status() == 503 && retry_after.is_some());
-        if !shed || Instant::now() > give_up {
-            return response;
+        match shed_for(&response) {
+            Some(wait) if Instant::now() < give_up => tokio::time::sleep(wait + jitter.next()).await,
+            _ => return response,
         }
-        jitter = (jitter * 7 + 131) % 500;
-        tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(1)) + Duration::from_millis(jitter)).await;
     }
 }
 
