@@ -225,7 +225,17 @@ pub async fn run(client: &Client, plan: Plan, after_load: impl FnOnce()) -> Raw 
     }
     let seen = tracker.take();
     let posts = std::mem::take(&mut *posts.lock().unwrap_or_else(PoisonError::into_inner));
-    Raw { attempted, post_us: posts.post_us, shed_us: posts.shed_us, post_errors: posts.errors, first_post_error: posts.first_error, started_wall_us, elapsed: started.elapsed(), load_elapsed, seen }
+    Raw {
+        attempted,
+        post_us: posts.post_us,
+        shed_us: posts.shed_us,
+        post_errors: posts.errors,
+        first_post_error: posts.first_error,
+        started_wall_us,
+        elapsed: started.elapsed(),
+        load_elapsed,
+        seen,
+    }
 }
 
 /// `concurrency` clients, each: POST, wait until its saga is terminal, repeat.

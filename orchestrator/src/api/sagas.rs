@@ -5,11 +5,11 @@
 
 use std::collections::HashMap;
 
-use axum::{Extension, Json};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
