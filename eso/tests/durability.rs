@@ -10,29 +10,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Nats, Postgres, Process, assert_events_published_once, assert_no_double_charge, assert_replay_finds_no_difference, post_many, wait_all_terminal};
+use common::{
+    Cluster, Nats, Postgres, Process, assert_events_published_once, assert_no_double_charge, assert_replay_finds_no_difference, post_many, wait_all_terminal,
+};
 use sqlx::Row;
 
-struct Cluster {
-    postgres: Postgres,
-    nats: Nats,
-    env: Vec<(&'static str, String)>,
-}
-
 impl Cluster {
-    async fn new() -> Cluster {
-        let postgres = Postgres::fresh().await;
-        let nats = Nats::start().await;
-        let env = common::process_env(&postgres, &nats);
-        Cluster { postgres, nats, env }
-    }
-
     async fn orchestrator(&self) -> Process {
-        Process::spawn(&[], &self.env).await
+        self.eso(&[]).await
     }
 
     async fn participant(&self, name: &str) -> Process {
-        Process::spawn(&["participant", name], &self.env).await
+        self.eso(&["participant", name]).await
     }
 
     async fn check(&self, accepted: &[uuid::Uuid]) {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Money, Nats, Postgres, PrivatePostgres, Process, Published};
+use common::{Cluster, Money, Nats, Postgres, PrivatePostgres, Process, Published};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use sqlx::Row;
@@ -464,27 +464,6 @@ impl Terminal {
             problems.push(format!("after {TERMINAL_WAIT:?}: {} of {} stored sagas not terminal", self.sagas - self.terminal, self.sagas));
         }
         problems
-    }
-}
-
-/// Postgres and NATS of the test's own, and the environment of its `eso`
-/// processes.
-struct Cluster {
-    postgres: Postgres,
-    nats: Nats,
-    env: Vec<(&'static str, String)>,
-}
-
-impl Cluster {
-    async fn new() -> Cluster {
-        let postgres = Postgres::fresh().await;
-        let nats = Nats::start().await;
-        let env = common::process_env(&postgres, &nats);
-        Cluster { postgres, nats, env }
-    }
-
-    async fn eso(&self, args: &[&str]) -> Process {
-        Process::spawn(args, &self.env).await
     }
 }
 

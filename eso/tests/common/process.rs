@@ -80,3 +80,25 @@ pub fn assert_replay_finds_no_difference(env: &[(&str, String)]) {
         panic!("{e}");
     }
 }
+
+/// Postgres and NATS of a test's own, and the environment of its `eso`
+/// processes.
+pub struct Cluster {
+    pub postgres: Postgres,
+    pub nats: Nats,
+    pub env: Vec<(&'static str, String)>,
+}
+
+impl Cluster {
+    pub async fn new() -> Cluster {
+        let postgres = Postgres::fresh().await;
+        let nats = Nats::start().await;
+        let env = process_env(&postgres, &nats);
+        Cluster { postgres, nats, env }
+    }
+
+    /// `eso` with `args` (none: the orchestrator) on this cluster.
+    pub async fn eso(&self, args: &[&str]) -> Process {
+        Process::spawn(args, &self.env).await
+    }
+}
