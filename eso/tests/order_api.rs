@@ -251,11 +251,19 @@ async fn health_readiness_and_metrics() {
     let (status, _) = app.get("/healthz").await;
     assert_eq!(status, 200);
     let (status, ready) = app.get("/readyz").await;
-    assert_eq!((status, ready), (200, json!({ "store": true, "bus": true })));
+    assert_eq!((status, ready), (200, json!({ "store": true, "bus": true, "shedding": false, "stopping": false })));
     let id = app.order("test").await;
     app.wait_terminal(id, Duration::from_secs(5)).await;
     let text = app.http.get(format!("{}/metrics", app.url)).send().await.unwrap_or_else(|e| panic!("{e}")).text().await.unwrap_or_default();
-    for name in ["eso_sagas_started_total", "eso_sagas_finished_total", "eso_http_requests_total", "eso_sagas_in_flight", "eso_step_seconds"] {
+    for name in [
+        "eso_sagas_started_total",
+        "eso_sagas_finished_total",
+        "eso_http_requests_total",
+        "eso_sagas_in_flight",
+        "eso_step_seconds",
+        "eso_admission_limit",
+        "eso_admission_in_flight",
+    ] {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }
     app.stop().await;
