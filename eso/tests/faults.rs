@@ -171,6 +171,16 @@ impl Fault {
     }
 
     /// Prints the `SOAK` line, then fails with every problem found.
+    /// After the last kill: a moment more of load, then the load stopped
+    /// and every check, replay included, and the run's line printed.
+    async fn conclude(mut self, load: Load, pool: &sqlx::AnyPool, nats: &Nats, env: &[(&str, String)]) {
+        self.sleep(500..1500).await;
+        let tally = load.stop().await;
+        self.check(tally, pool, pool, Some(nats)).await;
+        self.replay(env);
+        self.finish();
+    }
+
     fn finish(mut self) {
         self.summary.secs = Some(self.started.elapsed().as_secs());
         let passed = self.summary.problems.is_empty();
@@ -499,11 +509,7 @@ async fn kill_a_part(name: &'static str, part: Part, down_ms: Range<u64>) {
         fault.sleep(down_ms.clone()).await;
         victim.restart().await;
     }
-    fault.sleep(500..1500).await;
-    let tally = load.stop().await;
-    fault.check(tally, &pool, &pool, Some(&cluster.nats)).await;
-    fault.replay(&cluster.env);
-    fault.finish();
+    fault.conclude(load, &pool, &cluster.nats, &cluster.env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -590,11 +596,7 @@ async fn postgres_restart() {
         fault.sleep(200..2000).await;
         postgres.start_again().await;
     }
-    fault.sleep(500..1500).await;
-    let tally = load.stop().await;
-    fault.check(tally, &pool, &pool, Some(&nats)).await;
-    fault.replay(&env);
-    fault.finish();
+    fault.conclude(load, &pool, &nats, &env).await;
 }
 
 /// NATS SIGKILLed and started again on its storage while orders keep
@@ -616,11 +618,7 @@ async fn nats_restart() {
         fault.sleep(200..2000).await;
         cluster.nats.start_again().await;
     }
-    fault.sleep(500..1500).await;
-    let tally = load.stop().await;
-    fault.check(tally, &pool, &pool, Some(&cluster.nats)).await;
-    fault.replay(&cluster.env);
-    fault.finish();
+    fault.conclude(load, &pool, &cluster.nats, &cluster.env).await;
 }
 
 /// Two orchestrators sharing Postgres and NATS, on the order saga with
@@ -676,11 +674,7 @@ async fn takeover_after_kill() {
         }
         replicas[victim].restart().await;
     }
-    fault.sleep(500..1500).await;
-    let tally = load.stop().await;
-    fault.check(tally, &pool, &pool, Some(&cluster.nats)).await;
-    fault.replay(&env);
-    fault.finish();
+    fault.conclude(load, &pool, &cluster.nats, &env).await;
 }
 
 /// A saga leased to a replica: its version and lease end when caught.
