@@ -12,9 +12,10 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready: the store and the bus answer, and this replica has not had to
-/// shed new work in the last seconds (a load balancer then sends it
-/// elsewhere; the sagas it has go on either way).
+/// Ready: the store and the bus answer, the replica is not stopping, and
+/// it has not shed a real share of its new work in the last seconds
+/// (`Admission::shedding`; a load balancer then sends new work elsewhere,
+/// and the sagas it has go on either way).
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let store = state.store.ping().await;
     let bus = state.bus.is_connected();
