@@ -114,6 +114,11 @@ pub struct BenchArgs {
     /// saga of the point is in flight at once (memory with a backlog).
     #[arg(long)]
     pub hold: bool,
+    /// With --spawn postgres: before the points, store this many events of
+    /// finished sagas (copies of a warm-up order), to measure a store with
+    /// a long history against an empty one (e.g. `10000000`).
+    #[arg(long)]
+    pub prefill_events: Option<u64>,
     /// How long a point waits for its last sagas before counting them unfinished.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

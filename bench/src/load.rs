@@ -116,6 +116,18 @@ impl Client {
     }
 
     /// `GET /metrics`, every series summed by metric name (labels dropped).
+    /// Median time of `rounds` sequential GETs of `path` (the saga list's
+    /// pages), in milliseconds.
+    pub async fn time_get(&self, path: &str, rounds: usize) -> anyhow::Result<f64> {
+        let mut samples = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let started = std::time::Instant::now();
+            self.http.get(format!("{}{path}", self.base)).send().await?.error_for_status()?.bytes().await?;
+            samples.push(started.elapsed().as_micros() as u64);
+        }
+        Ok(crate::report::Latency::of(&mut samples).p50)
+    }
+
     pub async fn metrics(&self) -> anyhow::Result<BTreeMap<String, f64>> {
         let text = self.http.get(format!("{}/metrics", self.base)).send().await?.error_for_status()?.text().await?;
         Ok(parse_metrics(&text))

@@ -21,10 +21,12 @@
 //! readings, `report.rs` the JSON and the table.
 
 mod args;
+mod bytes;
 mod ceiling;
 mod load;
 mod point;
 mod poller;
+mod prefill;
 mod procfs;
 mod report;
 mod target;
@@ -67,6 +69,9 @@ fn main() -> std::process::ExitCode {
 async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let shapes = args.shapes()?;
     let length = args.length();
+    if args.prefill_events.is_some() && (args.spawn.contains(&SpawnMode::Embedded) || args.url.is_some()) {
+        bail!("--prefill-events fills a Postgres database the bench made: only with --spawn postgres");
+    }
     if args.hold && (args.spawn.contains(&SpawnMode::Embedded) || args.url.is_some()) {
         bail!("--hold pauses participant processes: only with --spawn postgres");
     }
@@ -233,6 +238,9 @@ async fn run_target(
         }
         println!("warm-up: {} sagas", raw.seen.finished.len());
     }
+    if let Some(events) = args.prefill_events {
+        prefill::prefill(target, events).await?;
+    }
     if let Some(db) = &target.database
         && let Err(e) = target::checkpoint(db).await
     {
@@ -262,6 +270,14 @@ async fn run_target(
             points.push(point);
             // A backlog's tail (relay, timers) must not be the next point's load.
             tokio::time::sleep(SETTLE * 4).await;
+        }
+    }
+    // The list's first pages, as an operator's console reads them: with
+    // --prefill-events, whether history slows them.
+    for path in ["/sagas?definition=order&limit=50", "/sagas?definition=order&status=delivered&limit=50", "/sagas?definition=order&terminal=false&limit=50"] {
+        match client.time_get(path, 20).await {
+            Ok(ms) => println!("  list: GET {path} p50 {ms:.2} ms (20 in turn, after the points)"),
+            Err(e) => println!("  list: GET {path} failed: {e:#}"),
         }
     }
     target.check_alive()

@@ -37,6 +37,10 @@ pub(super) async fn measure(
         Some(db) => target::checkpoints(db).await,
         None => None,
     };
+    let bytes_before = match &target.probe {
+        Some(probe) => probe.read().await.map_err(|e| println!("note: cannot read the store's size: {e:#}")).ok(),
+        None => None,
+    };
     let sampler = procfs::RssSampler::start(&procs);
 
     let plan = Plan { shape, length, poll, drain: args.drain_timeout, max_posts: args.max_posts };
@@ -59,8 +63,12 @@ pub(super) async fn measure(
         None => None,
     };
     let completed = raw.seen.finished.len();
+    let bytes = match (&target.probe, bytes_before) {
+        (Some(probe), Some(before)) => probe.since(before, completed).await.map_err(|e| println!("note: cannot read the store's size: {e:#}")).ok(),
+        _ => None,
+    };
     let per_saga = |delta: f64| if completed > 0 { delta * 1000.0 / completed as f64 } else { 0.0 };
-    let processes = procs
+    let processes: Vec<ProcessPoint> = procs
         .iter()
         .zip(cpu_before)
         .map(|(p, before)| {
@@ -75,8 +83,10 @@ pub(super) async fn measure(
             }
         })
         .collect();
-    let other_cpu_ms_per_saga =
+    let other_cpu_ms_per_saga: BTreeMap<String, f64> =
         others.iter().zip(others_before).filter_map(|(o, before)| Some((o.name().to_string(), per_saga(o.cpu_seconds()? - before?)))).collect();
+    // The system's cost: every process of it, not the load generator.
+    let cpu_ms_per_saga_total = processes_cpu_total(&processes, &other_cpu_ms_per_saga);
 
     let last_terminal = raw.seen.finished.iter().map(|f| f.terminal_wall_us).max();
     let seconds = match last_terminal {
@@ -132,10 +142,18 @@ pub(super) async fn measure(
         },
         processes,
         other_cpu_ms_per_saga,
+        cpu_ms_per_saga_total,
+        bytes_per_saga: bytes,
         pg_checkpoints: checkpoints_before.zip(checkpoints_after).map(|(b, a)| a - b),
         server: metrics_before.zip(metrics_after).map(|(b, a)| server_stats(&b, &a, completed)),
         ratios: Ratios::of(completed_per_s, ceiling),
     })
+}
+
+fn processes_cpu_total(processes: &[ProcessPoint], others: &BTreeMap<String, f64>) -> Option<f64> {
+    let targets: Option<f64> = processes.iter().map(|p| p.cpu_ms_per_saga).sum();
+    let others: f64 = others.iter().filter(|(name, _)| *name != Other::Bench.name()).map(|(_, v)| v).sum();
+    targets.filter(|_| !processes.is_empty()).map(|t| t + others)
 }
 
 /// Processes that are not targets but do the work too, for CPU per saga.

@@ -152,6 +152,11 @@ pub struct Point {
     /// CPU milliseconds per completed saga of processes that are not
     /// targets: `bench` (this process), `postgres` (all backends), `nats-server`.
     pub other_cpu_ms_per_saga: BTreeMap<String, f64>,
+    /// The targets' CPU plus Postgres's: what the system spent per saga,
+    /// without the load generator.
+    pub cpu_ms_per_saga_total: Option<f64>,
+    /// What the point wrote to the store (spawned targets).
+    pub bytes_per_saga: Option<crate::bytes::BytesPerSaga>,
     /// Postgres checkpoints that happened during the point (their writes
     /// show in commit latency); with --spawn postgres only.
     pub pg_checkpoints: Option<i64>,
@@ -307,7 +312,11 @@ pub fn print_row(p: &Point) {
         detail.push(format!("{n} Postgres checkpoint(s) during the point"));
     }
     if !cpu.is_empty() {
-        detail.push(format!("CPU ms/saga: {}", cpu.join(", ")));
+        let total = p.cpu_ms_per_saga_total.map_or(String::new(), |t| format!(" (system {t:.2})"));
+        detail.push(format!("CPU ms/saga: {}{total}", cpu.join(", ")));
+    }
+    if let Some(b) = &p.bytes_per_saga {
+        detail.push(format!("per saga: {}", b.summary()));
     }
     detail.push(format!("seen by the poller p50 {:.2} p99 {:.2} ms ({:.1} GETs/saga)", p.latency_seen_ms.p50, p.latency_seen_ms.p99, p.poll.gets_per_saga));
     println!("         {}", detail.join("; "));

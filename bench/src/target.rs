@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use testkit::{Database, NatsServer, Output, Process, ProcessSpec, Signal};
 
+use crate::bytes::Probe;
 use crate::procfs::{self, Proc};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -59,6 +60,8 @@ pub struct Target {
     pub processes: Vec<Proc>,
     /// The Postgres database of a spawned production-mode target.
     pub database: Option<Database>,
+    /// Where to read what each point wrote (a spawned target's store).
+    pub probe: Option<Probe>,
     pub nats_url: Option<String>,
     children: Vec<Process>,
     nats: Option<NatsServer>,
@@ -75,6 +78,7 @@ impl Target {
             url: url.trim_end_matches('/').to_string(),
             processes,
             database: None,
+            probe: None,
             nats_url: None,
             children: vec![],
             nats: None,
@@ -92,6 +96,7 @@ impl Target {
             url: String::new(),
             processes: vec![],
             database: None,
+            probe: None,
             nats_url: None,
             children: vec![],
             nats: None,
@@ -115,10 +120,12 @@ impl Target {
         match mode {
             SpawnMode::Embedded => {
                 env.push(("ESO_SQLITE_PATH".into(), dir.join("eso.db").display().to_string()));
+                self.probe = Some(Probe::sqlite(&dir.join("eso.db")));
             }
             SpawnMode::Postgres => {
                 let database = Database::create(&opts.admin_url, "eso_bench").await?;
                 env.push(("DATABASE_URL".into(), database.url.clone()));
+                self.probe = Some(Probe::Postgres { url: database.url.clone() });
                 self.database = Some(database);
                 let nats_url = match &opts.nats_url {
                     Some(url) => url.clone(),
@@ -189,6 +196,34 @@ impl Target {
         };
         self.children.push(child);
         outcome
+    }
+
+    /// Stops the spawned `eso` (SIGTERM, then SIGKILL), leaving the rest running.
+    pub async fn stop_eso(&mut self) -> anyhow::Result<()> {
+        let eso = self.children.iter_mut().find(|c| c.spec.name == "eso").context("no spawned eso to stop")?;
+        if !eso.stop(STOP_GRACE).await {
+            eprintln!("eso did not stop within {STOP_GRACE:?} of SIGTERM; killed it");
+        }
+        Ok(())
+    }
+
+    /// Starts the spawned `eso` again, as it was, and waits for `/readyz`.
+    pub async fn start_eso(&mut self) -> anyhow::Result<()> {
+        let eso = self.children.iter_mut().find(|c| c.spec.name == "eso").context("no spawned eso to start")?;
+        eso.restart().await?;
+        let (pid, ready) = (eso.pid(), format!("{}/readyz", eso.url()));
+        for p in self.processes.iter_mut().filter(|p| p.name == "eso") {
+            p.pid = pid;
+        }
+        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build()?;
+        let started = Instant::now();
+        while !http.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) {
+            if started.elapsed() > READY_TIMEOUT {
+                bail!("eso not ready at {ready} after {READY_TIMEOUT:?} once started again");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
     }
 
     /// Pids of participant processes we started.
