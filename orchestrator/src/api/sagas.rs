@@ -114,7 +114,8 @@ pub async fn events(State(state): State<AppState>, Path(id): Path<String>) -> Re
 pub(super) async fn history(state: &AppState, id: &str, definition: Option<&str>, what: &str) -> Result<Json<Value>, ApiError> {
     let id = parse_id(id)?;
     let events = state.store.stream(id).await?;
-    let of = |name: &str| events.first().and_then(|e| e.metadata.pointer("/definition/name")).and_then(Value::as_str) == Some(name);
+    // The first event is the start, which names the definition.
+    let of = |name: &str| events.first().and_then(|e| e.data.pointer("/definition/name")).and_then(Value::as_str) == Some(name);
     if events.is_empty() || definition.is_some_and(|name| !of(name)) {
         return Err(ApiError::NotFound(format!("{what} {id} not found")));
     }

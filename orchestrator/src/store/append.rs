@@ -266,6 +266,7 @@ struct NewSaga<'a> {
     definition: &'a str,
     #[serde(flatten)]
     state: SagaState<'a>,
+    #[serde(serialize_with = "without_empty")]
     trace: &'a BTreeMap<String, String>,
 }
 
@@ -287,15 +288,25 @@ struct EventRow<'a> {
     metadata: &'a Metadata<'a>,
 }
 
+/// What every event says besides its change. Only what the stream and the
+/// change do not already say: the saga (the stream id) and its definition
+/// (the first event's `started`, and each `migrated`) were repeated here
+/// in every event until the metadata was found to be a third of an
+/// event's bytes (docs/benchmarks.md, "What a saga costs").
 #[derive(Serialize)]
 struct Metadata<'a> {
-    correlation_id: Uuid,
     causation_id: &'a str,
     /// The stream version the step was decided on: the events of one step
     /// share it, which is how replay cuts a stream back into its steps.
     step: u64,
-    definition: &'a sagas::DefinitionId,
+    #[serde(serialize_with = "without_empty")]
     trace: &'a BTreeMap<String, String>,
+}
+
+/// A trace context without its empty entries (`tracestate` is mostly
+/// empty): absent and empty read back alike.
+fn without_empty<S: serde::Serializer>(map: &&BTreeMap<String, String>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(map.iter().filter(|(_, value)| !value.is_empty()))
 }
 
 async fn commit(pool: &AnyPool, sql: &Statements, projections: &Projections, appends: &[Append]) -> Result<Vec<Committed>, StoreError> {
@@ -362,8 +373,7 @@ async fn commit(pool: &AnyPool, sql: &Statements, projections: &Projections, app
                 steps[p].push(step);
             }
         }
-        metadata
-            .push((i, Metadata { correlation_id: a.saga.id, causation_id: &a.causation, step: a.expected, definition: &a.saga.definition, trace: &a.trace }));
+        metadata.push((i, Metadata { causation_id: &a.causation, step: a.expected, trace: &a.trace }));
     }
     let mut events = Vec::new();
     for (i, metadata) in &metadata {
