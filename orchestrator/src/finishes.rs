@@ -4,8 +4,9 @@
 //!
 //! Only a wake-up: the waiting request then reads the order from the store,
 //! which stays the one source of truth. A saga finished by another replica
-//! sends no wake-up to this one, so waiting requests also re-read the store
-//! at a slow interval (see the API).
+//! wakes this one through NATS (`crate::bus::FINISHED_SUBJECT`); as that can
+//! be lost, waiting requests also re-read the store now and then
+//! (`Runtime::finish_recheck`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -124,6 +124,12 @@ struct Inner {
     admission: Arc<Admission>,
 }
 
+/// Re-reads of a waiting read (see [`Runtime::finish_recheck`]): rare where
+/// replicas announce their finishes, each waiting read costing a query this
+/// often; often enough elsewhere that a client barely notices.
+const RECHECK_ANNOUNCED: Duration = Duration::from_secs(5);
+const RECHECK_UNANNOUNCED: Duration = Duration::from_millis(500);
+
 /// Replies stepped at once. A participant coming back after an outage
 /// answers thousands of waiting commands together; stepped all at once,
 /// each step holds copies of its saga while it waits for the commit (the
@@ -159,6 +165,26 @@ impl Runtime {
     /// `None` when too many reads wait already.
     pub fn watch(&self, id: Uuid) -> Option<Watch> {
         self.inner.finishes.watch(id)
+    }
+
+    /// Wakes the reads waiting here for saga `id`, which another replica
+    /// finished (see [`crate::bus::FINISHED_SUBJECT`]).
+    pub fn finished_elsewhere(&self, id: Uuid) {
+        self.inner.finishes.finished(id);
+    }
+
+    /// How often a read waiting for a finish re-reads the store anyway, in
+    /// case the finish was not heard: `None` where every finish is heard.
+    pub fn finish_recheck(&self) -> Option<Duration> {
+        match (&self.inner.bus, self.inner.store.backend()) {
+            // One process owns a SQLite file: it stepped every finish.
+            (_, db::Backend::Sqlite) => None,
+            // Announcements are lost only around a NATS reconnect.
+            (Bus::Nats(_), _) => Some(RECHECK_ANNOUNCED),
+            // Replicas on one Postgres without NATS: a timer step taken by
+            // another replica is heard by no one here.
+            (Bus::Local(_), _) => Some(RECHECK_UNANNOUNCED),
+        }
     }
 
     /// Starts a saga of the newest version of definition `name` with
@@ -301,6 +327,7 @@ impl Runtime {
             self.inner.cache.remember(&decision.saga, &row.trace, row.created_at, row.updated_at);
             if decision.saga.terminal {
                 self.inner.finishes.finished(id);
+                self.inner.bus.announce_finished(id).await;
             }
             metrics::histogram!("eso_step_seconds", "definition" => def.name.clone(), "state" => saga.state.clone()).record(started.elapsed().as_secs_f64());
             self.record_outcome(&def, &saga, &decision.saga, &decision.events, row.created_at);

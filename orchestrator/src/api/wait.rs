@@ -12,10 +12,6 @@ use super::{ApiError, AppState};
 
 /// Longest `?wait=`: a waiting request holds a connection and a task.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
-/// How often a waiting request re-reads anyway: a saga finished by another
-/// replica wakes nobody here. Every waiting read costs a query this often,
-/// so not much more often than a replica's client would notice.
-const RECHECK: Duration = Duration::from_millis(500);
 
 /// The `wait` parameter: zero when absent, a `400` when not a duration up to [`MAX_WAIT`].
 pub fn parse(params: &HashMap<String, String>) -> Result<Duration, ApiError> {
@@ -39,6 +35,7 @@ where
     let deadline = tokio::time::Instant::now() + wait;
     // With no room to wait (see `finishes::MAX_WATCHES`), answer at once.
     let watch = if wait.is_zero() { None } else { state.runtime.watch(id) };
+    let recheck = state.runtime.finish_recheck();
     loop {
         let woken = watch.as_ref().map(|w| w.notified());
         let (answer, finished) = read().await?.ok_or_else(|| ApiError::NotFound(format!("{not_found} {id} not found")))?;
@@ -48,7 +45,7 @@ where
         };
         tokio::select! {
             () = woken => {}
-            () = tokio::time::sleep_until(deadline.min(now + RECHECK)) => {}
+            () = tokio::time::sleep_until(recheck.map_or(deadline, |r| deadline.min(now + r))) => {}
             () = state.stopping.cancelled() => {}
         }
     }

@@ -20,6 +20,11 @@ pub const EVENT_SUBJECTS: &str = "eso.events.>";
 /// (`tx/position`), so a relay starting up finds how far the stream
 /// really got, whatever its stored cursor says.
 pub const RELAY_CURSOR_HEADER: &str = "Eso-Relay-Cursor";
+/// Core NATS (not stored): a replica that committed a saga's terminal step
+/// says so here, with the saga id as the body, so that requests waiting
+/// on other replicas (`?wait=`) answer at once instead of re-reading the
+/// store in case. Lost on a reconnect, which the rare re-read covers.
+pub const FINISHED_SUBJECT: &str = "eso.finished";
 
 /// The end of the event stream: its last sequence, and the relay cursor
 /// and event id (`Nats-Msg-Id`) of its last event that carries a cursor.
@@ -95,6 +100,23 @@ impl Bus {
         match self {
             Bus::Nats(b) => b.stream_tail().await.map(Some),
             Bus::Local(_) => Ok(None),
+        }
+    }
+
+    /// Tells the other replicas that saga `id` has finished (see
+    /// [`FINISHED_SUBJECT`]); nothing on the in-process bus, whose one
+    /// process already knows. Best effort: the store holds the outcome.
+    pub async fn announce_finished(&self, id: uuid::Uuid) {
+        if let Bus::Nats(b) = self {
+            b.announce_finished(id).await;
+        }
+    }
+
+    /// The finishes other replicas announce, or `None` on the in-process bus.
+    pub async fn finishes(&self) -> Option<async_nats::Subscriber> {
+        match self {
+            Bus::Nats(b) => b.finishes().await,
+            Bus::Local(_) => None,
         }
     }
 

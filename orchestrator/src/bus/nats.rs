@@ -7,7 +7,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::{HeaderMap, client::RequestErrorKind};
 use bytes::Bytes;
 
-use super::{BusError, EVENT_STREAM, EVENT_SUBJECTS, OutgoingEvent, PublishError, RELAY_CURSOR_HEADER, StreamTail};
+use super::{BusError, EVENT_STREAM, EVENT_SUBJECTS, FINISHED_SUBJECT, OutgoingEvent, PublishError, RELAY_CURSOR_HEADER, StreamTail};
 
 /// How far back from the stream's end to look for an event that carries
 /// the relay's cursor (messages without it are not the relay's: another
@@ -21,21 +21,37 @@ pub struct NatsBus {
 }
 
 impl NatsBus {
-    /// Connects (retrying until NATS is up) and makes sure the event stream exists.
-    pub async fn connect(url: &str) -> anyhow::Result<NatsBus> {
+    /// Connects (retrying until NATS is up) and makes sure the event
+    /// stream exists with the configured limits and replicas: a stream
+    /// created by an earlier start (or by hand) is updated to them.
+    pub async fn connect(url: &str, history: &crate::retention::History) -> anyhow::Result<NatsBus> {
         let client = async_nats::ConnectOptions::new().name("eso-orchestrator").retry_on_initial_connect().connect(url).await?;
         let jetstream = jetstream::new(client.clone());
-        jetstream
-            .get_or_create_stream(jetstream::stream::Config {
-                name: EVENT_STREAM.to_string(),
-                subjects: vec![EVENT_SUBJECTS.to_string()],
-                // A second guard only: the relay resumes after the stream's
-                // last event and publishes with an expected last sequence.
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot create JetStream stream {EVENT_STREAM} (is JetStream enabled? run nats-server with -js): {e}"))?;
+        let wanted = jetstream::stream::Config {
+            name: EVENT_STREAM.to_string(),
+            subjects: vec![EVENT_SUBJECTS.to_string()],
+            // A second guard only: the relay resumes after the stream's
+            // last event and publishes with an expected last sequence.
+            duplicate_window: Duration::from_secs(120),
+            // Zero and -1 are JetStream's "no limit".
+            max_age: history.events_max_age.unwrap_or(Duration::ZERO),
+            max_bytes: history.events_max_bytes.and_then(|b| i64::try_from(b).ok()).unwrap_or(-1),
+            num_replicas: usize::from(history.events_replicas),
+            ..Default::default()
+        };
+        let cannot =
+            |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot set up JetStream stream {EVENT_STREAM} (is JetStream enabled? run nats-server with -js): {e}");
+        let stream = jetstream.get_or_create_stream(wanted.clone()).await.map_err(|e| cannot(&e))?;
+        let have = &stream.cached_info().config;
+        if (have.max_age, have.max_bytes, have.num_replicas) != (wanted.max_age, wanted.max_bytes, wanted.num_replicas) {
+            tracing::info!(
+                max_age = ?wanted.max_age, max_bytes = wanted.max_bytes, replicas = wanted.num_replicas,
+                "updating the event stream's limits to the configured ones"
+            );
+            let mut update = have.clone();
+            (update.max_age, update.max_bytes, update.num_replicas) = (wanted.max_age, wanted.max_bytes, wanted.num_replicas);
+            jetstream.update_stream(update).await.map_err(|e| cannot(&e))?;
+        }
         Ok(NatsBus { client, jetstream })
     }
 
@@ -108,6 +124,24 @@ impl NatsBus {
         }
         drop(spans);
         Ok(())
+    }
+
+    pub(super) async fn announce_finished(&self, id: uuid::Uuid) {
+        // Queued in the client's buffer, not waited for: a finish no one
+        // hears costs a waiting read one re-read.
+        if let Err(e) = self.client.publish(FINISHED_SUBJECT, Bytes::from(id.to_string())).await {
+            tracing::debug!(error = %e, saga.id = %id, "finish not announced");
+        }
+    }
+
+    pub(super) async fn finishes(&self) -> Option<async_nats::Subscriber> {
+        match self.client.subscribe(FINISHED_SUBJECT).await {
+            Ok(subscriber) => Some(subscriber),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hear other replicas' finishes; waiting reads re-read the store instead");
+                None
+            }
+        }
     }
 
     pub fn is_connected(&self) -> bool {
