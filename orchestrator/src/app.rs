@@ -38,6 +38,7 @@ pub struct Running {
     /// Works on bulk operator actions (`jobs.rs`).
     jobs: JoinHandle<()>,
     relay: JoinHandle<()>,
+    retention: JoinHandle<()>,
     participants: Vec<JoinHandle<()>>,
     /// The embedded participants' records, closed after they stopped.
     participants_pool: Option<sqlx::AnyPool>,
@@ -60,6 +61,7 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, em
     // Before anything else starts: a bad token or connection setting stops eso with the reason.
     let tokens = api::auth::Tokens::from_settings(config.operator_token.as_ref(), config.read_token.as_ref()).map_err(|e| anyhow::anyhow!(e))?;
     config.admission.check().map_err(|e| anyhow::anyhow!("ESO_ADMISSION: {e}"))?;
+    config.history.retention.check(config.idempotency_ttl).map_err(|e| anyhow::anyhow!("ESO_RETENTION: {e}"))?;
     let limits = crate::serve::Limits::from_config(config)?;
     let store = open_store(config).await?;
 
@@ -69,7 +71,7 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, em
     let bus = match config.nats_url() {
         None => Bus::Local(LocalBus::new(embedded)),
         Some(url) => {
-            let nats = NatsBus::connect(url).await?;
+            let nats = NatsBus::connect(url, &config.history).await?;
             for participant in embedded {
                 let (client, stop) = (nats.client().clone(), stop_intake.clone());
                 participant_tasks.push(tokio::spawn(async move {
@@ -87,6 +89,10 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, em
     let runtime = Runtime::new(store.clone(), bus.clone(), registry, config.idempotency_ttl, admission);
     let timers = tokio::spawn(runtime.clone().run_timers(config.timer_interval(), stop_intake.clone()));
     let jobs = tokio::spawn(crate::jobs::run(runtime.clone(), store.clone(), stop_intake.clone()));
+    let retention = tokio::spawn(crate::retention::run(store.clone(), finished_statuses(runtime.registry()), config.history.retention, stop_intake.clone()));
+    if let Some(finishes) = bus.finishes().await {
+        tokio::spawn(hear_finishes(runtime.clone(), finishes, stop_intake.clone()));
+    }
     let stop_relay = CancellationToken::new();
     let relay = tokio::spawn(store::run_relay(store.clone(), bus.clone(), stop_relay.clone()));
 
@@ -118,10 +124,39 @@ pub async fn start(config: &Config, telemetry: Arc<observability::Telemetry>, em
         timers,
         jobs,
         relay,
+        retention,
         participants: participant_tasks,
         participants_pool,
         locks: Vec::new(),
     })
+}
+
+/// Each definition's statuses of its terminal states, for retention.
+fn finished_statuses(registry: &sagas::Registry) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> =
+        registry.iter().flat_map(|def| def.states.values().filter(|s| s.terminal).map(|s| (def.name.clone(), s.status.clone())).collect::<Vec<_>>()).collect();
+    pairs.sort();
+    pairs.dedup();
+    pairs
+}
+
+/// Wakes this replica's waiting reads for the sagas other replicas finish
+/// (`crate::bus::FINISHED_SUBJECT`; this replica's own come back too, and
+/// wake no one twice).
+async fn hear_finishes(runtime: Runtime, mut finishes: async_nats::Subscriber, stop: CancellationToken) {
+    use futures::StreamExt;
+    loop {
+        tokio::select! {
+            message = finishes.next() => match message {
+                Some(message) => match std::str::from_utf8(&message.payload).ok().and_then(|text| uuid::Uuid::parse_str(text).ok()) {
+                    Some(id) => runtime.finished_elsewhere(id),
+                    None => tracing::debug!(subject = %message.subject, "unreadable finish announcement ignored"),
+                },
+                None => return,
+            },
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 /// In embedded mode, takes the store's SQLite file for this process, for
@@ -167,6 +202,7 @@ impl Running {
         }
         let _ = self.timers.await;
         let _ = self.jobs.await;
+        let _ = self.retention.await;
         if tokio::time::timeout(DRAIN_TIMEOUT, self.runtime.drain()).await.is_err() {
             tracing::warn!("commands still in flight at shutdown; their deadlines will resume them");
         }

@@ -82,6 +82,9 @@ pub struct Config {
     /// `adaptive:MIN..MAX`, `fixed:N`, or `off` (take everything).
     #[arg(long, env = "ESO_ADMISSION", default_value = "adaptive", value_parser = crate::admission::Policy::parse)]
     pub admission: crate::admission::Policy,
+    /// How long finished sagas and the event stream are kept.
+    #[command(flatten)]
+    pub history: crate::retention::History,
 }
 
 /// A URL template for a trace, checked at start-up to hold `{trace_id}`,

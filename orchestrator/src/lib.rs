@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod migrations;
 pub mod orders;
 pub mod rebuild;
+pub mod retention;
 pub mod runtime;
 mod saga_cache;
 pub mod serve;

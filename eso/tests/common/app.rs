@@ -39,6 +39,7 @@ pub fn config(database_url: Option<String>, nats_url: Option<String>, sqlite: Pa
         read_token: None,
         trace_url: None,
         admission: orchestrator::admission::Policy::DEFAULT,
+        history: orchestrator::retention::History::default(),
     }
 }
 

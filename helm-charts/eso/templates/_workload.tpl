@@ -128,6 +128,18 @@ spec:
             {{- end }}
             - name: ESO_ADMISSION
               value: {{ $root.Values.admission | quote }}
+            - name: ESO_RETENTION
+              value: {{ $root.Values.history.retention | quote }}
+            {{- with $root.Values.history.events.maxAge }}
+            - name: ESO_EVENTS_MAX_AGE
+              value: {{ . | quote }}
+            {{- end }}
+            {{- with $root.Values.history.events.maxBytes }}
+            - name: ESO_EVENTS_MAX_BYTES
+              value: {{ . | quote }}
+            {{- end }}
+            - name: ESO_EVENTS_REPLICAS
+              value: {{ $root.Values.history.events.replicas | quote }}
             {{- end }}
             - name: RUST_LOG
               value: {{ $root.Values.log.level | quote }}

@@ -10,6 +10,7 @@ mod list;
 pub mod projection;
 mod relay;
 pub mod replay;
+mod retention;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Store, StoreError, StoredEvent};
 use crate::bus::{Bus, OutgoingEvent, RELAY_CURSOR_HEADER};
 
-const RELAY: &str = "main";
+pub(super) const RELAY: &str = "main";
 /// Arbitrary, fixed: the advisory lock id that elects the relay.
 const RELAY_LOCK: i64 = 0x0e50_0e50;
 const BATCH: i64 = 512;
