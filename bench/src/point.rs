@@ -194,6 +194,7 @@ fn server_stats(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>, c
         appends_per_commit: ratio(delta("eso_commit_batch_size_sum"), commits),
         commit_ms_mean: ratio(delta("eso_commit_seconds_sum") * 1000.0, delta("eso_commit_seconds_count")),
         events_published_per_saga: ratio(delta("eso_outbox_published_total"), completed as f64),
+        relay_delay_ms_mean: ratio(delta("eso_outbox_delay_seconds_sum") * 1000.0, delta("eso_outbox_delay_seconds_count")),
         command_retries: delta("eso_command_retries_total"),
         command_timeouts: delta("eso_command_timeouts_total"),
         append_conflicts: delta("eso_append_conflicts_total"),

@@ -226,6 +226,8 @@ pub struct ServerStats {
     pub appends_per_commit: f64,
     pub commit_ms_mean: f64,
     pub events_published_per_saga: f64,
+    /// The relay's mean delay from an event's commit to its publication.
+    pub relay_delay_ms_mean: f64,
     pub command_retries: f64,
     pub command_timeouts: f64,
     pub append_conflicts: f64,
@@ -298,6 +300,7 @@ pub fn print_row(p: &Point) {
     let mut detail = vec![format!("outcomes {}", p.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))];
     if let Some(s) = &p.server {
         detail.push(format!("{:.2} commits/saga ({:.1} appends each, {:.2} ms mean)", s.commits_per_saga, s.appends_per_commit, s.commit_ms_mean));
+        detail.push(format!("relay {:.2} ms after the commit", s.relay_delay_ms_mean));
         if s.command_retries + s.command_timeouts + s.append_conflicts > 0.0 {
             detail.push(format!("retries {} timeouts {} conflicts {}", s.command_retries, s.command_timeouts, s.append_conflicts));
         }

@@ -167,6 +167,13 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, session: &mut Session,
             if let (Some(last), Some(row)) = (acked.checked_sub(1).and_then(|i| events.get(i)), acked.checked_sub(1).and_then(|i| rows.get(i))) {
                 cursor.published(row.try_get("tx")?, last.position);
                 metrics::counter!("eso_outbox_published_total").increment(acked as u64);
+                // Commit to acknowledged on the stream: what a consumer of
+                // the stream waits on top of the commit itself.
+                let now = crate::clock::now_us();
+                let delay = metrics::histogram!("eso_outbox_delay_seconds");
+                for event in &events[..acked] {
+                    delay.record((now - event.recorded_at).max(0) as f64 / 1e6);
+                }
             }
             if let Some(error) = failure {
                 // What JetStream acknowledged is recorded on the way out;
