@@ -160,3 +160,20 @@ async fn the_event_stream_takes_the_configured_limits() {
         running.stop().await;
     }
 }
+
+/// More copies of the stream than the NATS deployment has servers stops
+/// eso at start, naming the setting.
+#[tokio::test]
+async fn more_stream_replicas_than_servers_is_refused_at_start() {
+    let (nats, dir) = (Nats::start().await, tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")));
+    let mut config = config(None, Some(nats.url.clone()), dir.path().join("eso.db"));
+    config.history.events_replicas = 3;
+    let error = match eso::start(&config, telemetry()).await {
+        Ok(running) => {
+            running.stop().await;
+            panic!("eso started with 3 stream replicas on one nats-server")
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("ESO_EVENTS_REPLICAS") && error.contains("3 replica"), "{error}");
+}

@@ -39,8 +39,13 @@ impl NatsBus {
             num_replicas: usize::from(history.events_replicas),
             ..Default::default()
         };
-        let cannot =
-            |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot set up JetStream stream {EVENT_STREAM} (is JetStream enabled? run nats-server with -js): {e}");
+        let replicas = wanted.num_replicas;
+        let cannot = |e: &dyn std::fmt::Display| {
+            anyhow::anyhow!(
+                "cannot set up JetStream stream {EVENT_STREAM} with {replicas} replica(s) (is JetStream enabled? run nats-server with -js; \
+                 more than one replica needs a NATS cluster of that many servers, see ESO_EVENTS_REPLICAS): {e}"
+            )
+        };
         let stream = jetstream.get_or_create_stream(wanted.clone()).await.map_err(|e| cannot(&e))?;
         let have = &stream.cached_info().config;
         if (have.max_age, have.max_bytes, have.num_replicas) != (wanted.max_age, wanted.max_bytes, wanted.num_replicas) {
