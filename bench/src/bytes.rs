@@ -48,11 +48,17 @@ impl Probe {
 
     pub async fn read(&self) -> anyhow::Result<Reading> {
         let mut conn = self.connect().await?;
-        let position: i64 = sqlx::query("SELECT COALESCE(MAX(position), 0) AS p FROM events").fetch_one(&mut conn).await?.try_get("p")?;
+        let reading = self.reading(&mut conn).await?;
+        conn.close().await?;
+        Ok(reading)
+    }
+
+    async fn reading(&self, conn: &mut sqlx::AnyConnection) -> anyhow::Result<Reading> {
+        let position: i64 = sqlx::query("SELECT COALESCE(MAX(position), 0) AS p FROM events").fetch_one(&mut *conn).await?.try_get("p")?;
         let (database, wal) = match self {
             Probe::Postgres { .. } => {
                 let row = sqlx::query("SELECT pg_database_size(current_database()) AS size, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS wal")
-                    .fetch_one(&mut conn)
+                    .fetch_one(&mut *conn)
                     .await?;
                 (row.try_get("size")?, Some(row.try_get("wal")?))
             }
@@ -61,20 +67,19 @@ impl Probe {
             // whenever SQLite checkpoints.
             Probe::Sqlite { .. } => {
                 let size: i64 = sqlx::query("SELECT page_count * page_size AS size FROM pragma_page_count(), pragma_page_size()")
-                    .fetch_one(&mut conn)
+                    .fetch_one(&mut *conn)
                     .await?
                     .try_get("size")?;
                 (size, None)
             }
         };
-        conn.close().await?;
         Ok(Reading { position, database, wal })
     }
 
     /// What was written between `before` and now, per completed saga.
     pub async fn since(&self, before: Reading, completed: usize) -> anyhow::Result<BytesPerSaga> {
-        let after = self.read().await?;
         let mut conn = self.connect().await?;
+        let after = self.reading(&mut conn).await?;
         // Bytes, not characters: SQLite's length() of text counts characters.
         let sql = match self {
             Probe::Postgres { .. } => {

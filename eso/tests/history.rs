@@ -86,8 +86,19 @@ async fn a_read_waiting_on_one_replica_hears_a_finish_on_another() {
 /// and one finished since, are kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_sagas_are_deleted_after_the_retention_period() {
+    deleted_after_the_period(Mode::Embedded).await;
+}
+
+/// The same on Postgres and NATS, whose deletion skips rows other replicas
+/// hold and reads the relay's cursor in transaction order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_sagas_are_deleted_after_the_retention_period_on_postgres() {
+    deleted_after_the_period(Mode::Production).await;
+}
+
+async fn deleted_after_the_period(mode: Mode) {
     let period = Duration::from_secs(2);
-    let mut app = TestApp::start_configured(Mode::Embedded, |config| {
+    let mut app = TestApp::start_configured(mode, |config| {
         config.idempotency_ttl = period;
         config.history.retention = Retention::Delete(period);
     })
@@ -112,9 +123,12 @@ async fn finished_sagas_are_deleted_after_the_retention_period() {
     let (status, body) = app.get(&format!("/sagas/{recent}")).await;
     assert_eq!(status, 200, "a saga finished within the period was deleted: {body}");
     assert_eq!(app.get(&format!("/sagas/{recent}/events")).await.0, 200);
-    let path = app.sqlite_path();
+    let store = match &app.postgres {
+        Some(postgres) => postgres.url.clone(),
+        None => orchestrator::config::sqlite_url(&app.sqlite_path()),
+    };
     app.stop().await;
-    let pool = common::pool(&orchestrator::config::sqlite_url(&path)).await;
+    let pool = common::pool(&store).await;
     let left: i64 = sqlx::query("SELECT COUNT(*) AS n FROM events WHERE stream_id = $1")
         .bind(old.to_string())
         .fetch_one(&pool)
@@ -124,19 +138,25 @@ async fn finished_sagas_are_deleted_after_the_retention_period() {
     assert_eq!(left, 0);
 }
 
+/// Why eso would not start with `config` (which has `what` wrong); fails
+/// the test if it starts.
+async fn refused_at_start(config: &orchestrator::config::Config, what: &str) -> String {
+    match eso::start(config, telemetry()).await {
+        Ok(running) => {
+            running.stop().await;
+            panic!("eso started with {what}")
+        }
+        Err(e) => format!("{e:#}"),
+    }
+}
+
 /// A period shorter than an idempotency key's lifetime is refused at start.
 #[tokio::test]
 async fn a_retention_shorter_than_the_key_lifetime_is_refused() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut config = config(None, None, dir.path().join("eso.db"));
     config.history.retention = Retention::Delete(Duration::from_secs(60));
-    let error = match eso::start(&config, telemetry()).await {
-        Ok(running) => {
-            running.stop().await;
-            panic!("eso started with a retention of 1m and keys of 24h")
-        }
-        Err(e) => format!("{e:#}"),
-    };
+    let error = refused_at_start(&config, "a retention of 1m and keys of 24h").await;
     assert!(error.contains("ESO_RETENTION") && error.contains("ESO_IDEMPOTENCY_TTL"), "{error}");
 }
 
@@ -168,12 +188,6 @@ async fn more_stream_replicas_than_servers_is_refused_at_start() {
     let (nats, dir) = (Nats::start().await, tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")));
     let mut config = config(None, Some(nats.url.clone()), dir.path().join("eso.db"));
     config.history.events_replicas = 3;
-    let error = match eso::start(&config, telemetry()).await {
-        Ok(running) => {
-            running.stop().await;
-            panic!("eso started with 3 stream replicas on one nats-server")
-        }
-        Err(e) => format!("{e:#}"),
-    };
+    let error = refused_at_start(&config, "3 stream replicas on one nats-server").await;
     assert!(error.contains("ESO_EVENTS_REPLICAS") && error.contains("3 replica"), "{error}");
 }

@@ -1,11 +1,20 @@
 //! Deleting finished sagas past the retention period (`crate::retention`).
 
-use db::Backend;
+use db::Column::Text;
+use db::{Backend, recordset};
+use serde::Serialize;
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::append::Statement;
 use super::relay::RELAY;
 use super::{Store, StoreError};
+
+/// One saga id of a batch, as the recordset statements take it.
+#[derive(Serialize)]
+struct Id<'a> {
+    id: &'a str,
+}
 
 impl Store {
     /// Deletes up to `limit` sagas of `definition` that ended in `status`
@@ -18,27 +27,21 @@ impl Store {
     /// creation time, which comes before the finish), so no index is kept
     /// for this alone: each would cost every saga's steps a write.
     pub async fn forget_finished(&self, definition: &str, status: &str, before: i64, limit: i64) -> Result<usize, StoreError> {
-        let (select, in_list) = match self.backend {
+        // The relay's order: `(tx_id, position)` on Postgres, position on SQLite.
+        let (unpublished, lock) = match self.backend {
             Backend::Postgres => (
                 format!(
-                    "SELECT id FROM sagas s WHERE definition = $1 AND status = $2 AND created_at < $3 AND terminal = 1 AND updated_at < $3 \
-                     AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = s.id AND (e.tx_id, e.position) > \
-                       (COALESCE((SELECT tx FROM outbox_cursor WHERE relay = '{RELAY}'), '0')::xid8, \
-                        COALESCE((SELECT position FROM outbox_cursor WHERE relay = '{RELAY}'), 0))) \
-                     ORDER BY created_at LIMIT $4 FOR UPDATE SKIP LOCKED"
+                    "(e.tx_id, e.position) > (COALESCE((SELECT tx FROM outbox_cursor WHERE relay = '{RELAY}'), '0')::xid8, \
+                     COALESCE((SELECT position FROM outbox_cursor WHERE relay = '{RELAY}'), 0))"
                 ),
-                "SELECT value FROM json_array_elements_text($1::json)",
+                " FOR UPDATE SKIP LOCKED",
             ),
-            Backend::Sqlite => (
-                format!(
-                    "SELECT id FROM sagas s WHERE definition = $1 AND status = $2 AND created_at < $3 AND terminal = 1 AND updated_at < $3 \
-                     AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = s.id AND \
-                       e.position > COALESCE((SELECT position FROM outbox_cursor WHERE relay = '{RELAY}'), 0)) \
-                     ORDER BY created_at LIMIT $4"
-                ),
-                "SELECT value FROM json_each($1)",
-            ),
+            Backend::Sqlite => (format!("e.position > COALESCE((SELECT position FROM outbox_cursor WHERE relay = '{RELAY}'), 0)"), ""),
         };
+        let select = format!(
+            "SELECT id FROM sagas s WHERE definition = $1 AND status = $2 AND created_at < $3 AND terminal = 1 AND updated_at < $3 \
+             AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = s.id AND {unpublished}) ORDER BY created_at LIMIT $4{lock}"
+        );
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(select)).bind(definition).bind(status).bind(before).bind(limit).fetch_all(&mut *tx).await?;
         let ids: Vec<String> = rows.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
@@ -47,9 +50,10 @@ impl Store {
         }
         let uuids: Vec<Uuid> =
             ids.iter().map(|id| Uuid::parse_str(id).map_err(|e| StoreError::Corrupt(format!("saga id {id}: {e}")))).collect::<Result<_, _>>()?;
-        let list = serde_json::to_string(&ids)?;
+        let batch: Vec<Id> = ids.iter().map(|id| Id { id }).collect();
+        let in_batch = recordset(self.backend, &[("id", Text)]);
         for table in ["events WHERE stream_id", "sagas WHERE id"] {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} IN ({in_list})"))).bind(&list).execute(&mut *tx).await?;
+            Statement::planned_each_time(format!("DELETE FROM {table} IN (SELECT r.id FROM {in_batch})")).execute(&mut tx, &batch, 0).await?;
         }
         for projection in self.projections.iter().filter(|p| p.definition() == definition) {
             projection.delete(&mut tx, &uuids).await?;
