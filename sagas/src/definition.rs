@@ -257,6 +257,8 @@ pub enum Problem {
     MissingStatus(String),
     #[error("`compensates = \"{target}\"` in state `{state}`: `{target}` sends no command, so there is nothing to undo")]
     CompensatesNothing { state: String, target: String },
+    #[error("state `{0}` compensates itself: name the earlier state whose command it undoes")]
+    CompensatesItself(String),
     #[error("bad name `{0}`: use lowercase letters, digits and `_`, starting with a letter")]
     BadName(String),
     #[error("bad subject `{0}`: a NATS subject is dot-separated tokens without spaces or wildcards")]

@@ -141,7 +141,7 @@ pub fn step(def: &Definition, saga: Option<&Saga>, input: &Input, now: Millis) -
         return Err(Ignored::WrongDefinition { saga: saga.definition.clone(), given: def.id() });
     }
     if let Input::Operator(act) = input {
-        return operate(def, saga, act, now).map(|events| decide(saga.clone(), events));
+        return operate(def, saga, act, now).map(|events| decide(def, saga.clone(), events));
     }
     if saga.terminal {
         return Err(Ignored::Finished(saga.state.clone()));
@@ -151,7 +151,7 @@ pub fn step(def: &Definition, saga: Option<&Saga>, input: &Input, now: Millis) -
         Input::Start { .. } | Input::Operator(_) => return Err(Ignored::AlreadyStarted),
         Input::Reply { command_id, outcome, data } => {
             match &saga.pending {
-                Some(p) if p.command.id == *command_id => {}
+                Some(p) if p.command_id == *command_id => {}
                 _ => return Err(Ignored::StaleReply(*command_id)),
             }
             let transition = state.on_reply.get(outcome).ok_or_else(|| Ignored::UnknownOutcome { state: state.name.clone(), outcome: outcome.clone() })?;
@@ -164,16 +164,16 @@ pub fn step(def: &Definition, saga: Option<&Saga>, input: &Input, now: Millis) -
         }
         Input::Deadline => deadline(def, saga, now)?,
     };
-    Ok(decide(saga.clone(), events))
+    Ok(decide(def, saga.clone(), events))
 }
 
 fn start(def: &Definition, id: Uuid, data: &Map<String, Value>, now: Millis) -> Decision {
     let mut saga_data = data.clone();
     saga_data.insert("saga_id".into(), Value::String(id.to_string()));
     let status = def.state(&def.initial).map(|s| s.status.clone()).unwrap_or_default();
-    let pending = enter(def, id, &def.initial, 1, &saga_data, &BTreeMap::new(), now);
+    let pending = enter(def, id, &def.initial, 1, now);
     let saga = Saga::begin(id, &def.id(), &saga_data, &def.initial, &status, &pending);
-    let commands = pending.iter().map(|p| p.command.clone()).collect();
+    let commands = command(def, &saga).into_iter().collect();
     let change = Change::Started { saga_id: id, definition: def.id(), data: saga_data, state: def.initial.clone(), status, pending };
     Decision { events: vec![Event { event_type: def.started.clone(), change }], commands, saga }
 }
@@ -181,19 +181,13 @@ fn start(def: &Definition, id: Uuid, data: &Map<String, Value>, now: Millis) -> 
 /// The events of taking `transition` from the saga's current state.
 fn take(def: &Definition, saga: &Saga, transition: &Transition, cause: Cause, now: Millis) -> Vec<Event> {
     let target = def.state(&transition.goto);
-    let mut data = saga.data.clone();
-    if let Cause::Reply { data: reply @ Value::Object(fields), .. } = &cause
-        && !fields.is_empty()
-    {
-        data.insert(saga.state.clone(), reply.clone());
-    }
-    let pending = enter(def, saga.id, &transition.goto, saga.visits + 1, &data, &saga.commands, now);
+    let pending = enter(def, saga.id, &transition.goto, saga.visits + 1, now);
     let (last, noted) = match transition.record.split_last() {
         Some((last, noted)) => (last.clone(), noted),
         None => (transition.goto.clone(), &[][..]),
     };
     let mut events: Vec<Event> =
-        noted.iter().map(|t| Event { event_type: t.clone(), change: Change::Noted { state: saga.state.clone(), cause: cause.clone() } }).collect();
+        noted.iter().map(|t| Event { event_type: t.clone(), change: Change::Noted { state: saga.state.clone(), cause: None } }).collect();
     events.push(Event {
         event_type: last,
         change: Change::Moved {
@@ -219,9 +213,7 @@ fn deadline(def: &Definition, saga: &Saga, now: Millis) -> Result<Vec<Event>, Ig
     let event = match pending.phase {
         Phase::BackingOff => {
             let attempt = pending.attempt + 1;
-            let mut command = pending.command.clone();
-            command.attempt = attempt;
-            let next = Pending { command, attempt, phase: Phase::AwaitingReply, deadline: now.after(spec.timeout) };
+            let next = Pending { command_id: pending.command_id, attempt, phase: Phase::AwaitingReply, deadline: now.after(spec.timeout) };
             Event { event_type: RETRIED.into(), change: Change::Retried { state: saga.state.clone(), attempt, pending: next, by: None } }
         }
         Phase::AwaitingReply if pending.attempt <= spec.retries => {
@@ -231,7 +223,7 @@ fn deadline(def: &Definition, saga: &Saga, now: Millis) -> Result<Vec<Event>, Ig
         }
         Phase::AwaitingReply => {
             let transition = state.on_timeout.as_ref().ok_or_else(|| Ignored::NoDeadline(saga.state.clone()))?;
-            let cause = Cause::Timeout { command_id: pending.command.id, attempts: pending.attempt };
+            let cause = Cause::Timeout { command_id: pending.command_id, attempts: pending.attempt };
             return Ok(take(def, saga, transition, cause, now));
         }
     };
@@ -255,9 +247,7 @@ fn operate(def: &Definition, saga: &Saga, act: &Act, now: Millis) -> Result<Vec<
             // One more attempt, sent now: it counts against the state's
             // retries like any other, so a retried step still gives up.
             let attempt = pending.attempt + 1;
-            let mut command = pending.command.clone();
-            command.attempt = attempt;
-            let next = Pending { command, attempt, phase: Phase::AwaitingReply, deadline: now.after(spec.timeout) };
+            let next = Pending { command_id: pending.command_id, attempt, phase: Phase::AwaitingReply, deadline: now.after(spec.timeout) };
             let change = Change::Retried { state: saga.state.clone(), attempt, pending: next, by: Some(act.clone()) };
             Ok(vec![Event { event_type: OPERATOR_RETRIED.into(), change }])
         }
@@ -276,40 +266,53 @@ fn operate(def: &Definition, saga: &Saga, act: &Act, now: Millis) -> Result<Vec<
             // time: a participant that did act then answers as it did,
             // instead of acting twice on a new id.
             if let (Some(Event { change: Change::Moved { pending: Some(p), .. }, .. }), Some(id)) = (events.last_mut(), saga.commands.get(to)) {
-                p.command.id = *id;
+                p.command_id = *id;
             }
             Ok(events)
         }
     }
 }
 
-/// The pending command of entering `state` for the `visit`-th state entry.
-pub(crate) fn enter(
-    def: &Definition,
-    saga_id: Uuid,
-    state: &str,
-    visit: u32,
-    data: &Map<String, Value>,
-    commands: &BTreeMap<String, Uuid>,
-    now: Millis,
-) -> Option<Pending> {
+/// What entering `state` for the `visit`-th state entry waits on: a new
+/// command id, its first attempt and that attempt's deadline.
+pub(crate) fn enter(def: &Definition, saga_id: Uuid, state: &str, visit: u32, now: Millis) -> Option<Pending> {
     let state = def.state(state)?;
+    let spec = state.command.as_ref()?;
+    let command_id = Uuid::new_v5(&saga_id, format!("{}/{visit}", state.name).as_bytes());
+    Some(Pending { command_id, attempt: 1, phase: Phase::AwaitingReply, deadline: now.after(spec.timeout) })
+}
+
+/// The command `saga` waits on, as `def` says to send it from where the
+/// saga stands: its state's subject and timeout, and a payload of the
+/// state's fields taken from the saga's data. The data changes only when
+/// the saga moves, so every attempt of one entry sends the same payload;
+/// a saga migrated keeping its command in flight sends the new version's
+/// fields on its next attempt (the same id: a participant that acted on
+/// the first answers as it did).
+pub fn command(def: &Definition, saga: &Saga) -> Option<Command> {
+    let pending = saga.pending.as_ref()?;
+    let state = def.state(&saga.state)?;
     let spec = state.command.as_ref()?;
     let mut payload = Map::new();
     for field in &spec.fields {
-        if let Some(value) = lookup(data, field) {
+        if let Some(value) = lookup(&saga.data, field) {
             payload.insert(field.clone(), value.clone());
         }
     }
-    payload.insert("saga_id".into(), Value::String(saga_id.to_string()));
+    payload.insert("saga_id".into(), Value::String(saga.id.to_string()));
     if let Some(undone) = &state.compensates {
-        let command_id = commands.get(undone).map(|id| Value::String(id.to_string())).unwrap_or(Value::Null);
+        let command_id = saga.commands.get(undone).map(|id| Value::String(id.to_string())).unwrap_or(Value::Null);
         payload.insert("compensates".into(), serde_json::json!({ "state": undone, "command_id": command_id }));
     }
-    let id = Uuid::new_v5(&saga_id, format!("{}/{visit}", state.name).as_bytes());
     let timeout_ms = u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX);
-    let command = Command { id, saga_id, subject: spec.subject.clone(), payload: Value::Object(payload), attempt: 1, timeout_ms };
-    Some(Pending { command, attempt: 1, phase: Phase::AwaitingReply, deadline: now.after(spec.timeout) })
+    Some(Command {
+        id: pending.command_id,
+        saga_id: saga.id,
+        subject: spec.subject.clone(),
+        payload: Value::Object(payload),
+        attempt: pending.attempt,
+        timeout_ms,
+    })
 }
 
 /// Follows a dotted path (`payment.payment_id`) through nested objects.
@@ -322,14 +325,19 @@ fn lookup<'a>(data: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
     Some(value)
 }
 
-/// Folds `events` onto `saga` and collects the commands they send.
-pub(crate) fn decide(mut saga: Saga, events: Vec<Event>) -> Decision {
-    let commands = events.iter().filter_map(|e| e.change.sends()).cloned().collect();
+/// Folds `events` onto `saga` and collects the commands they send, each
+/// built (by [`command`], on `def`, the definition the saga runs on after
+/// them) from the saga as the event that sends it leaves it.
+pub(crate) fn decide(def: &Definition, mut saga: Saga, events: Vec<Event>) -> Decision {
+    let mut commands = Vec::new();
     for event in &events {
         // Only a start event fails to fold onto a started saga, and `take`
         // and `deadline` never build one.
         if let Ok(next) = Saga::apply(Some(saga.clone()), event) {
             saga = next;
+        }
+        if event.change.sends() {
+            commands.extend(command(def, &saga));
         }
     }
     Decision { events, commands, saga }

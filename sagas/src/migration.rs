@@ -178,7 +178,7 @@ pub fn migrate(old: &Definition, new: &Definition, saga: &Saga, act: &Act, now: 
     let target = new.state(&mapped.to).ok_or_else(|| Ignored::UnknownState(mapped.to.clone()))?;
     let pending = match mapped.command {
         InFlight::Keep => saga.pending.clone(),
-        InFlight::Resend => machine::enter(new, saga.id, &target.name, saga.visits + 1, &saga.data, &saga.commands, now),
+        InFlight::Resend => machine::enter(new, saga.id, &target.name, saga.visits + 1, now),
     };
     let by = Act { action: Action::Migrate { from: old.version, to: new.version }, ..act.clone() };
     let change = Change::Migrated {
@@ -191,7 +191,7 @@ pub fn migrate(old: &Definition, new: &Definition, saga: &Saga, act: &Act, now: 
         pending,
         by,
     };
-    Ok(machine::decide(saga.clone(), vec![Event { event_type: DEFINITION_MIGRATED.into(), change }]))
+    Ok(machine::decide(new, saga.clone(), vec![Event { event_type: DEFINITION_MIGRATED.into(), change }]))
 }
 
 /// Parses the `[migrate.N]` tables of a file of version `version`: `N` must

@@ -48,12 +48,47 @@ pub struct Saga {
 }
 
 /// A command in flight and the deadline that moves it on if no reply comes.
+///
+/// Only what the fold cannot recompute: the command's id (a repair sends
+/// an old one again), its attempt, phase and deadline. Its subject,
+/// payload and timeout follow from the definition and the saga's data
+/// (`machine::command`), so they are not written into every event and
+/// snapshot that enters a state; until issue 18 they were, the payload
+/// repeating the saga's inputs. Stored sagas of that time still read:
+/// their `command` object gives its id (and the rest is recomputed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "StoredPending")]
 pub struct Pending {
-    pub command: Command,
+    pub command_id: Uuid,
     pub attempt: u32,
     pub phase: Phase,
     pub deadline: Millis,
+}
+
+/// A [`Pending`] as written now or as written before issue 18.
+#[derive(Deserialize)]
+struct StoredPending {
+    #[serde(default)]
+    command_id: Option<Uuid>,
+    #[serde(default)]
+    command: Option<CommandId>,
+    attempt: u32,
+    phase: Phase,
+    deadline: Millis,
+}
+
+#[derive(Deserialize)]
+struct CommandId {
+    id: Uuid,
+}
+
+impl TryFrom<StoredPending> for Pending {
+    type Error = &'static str;
+
+    fn try_from(p: StoredPending) -> Result<Pending, Self::Error> {
+        let command_id = p.command_id.or(p.command.map(|c| c.id)).ok_or("a pending command without `command_id`")?;
+        Ok(Pending { command_id, attempt: p.attempt, phase: p.phase, deadline: p.deadline })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,7 +135,10 @@ pub enum Change {
     /// (e.g. `payment_confirmed` before `order_confirmed`).
     Noted {
         state: String,
-        cause: Cause,
+        /// Written before issue 18; the step's `Moved`, the event after
+        /// this one, carries the same cause, so it is no longer repeated.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<Cause>,
     },
     Moved {
         from: String,
@@ -226,7 +264,7 @@ impl Saga {
 
     /// The saga a start event creates.
     pub(crate) fn begin(saga_id: Uuid, definition: &DefinitionId, data: &Map<String, Value>, state: &str, status: &str, pending: &Option<Pending>) -> Saga {
-        let commands = pending.iter().map(|p| (state.to_string(), p.command.id)).collect();
+        let commands = pending.iter().map(|p| (state.to_string(), p.command_id)).collect();
         Saga {
             id: saga_id,
             definition: definition.clone(),
@@ -270,7 +308,7 @@ impl Saga {
                 saga.pending = pending.clone();
                 saga.visits += 1;
                 if let Some(p) = pending {
-                    saga.commands.insert(to.clone(), p.command.id);
+                    saga.commands.insert(to.clone(), p.command_id);
                 }
             }
             Change::AttemptTimedOut { pending, .. } | Change::Retried { pending, .. } => {
@@ -285,7 +323,7 @@ impl Saga {
                 // A new entry: a resent command gets an id of its own.
                 saga.visits += 1;
                 if let Some(p) = pending {
-                    saga.commands.insert(to_state.clone(), p.command.id);
+                    saga.commands.insert(to_state.clone(), p.command_id);
                 }
             }
         }
@@ -303,7 +341,7 @@ impl Change {
     /// The operator action this change records, if an operator caused it.
     pub fn act(&self) -> Option<&Act> {
         match self {
-            Change::Noted { cause: Cause::Operator(act), .. }
+            Change::Noted { cause: Some(Cause::Operator(act)), .. }
             | Change::Moved { cause: Cause::Operator(act), .. }
             | Change::Retried { by: Some(act), .. }
             | Change::Migrated { by: act, .. } => Some(act),
@@ -311,14 +349,16 @@ impl Change {
         }
     }
 
-    /// The command this change puts on the wire, if it sends one.
-    pub fn sends(&self) -> Option<&Command> {
-        match self {
-            Change::Started { pending: Some(p), .. }
-            | Change::Moved { pending: Some(p), .. }
-            | Change::Retried { pending: p, .. }
-            | Change::Migrated { command: InFlight::Resend, pending: Some(p), .. } => Some(&p.command),
-            _ => None,
-        }
+    /// Whether this change puts its pending command on the wire (a start
+    /// or a move into a state that sends one, a retry, a migration that
+    /// resends): `machine::decide` builds the command from the saga after it.
+    pub fn sends(&self) -> bool {
+        matches!(
+            self,
+            Change::Started { pending: Some(_), .. }
+                | Change::Moved { pending: Some(_), .. }
+                | Change::Retried { .. }
+                | Change::Migrated { command: InFlight::Resend, pending: Some(_), .. }
+        )
     }
 }

@@ -257,6 +257,13 @@ pub(crate) fn validate(raw: RawDefinition, hash: String, at: &At<'_>) -> Result<
 
     for (key, s) in raw.states.get_ref() {
         if let Some(target) = &s.get_ref().compensates {
+            // A compensation's payload names the undone state's last
+            // command id, read after the saga entered the compensation; of
+            // itself, that would be its own new id, not the one to undo.
+            if target.get_ref() == key.get_ref() {
+                check.report(target.span(), Problem::CompensatesItself(key.get_ref().clone()));
+                continue;
+            }
             match states.get(target.get_ref()) {
                 None => {
                     let known = names.iter().cloned().collect();

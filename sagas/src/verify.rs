@@ -316,7 +316,7 @@ pub fn verify(def: &Definition) -> Report {
         saga.state.clone_from(&state.name);
         saga.status.clone_from(&state.status);
         saga.visits = 2;
-        saga.pending = machine::enter(def, id, &state.name, saga.visits, &saga.data, &saga.commands, Millis(0));
+        saga.pending = machine::enter(def, id, &state.name, saga.visits, Millis(0));
         let owed = owed_on_arrival(def, &compensated, &undoes, &state.name);
         let open = bits(def.invariants.iter().map(|i| i.open_on_arrival(&def.states, &state.name)));
         let open = advance(def, open, &Step::Migrated { from }, Some(&state.name));
@@ -508,7 +508,7 @@ fn moves(state: &State, saga: &Saga, now: Millis) -> Vec<(Step, Input, Millis)> 
     let name = || state.name.clone();
     if let Some(p) = &saga.pending {
         for outcome in state.on_reply.keys() {
-            let input = Input::Reply { command_id: p.command.id, outcome: outcome.clone(), data: json!({}) };
+            let input = Input::Reply { command_id: p.command_id, outcome: outcome.clone(), data: json!({}) };
             moves.push((Step::Reply { state: name(), outcome: outcome.clone() }, input, now));
         }
         let retries = state.command.as_ref().map_or(0, |c| c.retries);
@@ -555,7 +555,7 @@ fn probes(state: &State, saga: &Saga) -> Vec<(Input, Expect)> {
     while state.on_reply.contains_key(&undeclared) || state.on_event.contains_key(&undeclared) {
         undeclared.push('_');
     }
-    let waiting = saga.pending.as_ref().map(|p| p.command.id);
+    let waiting = saga.pending.as_ref().map(|p| p.command_id);
     if let Some(id) = waiting {
         probes.push((reply(id, &undeclared), Expect::UnknownOutcome));
     }

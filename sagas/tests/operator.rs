@@ -21,7 +21,7 @@ fn retry_sends_the_pending_command_again_now_with_the_same_id() {
     let id = run.pending_id();
     assert_eq!(run.try_input(act(Action::Retry, Some("k1"))), Ok(vec!["operator_retried".to_string()]));
     let pending = run.saga.pending.clone().unwrap_or_else(|| panic!("nothing pending"));
-    assert_eq!((pending.command.id, pending.attempt, pending.command.attempt, pending.phase), (id, 2, 2, Phase::AwaitingReply));
+    assert_eq!((pending.command_id, pending.attempt, pending.phase), (id, 2, Phase::AwaitingReply));
     assert_eq!(run.sent.last().map(|c| (c.id, c.attempt)), Some((id, 2)), "sent at once");
     let Some(Change::Retried { by: Some(by), .. }) = run.log.last().map(|e| &e.change) else { panic!("no audit: {:?}", run.log.last()) };
     assert_eq!((by.operator.as_str(), by.reason.as_str()), ("alice", "the payment service was down"));

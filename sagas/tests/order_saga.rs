@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Run, order};
-use sagas::{Ignored, Input, Phase};
+use sagas::{Command, Event, Ignored, Input, Millis, Phase, Saga, step};
 use serde_json::json;
 
 #[test]
@@ -58,6 +58,7 @@ fn a_silent_payment_is_retried_with_the_same_id_and_backoff_then_refunded_and_ca
     assert_eq!(payments.len(), 4, "first attempt and three retries");
     assert!(payments.iter().all(|c| c.id == first_id), "a retry keeps the command id");
     assert_eq!(payments.iter().map(|c| c.attempt).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert!(payments.iter().all(|c| c.payload == payments[0].payload && c.timeout_ms == 2000), "every attempt sends what the first did");
     // 4 attempts x 2 s timeout + backoff 200 + 400 + 800 ms
     assert_eq!(run.now.0 - started.0, 4 * 2000 + 200 + 400 + 800);
 
@@ -213,4 +214,32 @@ fn cancelling_after_payment_is_not_a_transition_of_the_delivery_step() {
     run.reply("confirmed");
     let r = run.try_input(Input::Event { name: "cancel_requested".into(), data: json!(null) });
     assert!(matches!(r, Err(Ignored::UnknownEvent { .. })));
+}
+
+/// Events and snapshots written before issue 18 carried the whole command
+/// in `pending` and the cause in `noted`: they still fold, and a retry of
+/// such a saga sends the command the definition makes of its data.
+#[test]
+fn a_stream_in_the_older_format_still_folds_and_retries() {
+    let run = Run::order("older");
+    let (id, command) = (run.saga.id, run.sent[0].clone());
+    let definition = serde_json::to_value(&run.saga.definition).unwrap_or_default();
+    let older = json!([
+        {"event_type": "order_created", "change": {"kind": "started", "saga_id": id, "definition": definition,
+            "data": run.saga.data, "state": "payment", "status": "created",
+            "pending": {"command": command, "attempt": 1, "phase": "awaiting_reply", "deadline": run.now.0 + 2000}}},
+    ]);
+    let events: Vec<Event> = serde_json::from_value(older).unwrap_or_else(|e| panic!("older events: {e}"));
+    let saga = Saga::replay(&events).ok().flatten().unwrap_or_else(|| panic!("no saga"));
+    assert_eq!(saga, run.saga, "the older stream folds to the saga the machine makes today");
+
+    let later = Millis(run.now.0 + 2000);
+    let timed_out = step(&run.def, Some(&saga), &Input::Deadline, later).unwrap_or_else(|e| panic!("{e}"));
+    let retried = step(&run.def, Some(&timed_out.saga), &Input::Deadline, Millis(later.0 + 200)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(retried.commands, [Command { attempt: 2, ..command }]);
+
+    let written = serde_json::to_value(&run.log).unwrap_or_default();
+    assert!(written[0]["change"]["pending"].get("command").is_none(), "no command in new events: {written}");
+    let noted = json!({"kind": "noted", "state": "payment", "cause": {"by": "reply", "command_id": id, "outcome": "confirmed", "data": {}}});
+    assert!(serde_json::from_value::<sagas::Change>(noted).is_ok(), "a noted event with its cause still reads");
 }

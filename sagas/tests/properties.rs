@@ -50,7 +50,7 @@ fn play(def: &Definition, actions: &[Action]) -> (Saga, Vec<sagas::Event>, Milli
     for action in actions {
         let input = match action {
             Action::Reply { o, stale } => {
-                let current = saga.pending.as_ref().map(|p| p.command.id);
+                let current = saga.pending.as_ref().map(|p| p.command_id);
                 let command_id = match (stale, old_ids.first(), current) {
                     (true, Some(old), _) => *old,
                     (_, _, Some(id)) => id,
@@ -69,7 +69,7 @@ fn play(def: &Definition, actions: &[Action]) -> (Saga, Vec<sagas::Event>, Milli
             assert!(!d.events.is_empty(), "a decision without events");
             assert_eq!(d.saga.version, saga.version + d.events.len() as u64);
             if let Some(p) = &saga.pending {
-                old_ids.push(p.command.id);
+                old_ids.push(p.command_id);
             }
             log.extend(d.events);
             saga = d.saga;
@@ -107,7 +107,7 @@ fn finish(def: &Definition, mut saga: Saga, mut now: Millis) -> Saga {
         }
         exits.sort_by_key(|(d, _)| *d);
         let input = match (exits.first(), &pending) {
-            (Some((_, Exit::Reply(outcome))), Some(p)) => Input::Reply { command_id: p.command.id, outcome: (*outcome).clone(), data: json!({}) },
+            (Some((_, Exit::Reply(outcome))), Some(p)) => Input::Reply { command_id: p.command_id, outcome: (*outcome).clone(), data: json!({}) },
             (Some((_, Exit::Timeout)), Some(p)) => {
                 now = p.deadline;
                 Input::Deadline

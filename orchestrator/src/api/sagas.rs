@@ -68,19 +68,22 @@ pub async fn saga(State(state): State<AppState>, Path(id): Path<String>, Query(p
     let read = || async {
         let Some(row) = state.store.load(id).await? else { return Ok(None) };
         let s = &row.saga;
+        // A saga whose version is not loaded (its file was removed) can
+        // still be read; nothing can be done to it until it is loaded again,
+        // and what its command is sent as is that file's to say.
+        let def = state.runtime.registry().get(&s.definition);
+        let command = def.and_then(|def| sagas::machine::command(def, s));
         let pending = s.pending.as_ref().map(|p| {
             json!({
-                "command_id": p.command.id,
-                "subject": p.command.subject,
+                "command_id": p.command_id,
+                "subject": command.as_ref().map(|c| &c.subject),
                 "attempt": p.attempt,
                 "phase": p.phase,
                 "deadline": rfc3339(p.deadline.0.saturating_mul(1000)),
-                "timeout_ms": p.command.timeout_ms,
+                "timeout_ms": command.as_ref().map(|c| c.timeout_ms),
             })
         });
-        // A saga whose version is not loaded (its file was removed) can
-        // still be read; nothing can be done to it until it is loaded again.
-        let actions = state.runtime.registry().get(&s.definition).map(|def| sagas::allowed_actions(def, s)).unwrap_or_default();
+        let actions = def.map(|def| sagas::allowed_actions(def, s)).unwrap_or_default();
         let trace_id = row.trace.get("traceparent").and_then(|tp| trace_id(tp));
         let trace_url = trace_id.zip(state.trace_url.as_ref()).map(|(id, url)| url.link(id));
         let body = json!({

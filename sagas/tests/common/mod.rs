@@ -93,7 +93,12 @@ impl Run {
     }
 
     fn absorb(&mut self, d: Decision) {
-        self.saga = d.saga;
+        // Through JSON, as the store keeps it: every later step is decided
+        // on the saga a reload would find, so a command rebuilt from it
+        // (a retry) is tested against the one first sent.
+        let json = serde_json::to_string(&d.saga).unwrap_or_default();
+        self.saga = serde_json::from_str(&json).unwrap_or_else(|e| panic!("saga round trip: {e}"));
+        assert_eq!(self.saga, d.saga, "json(saga) changes it");
         self.log.extend(d.events);
         self.sent.extend(d.commands);
     }
@@ -132,7 +137,7 @@ impl Run {
     }
 
     pub fn pending_id(&self) -> Uuid {
-        self.saga.pending.as_ref().map(|p| p.command.id).unwrap_or_else(|| panic!("nothing pending in {}", self.saga.state))
+        self.saga.pending.as_ref().map(|p| p.command_id).unwrap_or_else(|| panic!("nothing pending in {}", self.saga.state))
     }
 
     pub fn types(&self) -> Vec<&str> {
