@@ -155,9 +155,11 @@ pub fn recordset(backend: Backend, columns: &[(&str, Column)]) -> String {
                 Column::Json => format!("{name} json"),
             });
             let names = list(&|name, _| name.to_string());
-            // Selecting from a subquery lets json columns come out as text.
+            // Selecting from a subquery lets json columns come out as text;
+            // a JSON `null` as the text `null`, as SQLite gives it, not as
+            // SQL NULL.
             let cols = list(&|name, kind| match kind {
-                Column::Json => format!("{name}::text AS {name}"),
+                Column::Json => format!("COALESCE({name}::text, 'null') AS {name}"),
                 _ => name.to_string(),
             });
             format!(

@@ -242,7 +242,8 @@ struct SagaState<'a> {
     deadline: Option<i64>,
     /// The pending command's attempt, for `GET /sagas?min_attempt=`.
     attempt: Option<u32>,
-    snapshot: &'a Saga,
+    /// JSON `null` for a short stream: see [`super::SNAPSHOT_FROM`].
+    snapshot: Option<&'a Saga>,
 }
 
 impl<'a> SagaState<'a> {
@@ -255,7 +256,7 @@ impl<'a> SagaState<'a> {
             version: saga.version,
             deadline: saga.deadline().map(|d| d.0),
             attempt: saga.pending.as_ref().map(|p| p.attempt),
-            snapshot: saga,
+            snapshot: super::snapshot(saga),
         }
     }
 }

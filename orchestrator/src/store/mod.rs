@@ -16,9 +16,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use db::Backend;
-use sagas::Saga;
+use sagas::{Event, Saga};
 use serde_json::Value;
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyPool, AssertSqlSafe, Row};
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
@@ -88,6 +88,20 @@ pub struct StoredEvent {
     pub recorded_at: i64,
 }
 
+/// Streams shorter than this keep no snapshot in their saga's row: the
+/// snapshot column holds JSON `null` and a read folds the few events
+/// instead. A snapshot spares a read the fold of a long stream (a saga
+/// that retried, or was repaired, many times), but the order saga takes 3
+/// or 4 events, and writing its whole state at each of its steps was a
+/// fifth of what a saga wrote (docs/benchmarks.md, "What a saga costs").
+pub const SNAPSHOT_FROM: u64 = 8;
+
+/// What a saga's row keeps as its snapshot: the saga, or nothing for a
+/// stream shorter than [`SNAPSHOT_FROM`].
+pub fn snapshot(saga: &Saga) -> Option<&Saga> {
+    (saga.version >= SNAPSHOT_FROM).then_some(saga)
+}
+
 /// A saga's row: its folded state and the trace it belongs to.
 #[derive(Debug, Clone)]
 pub struct SagaRow {
@@ -132,9 +146,47 @@ impl Store {
 
     /// The saga's current state, if it exists.
     pub async fn load(&self, id: Uuid) -> Result<Option<SagaRow>, StoreError> {
-        let row =
-            sqlx::query("SELECT snapshot, trace, created_at, updated_at FROM sagas WHERE id = $1").bind(id.to_string()).fetch_optional(&self.readers).await?;
-        row.map(|r| saga_row(&r)).transpose()
+        // One round trip either way: the row, and its events only when it
+        // keeps no snapshot.
+        let rows = sqlx::query(
+            "SELECT s.id, s.snapshot, s.trace, s.created_at, s.updated_at, e.event_type, e.data FROM sagas s \
+             LEFT JOIN events e ON e.stream_id = s.id AND s.snapshot = 'null' WHERE s.id = $1 ORDER BY e.version",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.readers)
+        .await?;
+        let Some(first) = rows.first() else { return Ok(None) };
+        let mut events = Vec::new();
+        for r in &rows {
+            if let Some(event) = joined_event(r)? {
+                events.push(event);
+            }
+        }
+        saga_row(first, &mut BTreeMap::from([(id, events)])).map(Some)
+    }
+
+    /// The events of each of `ids`, in stream order, for sagas that keep
+    /// no snapshot.
+    async fn streams(&self, ids: &[Uuid]) -> Result<BTreeMap<Uuid, Vec<Event>>, StoreError> {
+        let mut streams: BTreeMap<Uuid, Vec<Event>> = BTreeMap::new();
+        if ids.is_empty() {
+            return Ok(streams);
+        }
+        let sql = format!(
+            "SELECT e.stream_id, e.event_type, e.data FROM events e JOIN {} ON e.stream_id = r.id ORDER BY e.stream_id, e.version",
+            db::recordset(self.backend, &[("id", db::Column::Text)])
+        );
+        let ids_json: Vec<Value> = ids.iter().map(|id| serde_json::json!({ "id": id.to_string() })).collect();
+        // `$2` (a commit time in the batch statements) is not used here.
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(serde_json::to_string(&ids_json)?).bind(0_i64).bind(ids.len() as i64).fetch_all(&self.readers).await?;
+        for r in &rows {
+            let id: String = r.try_get("stream_id")?;
+            let id = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if let Some(event) = joined_event(r)? {
+                streams.entry(id).or_default().push(event);
+            }
+        }
+        Ok(streams)
     }
 
     /// Claims up to `limit` sagas whose deadline has passed by pushing their
@@ -145,19 +197,28 @@ impl Store {
         let sql = match self.backend {
             Backend::Postgres => {
                 "UPDATE sagas SET deadline = $1 WHERE id IN (SELECT id FROM sagas WHERE terminal = 0 AND deadline <= $2 \
-                 ORDER BY deadline LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING snapshot, trace, created_at, updated_at"
+                 ORDER BY deadline LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING id, snapshot, trace, created_at, updated_at"
             }
             Backend::Sqlite => {
                 "UPDATE sagas SET deadline = $1 WHERE id IN (SELECT id FROM sagas WHERE terminal = 0 AND deadline <= $2 \
-                 ORDER BY deadline LIMIT $3) RETURNING snapshot, trace, created_at, updated_at"
+                 ORDER BY deadline LIMIT $3) RETURNING id, snapshot, trace, created_at, updated_at"
             }
         };
         let rows = sqlx::query(sql).bind(now_ms + lease_ms).bind(now_ms).bind(limit).fetch_all(&self.pool).await?;
+        let mut folded = Vec::new();
+        for r in &rows {
+            let snapshot: String = r.try_get("snapshot")?;
+            if snapshot == "null" {
+                let id: String = r.try_get("id")?;
+                folded.push(Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+            }
+        }
+        let mut streams = self.streams(&folded).await?;
         // One unreadable row must not hold up the others; it comes due
         // again after its lease and is counted until someone fixes it.
         Ok(rows
             .iter()
-            .filter_map(|r| match saga_row(r) {
+            .filter_map(|r| match saga_row(r, &mut streams) {
                 Ok(row) => Some(row),
                 Err(e) => {
                     tracing::error!(error = %e, "unreadable saga row skipped");
@@ -256,15 +317,33 @@ impl Store {
     }
 }
 
-fn saga_row(r: &sqlx::any::AnyRow) -> Result<SagaRow, StoreError> {
+/// A saga's row, its saga taken from the snapshot or, where the row keeps
+/// none, folded from its events in `streams`.
+fn saga_row(r: &sqlx::any::AnyRow, streams: &mut BTreeMap<Uuid, Vec<Event>>) -> Result<SagaRow, StoreError> {
     let snapshot: String = r.try_get("snapshot")?;
     let trace: String = r.try_get("trace")?;
+    let saga = match serde_json::from_str::<Option<Saga>>(&snapshot)? {
+        Some(saga) => saga,
+        None => {
+            let id: String = r.try_get("id")?;
+            let id = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let events = streams.remove(&id).unwrap_or_default();
+            let folded = Saga::replay(&events).map_err(|e| StoreError::Corrupt(format!("saga {id}: {e}")))?;
+            folded.ok_or_else(|| StoreError::Corrupt(format!("saga {id} has neither a snapshot nor events")))?
+        }
+    };
     Ok(SagaRow {
-        saga: serde_json::from_str(&snapshot)?,
+        saga,
         trace: serde_json::from_str(&trace)?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
     })
+}
+
+/// The event of a row that joined one (`event_type`, `data`), if it did.
+fn joined_event(r: &sqlx::any::AnyRow) -> Result<Option<Event>, StoreError> {
+    let (Some(event_type), Some(data)) = (r.try_get::<Option<String>, _>("event_type")?, r.try_get::<Option<String>, _>("data")?) else { return Ok(None) };
+    Ok(Some(Event { event_type, change: serde_json::from_str(&data)? }))
 }
 
 fn stored_event(r: &sqlx::any::AnyRow) -> Result<StoredEvent, StoreError> {

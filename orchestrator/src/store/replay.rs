@@ -79,7 +79,7 @@ impl Store {
                 let id: String = r.try_get("id")?;
                 let snapshot: String = r.try_get("snapshot")?;
                 let saga = Stored {
-                    snapshot: serde_json::from_str(&snapshot)?,
+                    snapshot: normalised(&snapshot)?,
                     state: r.try_get("state")?,
                     status: r.try_get("status")?,
                     terminal: r.try_get::<i64, _>("terminal")? != 0,
@@ -240,10 +240,24 @@ fn fold(events: &[Recorded]) -> Result<Vec<Rebuilt>, sagas::FoldError> {
     Ok(steps)
 }
 
+/// A stored snapshot as this release writes it, where it reads as a saga:
+/// one written before a format change (a pending command's payload until
+/// issue 18) means the same saga and compares equal. Anything else is
+/// compared as it is, to be reported.
+fn normalised(snapshot: &str) -> Result<Value, StoreError> {
+    let value: Value = serde_json::from_str(snapshot)?;
+    Ok(serde_json::from_value::<Saga>(value.clone()).ok().and_then(|saga| serde_json::to_value(saga).ok()).unwrap_or(value))
+}
+
 fn compare(stored: &Stored, folded: &Saga, differences: &mut Vec<String>) {
     let show = |attempt: Option<i64>| attempt.map_or_else(|| "none".to_string(), |a| a.to_string());
+    // No snapshot is never wrong (a read folds the events); one that is
+    // there must be their fold, whether or not this release writes one
+    // for a stream that short (`super::SNAPSHOT_FROM`).
     match serde_json::to_value(folded) {
-        Ok(value) if value != stored.snapshot => differences.push(format!("snapshot: stored {} but the events make {value}", stored.snapshot)),
+        Ok(value) if !stored.snapshot.is_null() && value != stored.snapshot => {
+            differences.push(format!("snapshot: stored {} but the events make {value}", stored.snapshot))
+        }
         Ok(_) => {}
         Err(e) => differences.push(format!("the fold does not serialise: {e}")),
     }
@@ -264,7 +278,7 @@ fn compare(stored: &Stored, folded: &Saga, differences: &mut Vec<String>) {
 async fn write_snapshot(tx: &mut sqlx::Transaction<'static, sqlx::Any>, saga: &Saga) -> Result<(), StoreError> {
     sqlx::query("UPDATE sagas SET snapshot = $2, state = $3, status = $4, terminal = $5, version = $6, deadline = $7, attempt = $8, definition_version = $9 WHERE id = $1")
         .bind(saga.id.to_string())
-        .bind(serde_json::to_string(saga)?)
+        .bind(serde_json::to_string(&super::snapshot(saga))?)
         .bind(&saga.state)
         .bind(&saga.status)
         .bind(i64::from(saga.terminal))
@@ -279,4 +293,26 @@ async fn write_snapshot(tx: &mut sqlx::Transaction<'static, sqlx::Any>, saga: &S
 
 fn parse_id(id: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(id).map_err(|e| StoreError::Corrupt(format!("saga id {id:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::normalised;
+
+    #[test]
+    fn a_snapshot_in_the_older_format_compares_as_the_saga_it_means() {
+        let id = uuid::Uuid::from_u128(7);
+        let saga = |pending| {
+            json!({ "id": id, "definition": { "name": "order", "version": 2, "hash": "h" }, "data": {}, "state": "payment",
+                    "status": "created", "terminal": false, "pending": pending, "commands": { "payment": id }, "visits": 1, "version": 1 })
+        };
+        let older = saga(json!({ "command": { "id": id, "saga_id": id, "subject": "eso.cmd.payment.process", "payload": {}, "attempt": 1, "timeout_ms": 2000 },
+                                  "attempt": 1, "phase": "awaiting_reply", "deadline": 5 }));
+        let now = saga(json!({ "command_id": id, "attempt": 1, "phase": "awaiting_reply", "deadline": 5 }));
+        assert_eq!(normalised(&older.to_string()).ok(), Some(now.clone()));
+        assert_eq!(normalised(&now.to_string()).ok(), Some(now));
+        assert_eq!(normalised("{\"not\": \"a saga\"}").ok(), Some(json!({ "not": "a saga" })), "kept as it is, to be reported");
+    }
 }
