@@ -170,7 +170,8 @@ pub async fn assert_no_double_charge(pool: &sqlx::AnyPool, orders: &[Uuid]) {
 
 /// The event stream against the events table: committed events missing
 /// from the stream, events on it more than once (each extra copy counted),
-/// and messages that are no event of the store.
+/// messages that are no event of the store, and messages whose body is
+/// not the stored event (docs/protocol.md, "Events").
 #[derive(Debug, Default)]
 pub struct Published {
     pub events: usize,
@@ -178,6 +179,7 @@ pub struct Published {
     pub lost: Vec<String>,
     pub doubled: Vec<String>,
     pub foreign: Vec<String>,
+    pub unlike: Vec<String>,
 }
 
 impl Published {
@@ -186,13 +188,28 @@ impl Published {
     /// reads every message back by its `Nats-Msg-Id`.
     pub async fn count(pool: &sqlx::AnyPool, nats: &async_nats::Client, timeout: Duration) -> Result<Published, String> {
         use futures::StreamExt;
-        let ids: std::collections::HashSet<String> = sqlx::query("SELECT event_id FROM events")
-            .fetch_all(pool)
-            .await
-            .map_err(|e| format!("events: {e}"))?
-            .iter()
-            .filter_map(|r| r.try_get("event_id").ok())
-            .collect();
+        // What a message's body must say of its event, keyed by event id.
+        let stored: std::collections::HashMap<String, serde_json::Value> =
+            sqlx::query("SELECT event_id, stream_id, version, event_type, data, metadata FROM events")
+                .fetch_all(pool)
+                .await
+                .map_err(|e| format!("events: {e}"))?
+                .iter()
+                .filter_map(|r| {
+                    let (data, metadata): (String, String) = (r.try_get("data").ok()?, r.try_get("metadata").ok()?);
+                    let body = serde_json::json!({
+                        "event_id": r.try_get::<String, _>("event_id").ok()?,
+                        "stream_id": r.try_get::<String, _>("stream_id").ok()?,
+                        "version": r.try_get::<i64, _>("version").ok()?,
+                        "type": r.try_get::<String, _>("event_type").ok()?,
+                        "data": serde_json::from_str::<serde_json::Value>(&data).ok()?,
+                        "metadata": serde_json::from_str::<serde_json::Value>(&metadata).ok()?,
+                    });
+                    Some((body["event_id"].as_str()?.to_string(), body))
+                })
+                .collect();
+        let ids: std::collections::HashSet<String> = stored.keys().cloned().collect();
+        let mut unlike = Vec::new();
         let js = async_nats::jetstream::new(nats.clone());
         let mut stream = js.get_stream("ESO_EVENTS").await.map_err(|e| format!("event stream: {e}"))?;
         let deadline = Instant::now() + timeout;
@@ -210,9 +227,16 @@ impl Published {
             let message = tokio::time::timeout(Duration::from_secs(5), stream_messages.next()).await.ok().flatten();
             let Some(Ok(message)) = message else { return Err("could not read the event stream back".into()) };
             let id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.to_string()).unwrap_or_default();
+            if let Some(expected) = stored.get(&id) {
+                let mut body: serde_json::Value = serde_json::from_slice(&message.payload).unwrap_or_default();
+                let recorded = body.as_object_mut().and_then(|b| b.remove("recorded_at"));
+                if &body != expected || !recorded.as_ref().and_then(|t| t.as_str()).is_some_and(|t| t.ends_with('Z')) {
+                    unlike.push(format!("{id}: {}", String::from_utf8_lossy(&message.payload)));
+                }
+            }
             *seen.entry(id).or_default() += 1;
         }
-        let mut published = Published { events: ids.len(), messages, ..Published::default() };
+        let mut published = Published { events: ids.len(), messages, unlike, ..Published::default() };
         for (id, copies) in &seen {
             if !ids.contains(id) {
                 published.foreign.push(id.clone());
@@ -230,6 +254,13 @@ impl Published {
         }
         if !self.doubled.is_empty() {
             problems.push(format!("{} extra copies of events in JetStream (e.g. {:?})", self.doubled.len(), &self.doubled[..self.doubled.len().min(5)]));
+        }
+        if !self.unlike.is_empty() {
+            problems.push(format!(
+                "{} messages are not the event stored under their id (e.g. {:?})",
+                self.unlike.len(),
+                &self.unlike[..self.unlike.len().min(2)]
+            ));
         }
         if !self.foreign.is_empty() {
             problems.push(format!("JetStream holds {} messages that are no event of the store: {:?}", self.foreign.len(), self.foreign));

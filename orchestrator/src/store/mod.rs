@@ -332,12 +332,7 @@ fn saga_row(r: &sqlx::any::AnyRow, streams: &mut BTreeMap<Uuid, Vec<Event>>) -> 
             folded.ok_or_else(|| StoreError::Corrupt(format!("saga {id} has neither a snapshot nor events")))?
         }
     };
-    Ok(SagaRow {
-        saga,
-        trace: serde_json::from_str(&trace)?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-    })
+    Ok(SagaRow { saga, trace: serde_json::from_str(&trace)?, created_at: r.try_get("created_at")?, updated_at: r.try_get("updated_at")? })
 }
 
 /// The event of a row that joined one (`event_type`, `data`), if it did.

@@ -308,7 +308,8 @@ mod tests {
             json!({ "id": id, "definition": { "name": "order", "version": 2, "hash": "h" }, "data": {}, "state": "payment",
                     "status": "created", "terminal": false, "pending": pending, "commands": { "payment": id }, "visits": 1, "version": 1 })
         };
-        let older = saga(json!({ "command": { "id": id, "saga_id": id, "subject": "eso.cmd.payment.process", "payload": {}, "attempt": 1, "timeout_ms": 2000 },
+        let older =
+            saga(json!({ "command": { "id": id, "saga_id": id, "subject": "eso.cmd.payment.process", "payload": {}, "attempt": 1, "timeout_ms": 2000 },
                                   "attempt": 1, "phase": "awaiting_reply", "deadline": 5 }));
         let now = saga(json!({ "command_id": id, "attempt": 1, "phase": "awaiting_reply", "deadline": 5 }));
         assert_eq!(normalised(&older.to_string()).ok(), Some(now.clone()));
