@@ -161,8 +161,9 @@ async fn resume(app: &TestApp) {
     assert_eq!((audit(resumed)["to"].as_str(), audit(resumed)["operator"].as_str()), (Some("undo"), Some("alice")));
     // The undo command goes out with the id it had before: a participant
     // that did undo then answers as it did instead of undoing twice.
-    let earlier = history.iter().find(|e| e["data"]["to"] == "undo").map(|e| e["data"]["pending"]["command"]["id"].clone());
-    assert_eq!(Some(resumed["data"]["pending"]["command"]["id"].clone()), earlier, "{resumed}");
+    let earlier = history.iter().find(|e| e["data"]["to"] == "undo").map(|e| e["data"]["pending"]["command_id"].clone());
+    assert!(earlier.as_ref().is_some_and(Value::is_string), "the first entry into undo names its command: {before:?}");
+    assert_eq!(Some(resumed["data"]["pending"]["command_id"].clone()), earlier, "{resumed}");
 
     // Nobody answers the undo again, so the saga fails again: resumed once, on its own terms.
     app.reaches(id, "stuck").await;
