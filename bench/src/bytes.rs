@@ -54,7 +54,13 @@ impl Probe {
     }
 
     async fn reading(&self, conn: &mut sqlx::AnyConnection) -> anyhow::Result<Reading> {
-        let position: i64 = sqlx::query("SELECT COALESCE(MAX(position), 0) AS p FROM events").fetch_one(&mut *conn).await?.try_get("p")?;
+        // Postgres has no index on positions (migration 0007): its sequence
+        // says the newest, and the sum below scans what is past it.
+        let newest = match self {
+            Probe::Postgres { .. } => "SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS p FROM events_position_seq",
+            Probe::Sqlite { .. } => "SELECT COALESCE(MAX(position), 0) AS p FROM events",
+        };
+        let position: i64 = sqlx::query(newest).fetch_one(&mut *conn).await?.try_get("p")?;
         let (database, wal) = match self {
             Probe::Postgres { .. } => {
                 let row = sqlx::query("SELECT pg_database_size(current_database()) AS size, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS wal")

@@ -91,11 +91,18 @@ async fn upgrade(pool: AnyPool, backend: Backend) {
         .map(|r| (r.try_get("id").unwrap_or_default(), r.try_get("attempt").unwrap_or(Some(-1))))
         .collect();
     assert_eq!(attempts, [("done".to_string(), None), ("live".to_string(), Some(3))], "0004 fills the attempt of live sagas");
-    assert_eq!(
-        recorded("_sqlx_migrations").await,
-        [1, 2, 3, 4, 5, 6],
-        "the store's table keeps the old entry (2, now the participants'), and gets its own new ones"
-    );
+    // 0007 drops the index on positions, which only Postgres has apart
+    // from the table (SQLite's position is the rowid).
+    let (expected, indexes): (&[i64], &str) = match backend {
+        Backend::Postgres => (&[1, 2, 3, 4, 5, 6, 7], "SELECT indexname::text AS name FROM pg_indexes WHERE tablename = 'events' ORDER BY indexname"),
+        Backend::Sqlite => {
+            (&[1, 2, 3, 4, 5, 6], "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' AND sql IS NOT NULL ORDER BY name")
+        }
+    };
+    assert_eq!(recorded("_sqlx_migrations").await, expected, "the store's table keeps the old entry (2, now the participants'), and gets its own new ones");
+    let indexes: Vec<String> =
+        sqlx::query(indexes).fetch_all(&pool).await.unwrap_or_else(|e| panic!("indexes: {e}")).iter().map(|r| r.try_get("name").unwrap_or_default()).collect();
+    assert!(!indexes.iter().any(|i| i == "events_pkey"), "no index on positions: {indexes:?}");
     assert_eq!(recorded(participants::migrations::TABLE).await, [1, 2]);
 }
 

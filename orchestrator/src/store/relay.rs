@@ -198,16 +198,16 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, session: &mut Session,
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
-        // Positions, not a count: the gap to the newest event is one index
-        // lookup, where counting the rows behind the cursor scanned them
-        // (and a plan cached while the table was small scanned it whole).
-        // Rolled-back inserts leave holes, so this can overstate the lag.
-        let newest: i64 = sqlx::query("SELECT position FROM events ORDER BY position DESC LIMIT 1")
-            .fetch_optional(&mut *session.conn)
-            .await?
-            .map(|r| r.try_get("position"))
-            .transpose()?
-            .unwrap_or(0);
+        // Positions, not a count: the gap to the newest event is one read
+        // (the sequence on Postgres, which has no index on positions; the
+        // rowid on SQLite), where counting the rows behind the cursor
+        // scanned them. Rolled-back inserts leave holes, so this can
+        // overstate the lag.
+        let newest_sql = match store.backend {
+            Backend::Postgres => "SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS position FROM events_position_seq",
+            Backend::Sqlite => "SELECT position FROM events ORDER BY position DESC LIMIT 1",
+        };
+        let newest: i64 = sqlx::query(newest_sql).fetch_optional(&mut *session.conn).await?.map(|r| r.try_get("position")).transpose()?.unwrap_or(0);
         let published = events.last().map_or(position, |e| e.position);
         metrics::gauge!("eso_outbox_lag_events").set((newest - published).max(0) as f64);
         tokio::select! {
