@@ -342,16 +342,43 @@ fn joined_event(r: &sqlx::any::AnyRow) -> Result<Option<Event>, StoreError> {
 }
 
 fn stored_event(r: &sqlx::any::AnyRow) -> Result<StoredEvent, StoreError> {
-    let data: String = r.try_get("data")?;
-    let metadata: String = r.try_get("metadata")?;
+    let e = RawEvent::of(r)?;
     Ok(StoredEvent {
-        position: r.try_get("position")?,
-        event_id: r.try_get("event_id")?,
-        stream_id: r.try_get("stream_id")?,
-        version: r.try_get("version")?,
-        event_type: r.try_get("event_type")?,
-        data: serde_json::from_str(&data)?,
-        metadata: serde_json::from_str(&metadata)?,
-        recorded_at: r.try_get("recorded_at")?,
+        position: e.position,
+        event_id: e.event_id,
+        stream_id: e.stream_id,
+        version: e.version,
+        event_type: e.event_type,
+        data: serde_json::from_str(&e.data)?,
+        metadata: serde_json::from_str(&e.metadata)?,
+        recorded_at: e.recorded_at,
     })
+}
+
+/// An event row with its JSON columns as the stored text, for the relay
+/// to pass on as it is and for [`StoredEvent`] to parse.
+struct RawEvent {
+    position: i64,
+    event_id: String,
+    stream_id: String,
+    version: i64,
+    event_type: String,
+    data: String,
+    metadata: String,
+    recorded_at: i64,
+}
+
+impl RawEvent {
+    fn of(r: &sqlx::any::AnyRow) -> Result<RawEvent, StoreError> {
+        Ok(RawEvent {
+            position: r.try_get("position")?,
+            event_id: r.try_get("event_id")?,
+            stream_id: r.try_get("stream_id")?,
+            version: r.try_get("version")?,
+            event_type: r.try_get("event_type")?,
+            data: r.try_get("data")?,
+            metadata: r.try_get("metadata")?,
+            recorded_at: r.try_get("recorded_at")?,
+        })
+    }
 }

@@ -30,7 +30,7 @@ use sqlx::{Any, Row};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Store, StoreError};
+use super::{RawEvent, Store, StoreError};
 use crate::bus::{Bus, OutgoingEvent, RELAY_CURSOR_HEADER};
 
 pub(super) const RELAY: &str = "main";
@@ -166,14 +166,14 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, session: &mut Session,
             };
             stream_at = stream_at.map(|at| at + acked as u64);
             if let Some(last) = acked.checked_sub(1).and_then(|i| events.get(i)) {
-                cursor.published(last.tx.clone(), last.position);
+                cursor.published(last.tx.clone(), last.event.position);
                 metrics::counter!("eso_outbox_published_total").increment(acked as u64);
                 // Commit to acknowledged on the stream: what a consumer of
                 // the stream waits on top of the commit itself.
                 let now = crate::clock::now_us();
                 let delay = metrics::histogram!("eso_outbox_delay_seconds");
                 for event in &events[..acked] {
-                    delay.record((now - event.recorded_at).max(0) as f64 / 1e6);
+                    delay.record((now - event.event.recorded_at).max(0) as f64 / 1e6);
                 }
             }
             if let Some(error) = failure {
@@ -208,7 +208,7 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, session: &mut Session,
             Backend::Sqlite => "SELECT position FROM events ORDER BY position DESC LIMIT 1",
         };
         let newest: i64 = sqlx::query(newest_sql).fetch_optional(&mut *session.conn).await?.map(|r| r.try_get("position")).transpose()?.unwrap_or(0);
-        let published = events.last().map_or(position, |e| e.position);
+        let published = events.last().map_or(position, |e| e.event.position);
         metrics::gauge!("eso_outbox_lag_events").set((newest - published).max(0) as f64);
         tokio::select! {
             () = store.appended().notified() => {}
@@ -390,7 +390,8 @@ async fn read_cursor<'e, E: sqlx::Executor<'e, Database = Any>>(executor: E) -> 
 ///
 /// An event that does not serialise stops the relay (an error, counted)
 /// rather than going out empty or being skipped: the stream stays in order.
-fn outgoing(e: &Unpublished) -> Result<OutgoingEvent, StoreError> {
+fn outgoing(unpublished: &Unpublished) -> Result<OutgoingEvent, StoreError> {
+    let e = &unpublished.event;
     let subject = format!("eso.events.{}", e.event_type);
     let span = tracing::info_span!(
         "event.publish",
@@ -413,7 +414,7 @@ fn outgoing(e: &Unpublished) -> Result<OutgoingEvent, StoreError> {
     let mut headers = HeaderMap::new();
     observability::propagation::inject_nats(&span, &mut headers);
     headers.insert("Eso-Saga-Id", e.stream_id.as_str());
-    headers.insert(RELAY_CURSOR_HEADER, format!("{}/{}", e.tx, e.position).as_str());
+    headers.insert(RELAY_CURSOR_HEADER, format!("{}/{}", unpublished.tx, e.position).as_str());
     let body = Body {
         data,
         event_id: &e.event_id,
@@ -431,31 +432,14 @@ fn outgoing(e: &Unpublished) -> Result<OutgoingEvent, StoreError> {
 /// into the message as they are, checked but not parsed into values and
 /// written out again, which was half of the relay's tenth of eso's CPU.
 struct Unpublished {
-    position: i64,
     /// The inserting transaction's id (`0` on SQLite): with the position,
     /// the relay's place.
     tx: String,
-    event_id: String,
-    stream_id: String,
-    version: i64,
-    event_type: String,
-    data: String,
-    metadata: String,
-    recorded_at: i64,
+    event: RawEvent,
 }
 
 fn unpublished_event(r: &sqlx::any::AnyRow) -> Result<Unpublished, StoreError> {
-    Ok(Unpublished {
-        position: r.try_get("position")?,
-        tx: r.try_get("tx")?,
-        event_id: r.try_get("event_id")?,
-        stream_id: r.try_get("stream_id")?,
-        version: r.try_get("version")?,
-        event_type: r.try_get("event_type")?,
-        data: r.try_get("data")?,
-        metadata: r.try_get("metadata")?,
-        recorded_at: r.try_get("recorded_at")?,
-    })
+    Ok(Unpublished { tx: r.try_get("tx")?, event: RawEvent::of(r)? })
 }
 
 /// A message's body (docs/protocol.md, "Events"), its fields in the order
