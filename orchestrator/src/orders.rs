@@ -253,7 +253,7 @@ impl Projection for OrderProjection {
         async move {
             let ids: Vec<Id> = ids.iter().map(|id| Id { id: id.to_string() }).collect();
             let mut rows = BTreeMap::new();
-            for r in self.select.fetch(tx, &ids, 0).await? {
+            for r in self.select.fetch(&mut **tx, &ids, 0).await? {
                 let id: String = r.try_get("id")?;
                 let mut row = Map::new();
                 for (column, kind) in COLUMNS {

@@ -185,13 +185,24 @@ impl Statement {
         Ok(())
     }
 
-    /// Like [`Statement::execute`], returning the rows it selects.
-    pub async fn fetch<T: Serialize>(&self, tx: &mut Transaction<'static, Any>, rows: &[T], now: i64) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
+    /// Like [`Statement::execute`], returning the rows it selects; in a
+    /// transaction (`&mut **tx`) or on a pool of its own.
+    pub async fn fetch<'c, E, T>(&self, executor: E, rows: &[T], now: i64) -> Result<Vec<sqlx::any::AnyRow>, StoreError>
+    where
+        E: sqlx::Executor<'c, Database = Any>,
+        T: Serialize,
+    {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(self.query().bind(serde_json::to_string(rows)?).bind(now).bind(rows.len() as i64).fetch_all(&mut **tx).await?)
+        Ok(self.query().bind(serde_json::to_string(rows)?).bind(now).bind(rows.len() as i64).fetch_all(executor).await?)
     }
+}
+
+/// One saga id of a batch, as the recordset statements take it.
+#[derive(Serialize)]
+pub(super) struct IdRow<'a> {
+    pub id: &'a str,
 }
 
 /// What a step changes in a saga's row, on insert and on update alike.
@@ -418,7 +429,7 @@ pub fn event_id() -> Uuid {
 
 /// Runs a batch statement that returns the ids of the sagas it wrote.
 async fn returned_ids<T: Serialize>(tx: &mut Transaction<'static, Any>, sql: &Statement, rows: &[T], now: i64) -> Result<HashSet<Uuid>, StoreError> {
-    sql.fetch(tx, rows, now)
+    sql.fetch(&mut **tx, rows, now)
         .await?
         .iter()
         .map(|r| {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use db::Backend;
 use sagas::{Event, Saga};
 use serde_json::Value;
-use sqlx::{AnyPool, AssertSqlSafe, Row};
+use sqlx::{AnyPool, Row};
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
@@ -172,13 +172,13 @@ impl Store {
         if ids.is_empty() {
             return Ok(streams);
         }
-        let sql = format!(
+        let sql = Statement::planned_each_time(format!(
             "SELECT e.stream_id, e.event_type, e.data FROM events e JOIN {} ON e.stream_id = r.id ORDER BY e.stream_id, e.version",
             db::recordset(self.backend, &[("id", db::Column::Text)])
-        );
-        let ids_json: Vec<Value> = ids.iter().map(|id| serde_json::json!({ "id": id.to_string() })).collect();
-        // `$2` (a commit time in the batch statements) is not used here.
-        let rows = sqlx::query(AssertSqlSafe(sql)).bind(serde_json::to_string(&ids_json)?).bind(0_i64).bind(ids.len() as i64).fetch_all(&self.readers).await?;
+        ));
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let batch: Vec<append::IdRow> = ids.iter().map(|id| append::IdRow { id }).collect();
+        let rows = sql.fetch(&self.readers, &batch, 0).await?;
         for r in &rows {
             let id: String = r.try_get("stream_id")?;
             let id = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;

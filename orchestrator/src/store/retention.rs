@@ -2,19 +2,12 @@
 
 use db::Column::Text;
 use db::{Backend, recordset};
-use serde::Serialize;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::append::Statement;
+use super::append::{IdRow, Statement};
 use super::relay::RELAY;
 use super::{Store, StoreError};
-
-/// One saga id of a batch, as the recordset statements take it.
-#[derive(Serialize)]
-struct Id<'a> {
-    id: &'a str,
-}
 
 impl Store {
     /// Deletes up to `limit` sagas of `definition` that ended in `status`
@@ -50,7 +43,7 @@ impl Store {
         }
         let uuids: Vec<Uuid> =
             ids.iter().map(|id| Uuid::parse_str(id).map_err(|e| StoreError::Corrupt(format!("saga id {id}: {e}")))).collect::<Result<_, _>>()?;
-        let batch: Vec<Id> = ids.iter().map(|id| Id { id }).collect();
+        let batch: Vec<IdRow> = ids.iter().map(|id| IdRow { id }).collect();
         let in_batch = recordset(self.backend, &[("id", Text)]);
         for table in ["events WHERE stream_id", "sagas WHERE id"] {
             Statement::planned_each_time(format!("DELETE FROM {table} IN (SELECT r.id FROM {in_batch})")).execute(&mut tx, &batch, 0).await?;
