@@ -55,7 +55,7 @@ impl Probe {
 
     async fn reading(&self, conn: &mut sqlx::AnyConnection) -> anyhow::Result<Reading> {
         // Postgres has no index on positions (migration 0007): its sequence
-        // says the newest, and the sum below scans what is past it.
+        // says the newest (the sum in `since` reads the table through).
         let newest = match self {
             Probe::Postgres { .. } => "SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS p FROM events_position_seq",
             Probe::Sqlite { .. } => "SELECT COALESCE(MAX(position), 0) AS p FROM events",
