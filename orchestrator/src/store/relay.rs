@@ -127,6 +127,7 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, session: &mut Session,
     let mut stream_at = resume(store, bus, session, cursor).await?;
     let mut stopping = false;
     let mut give_up = Instant::now();
+    let mut lag_read_at: Option<Instant> = None;
     loop {
         if cursor.due() {
             cursor.flush(store, session).await?;
@@ -198,18 +199,13 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, session: &mut Session,
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
-        // Positions, not a count: the gap to the newest event is one read
-        // (the sequence on Postgres, which has no index on positions; the
-        // rowid on SQLite), where counting the rows behind the cursor
-        // scanned them. Rolled-back inserts leave holes, so this can
-        // overstate the lag.
-        let newest_sql = match store.backend {
-            Backend::Postgres => "SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS position FROM events_position_seq",
-            Backend::Sqlite => "SELECT position FROM events ORDER BY position DESC LIMIT 1",
-        };
-        let newest: i64 = sqlx::query(newest_sql).fetch_optional(&mut *session.conn).await?.map(|r| r.try_get("position")).transpose()?.unwrap_or(0);
-        let published = events.last().map_or(position, |e| e.event.position);
-        metrics::gauge!("eso_outbox_lag_events").set((newest - published).max(0) as f64);
+        // A pass per group commit; the gauge is read far less often than
+        // that, so it is measured at most every LAG_EVERY, not each pass.
+        if lag_read_at.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
+            let published = events.last().map_or(position, |e| e.event.position);
+            metrics::gauge!("eso_outbox_lag_events").set((newest(store, session).await? - published).max(0) as f64);
+            lag_read_at = Some(Instant::now());
+        }
         tokio::select! {
             () = store.appended().notified() => {}
             () = tokio::time::sleep(cursor.idle_wait()) => {}
@@ -220,6 +216,18 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, session: &mut Session,
             }
         }
     }
+}
+
+/// The newest event's position. Positions, not a count: the gap to it is
+/// one read (the sequence on Postgres, which has no index on positions;
+/// the rowid on SQLite), where counting the rows behind the cursor scanned
+/// them. Rolled-back inserts leave holes, so a lag from it can overstate.
+async fn newest(store: &Store, session: &mut Session) -> Result<i64, StoreError> {
+    let sql = match store.backend {
+        Backend::Postgres => "SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS position FROM events_position_seq",
+        Backend::Sqlite => "SELECT position FROM events ORDER BY position DESC LIMIT 1",
+    };
+    Ok(sqlx::query(sql).fetch_optional(&mut *session.conn).await?.map(|r| r.try_get("position")).transpose()?.unwrap_or(0))
 }
 
 /// Moves the cursor past what the stream already holds, and returns the
@@ -304,6 +312,8 @@ struct Cursor {
 }
 
 const CURSOR_EVERY: Duration = Duration::from_millis(100);
+/// How often the outbox-lag gauge is measured, at most.
+const LAG_EVERY: Duration = Duration::from_millis(100);
 
 impl Default for Cursor {
     fn default() -> Self {
@@ -312,19 +322,17 @@ impl Default for Cursor {
 }
 
 impl Cursor {
-    /// Where to read on from. On Postgres the stored row is read on every
-    /// call all the same, on the lock's own connection: that proves we
-    /// still hold the lock (if the connection died, so did the lock).
+    /// Where to read on from: the stored row once a session, then where
+    /// publishing got to. The lock needs no proof of its own on each pass:
+    /// it lives as long as the connection every read of the pass goes
+    /// through, and a read on a dead one fails.
     async fn position(&mut self, session: &mut Session) -> Result<(String, i64), StoreError> {
-        let at = match self.at.take() {
-            Some(at) if !session.holds_lock => at,
-            at => {
-                let stored = read_cursor(&mut *session.conn).await?;
-                at.unwrap_or(stored)
-            }
-        };
-        self.at = Some(at.clone());
-        Ok(at)
+        if let Some(at) = &self.at {
+            return Ok(at.clone());
+        }
+        let stored = read_cursor(&mut *session.conn).await?;
+        self.at = Some(stored.clone());
+        Ok(stored)
     }
 
     fn published(&mut self, tx: String, position: i64) {
