@@ -63,6 +63,30 @@ pub async fn readers(url: &str, pool: &AnyPool, backend: Backend, max_connection
     }
 }
 
+/// The group committer's own connection. On Postgres its statements are
+/// prepared once, and Postgres then plans them once (a generic plan, kept
+/// for the connection's life). Each of them writes a batch keyed by
+/// primary keys, which index lookups serve at any size of table; but a
+/// plan made while a table was nearly empty scans it (a hash join over a
+/// sequential scan), and every later commit would pay for that scan. So
+/// this connection's planner is kept off scans and hash and merge joins,
+/// and its plans stay lookups. On SQLite the writer's pool, whose one
+/// connection is the one that commits.
+pub async fn committer(url: &str, pool: &AnyPool, backend: Backend) -> anyhow::Result<AnyPool> {
+    match backend {
+        Backend::Sqlite => Ok(pool.clone()),
+        Backend::Postgres => {
+            let options = AnyPoolOptions::new().max_connections(1).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off").await?;
+                    Ok(())
+                })
+            });
+            open(options, url).await
+        }
+    }
+}
+
 /// Pool options for SQLite connections that each run `pragmas` first.
 fn sqlite(max_connections: u32, pragmas: &'static str) -> AnyPoolOptions {
     AnyPoolOptions::new().max_connections(max_connections).after_connect(move |conn, _| {
@@ -146,6 +170,12 @@ pub enum Column {
 /// recordset at 100 rows and would rather hash-join it against a whole
 /// table than look up a few keys.
 pub fn recordset(backend: Backend, columns: &[(&str, Column)]) -> String {
+    recordset_at(backend, columns, 1, 3)
+}
+
+/// A [`recordset`] of the array bound as `$json`, with `$count` its number
+/// of elements: for a statement that takes several arrays.
+pub fn recordset_at(backend: Backend, columns: &[(&str, Column)], json: usize, count: usize) -> String {
     let list = |f: &dyn Fn(&str, Column) -> String| columns.iter().map(|&(name, kind)| f(name, kind)).collect::<Vec<_>>().join(", ");
     match backend {
         Backend::Postgres => {
@@ -163,8 +193,8 @@ pub fn recordset(backend: Backend, columns: &[(&str, Column)]) -> String {
                 _ => name.to_string(),
             });
             format!(
-                "(SELECT {cols}, n FROM ROWS FROM (json_to_recordset($1::json) AS ({defs})) WITH ORDINALITY AS x({names}, n) \
-                 ORDER BY n LIMIT $3) AS r"
+                "(SELECT {cols}, n FROM ROWS FROM (json_to_recordset(${json}::json) AS ({defs})) WITH ORDINALITY AS x({names}, n) \
+                 ORDER BY n LIMIT ${count}) AS r"
             )
         }
         Backend::Sqlite => {
@@ -172,7 +202,7 @@ pub fn recordset(backend: Backend, columns: &[(&str, Column)]) -> String {
                 Column::Json => format!("value->'{name}' AS {name}"),
                 _ => format!("value->>'{name}' AS {name}"),
             });
-            format!("(SELECT {cols}, key AS n FROM json_each($1) ORDER BY key LIMIT $3) AS r")
+            format!("(SELECT {cols}, key AS n FROM json_each(${json}) ORDER BY key LIMIT ${count}) AS r")
         }
     }
 }
@@ -181,9 +211,15 @@ pub fn recordset(backend: Backend, columns: &[(&str, Column)]) -> String {
 /// each `stamped` column set to `$2`. An `ON CONFLICT` may follow: the
 /// `WHERE true` keeps SQLite from reading it as a join's `ON`.
 pub fn insert_rows(backend: Backend, table: &str, columns: &[(&str, Column)], stamped: &[&str]) -> String {
+    insert_from(table, columns, stamped, &recordset(backend, columns))
+}
+
+/// Like [`insert_rows`], from `rows`, a table `r` with the named columns
+/// and `n` (a [`recordset`], or a selection of one).
+pub fn insert_from(table: &str, columns: &[(&str, Column)], stamped: &[&str], rows: &str) -> String {
     let names = columns.iter().map(|(name, _)| *name).chain(stamped.iter().copied()).collect::<Vec<_>>();
     let values = columns.iter().map(|(name, _)| format!("r.{name}")).chain(stamped.iter().map(|_| "$2".to_string())).collect::<Vec<_>>();
-    format!("INSERT INTO {table} ({}) SELECT {} FROM {} WHERE true ORDER BY r.n", names.join(", "), values.join(", "), recordset(backend, columns))
+    format!("INSERT INTO {table} ({}) SELECT {} FROM {rows} WHERE true ORDER BY r.n", names.join(", "), values.join(", "))
 }
 
 #[cfg(test)]

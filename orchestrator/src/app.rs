@@ -176,7 +176,8 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     crate::migrations::run(&pool, backend).await?;
     // On SQLite the outbox relay holds one reader for itself; four serve the API.
     let readers = db::readers(&config.database_url(), &pool, backend, 5).await?;
-    Ok(Store::new(pool, readers, backend, vec![Arc::new(crate::orders::OrderProjection::new(backend))]))
+    let committer = db::committer(&config.database_url(), &pool, backend).await?;
+    Ok(Store::new(pool, readers, committer, backend, vec![Arc::new(crate::orders::OrderProjection::new(backend))]))
 }
 
 impl Running {

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use db::Column::{BigInt, Text};
-use db::{Backend, insert_rows, recordset};
+use db::{Backend, insert_from, recordset};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::domain::{Amount, Description, NewOrder};
 use crate::store::projection::Tx;
-use crate::store::{Projection, Statement, Step, Store, StoreError};
+use crate::store::{BatchWrite, Projection, Rows, Statement, Step, Store, StoreError};
 
 /// The definition the seed routes start and read.
 pub const DEFINITION: &str = "order";
@@ -134,8 +134,8 @@ pub async fn read(store: &Store, id: Uuid) -> Result<Option<OrderRow>, StoreErro
 /// Writes the `orders` table from the order saga's steps: a row when the
 /// saga starts, its status and `updated_at` whenever the status changes.
 pub struct OrderProjection {
-    insert: Statement,
-    update: Statement,
+    /// The insert of new orders, then the update of moved ones.
+    writes: [BatchWrite; 2],
     select: Statement,
     delete: Statement,
 }
@@ -155,15 +155,18 @@ impl OrderProjection {
     pub fn new(backend: Backend) -> OrderProjection {
         let ids = recordset(backend, &[("id", Text)]);
         OrderProjection {
-            insert: Statement::cached(insert_rows(backend, "orders", &COLUMNS, &[])),
-            // Strictly after the last update (so after created_at) even
-            // within one microsecond or with replicas' clocks apart, so
-            // clients can tell an order has moved.
-            update: Statement::planned_each_time(format!(
-                "UPDATE orders SET status = r.status, updated_at = CASE WHEN r.at > orders.updated_at THEN r.at ELSE orders.updated_at + 1 END \
-                 FROM {} WHERE orders.id = r.id",
-                recordset(backend, &[("id", Text), ("status", Text), ("at", BigInt)])
-            )),
+            writes: [
+                BatchWrite::cached(backend, &COLUMNS, "id", |rows| insert_from("orders", &COLUMNS, &[], rows)),
+                // Strictly after the last update (so after created_at) even
+                // within one microsecond or with replicas' clocks apart, so
+                // clients can tell an order has moved.
+                BatchWrite::planned_each_time(backend, &[("id", Text), ("status", Text), ("at", BigInt)], "id", |rows| {
+                    format!(
+                        "UPDATE orders SET status = r.status, updated_at = CASE WHEN r.at > orders.updated_at THEN r.at ELSE orders.updated_at + 1 END \
+                         FROM {rows} WHERE orders.id = r.id"
+                    )
+                }),
+            ],
             select: Statement::planned_each_time(format!(
                 "SELECT {} FROM orders WHERE id IN (SELECT r.id FROM {ids})",
                 COLUMNS.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
@@ -229,24 +232,24 @@ impl Projection for OrderProjection {
         DEFINITION
     }
 
-    fn apply<'t>(&'t self, tx: Tx<'t>, steps: &'t [Step<'t>]) -> BoxFuture<'t, Result<(), StoreError>> {
-        async move {
-            let mut new = Vec::new();
-            let mut moved = Vec::new();
-            for step in steps {
-                if step.started() {
-                    match new_row(step) {
-                        Some(row) => new.push(row),
-                        None => tracing::warn!(saga.id = %step.saga.id, "order saga without an order's inputs; no order row"),
-                    }
-                } else if step.status_changed() {
-                    moved.push(Moved { id: step.saga.id, status: &step.saga.status, at: step.at });
+    fn writes(&self) -> &[BatchWrite] {
+        &self.writes
+    }
+
+    fn rows(&self, steps: &[Step<'_>]) -> Result<Vec<Rows>, StoreError> {
+        let mut new = Vec::new();
+        let mut moved = Vec::new();
+        for step in steps {
+            if step.started() {
+                match new_row(step) {
+                    Some(row) => new.push(row),
+                    None => tracing::warn!(saga.id = %step.saga.id, "order saga without an order's inputs; no order row"),
                 }
+            } else if step.status_changed() {
+                moved.push(Moved { id: step.saga.id, status: &step.saga.status, at: step.at });
             }
-            self.insert.execute(tx, &new, 0).await?;
-            self.update.execute(tx, &moved, 0).await
         }
-        .boxed()
+        Ok(vec![Rows::of(&new)?, Rows::of(&moved)?])
     }
 
     fn read<'t>(&'t self, tx: Tx<'t>, ids: &'t [Uuid]) -> BoxFuture<'t, Result<BTreeMap<Uuid, Value>, StoreError>> {

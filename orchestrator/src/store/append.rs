@@ -8,9 +8,11 @@
 //! does not fail the others in its batch.
 //!
 //! Group commit: one committer per process takes every append waiting in
-//! its queue and writes them in one transaction, so one disk flush serves
-//! many sagas. An append returns only after its transaction committed: a
-//! 2xx means on disk. One committer beat four on Postgres (docs/benchmarks.md):
+//! its queue and writes them together, so one disk flush serves many
+//! sagas: on Postgres as one statement (the version check, the events and
+//! the read models' rows in one), on SQLite as one transaction of a few
+//! statements. An append returns only after its commit: a 2xx means on
+//! disk. One committer beat four on Postgres (docs/benchmarks.md):
 //! while a commit is in flight the next batch gathers, and fewer, larger
 //! transactions leave more of a small machine's CPU for everything else.
 
@@ -18,13 +20,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use db::Column::{BigInt, Json, Text};
-use db::{Backend, Column, insert_rows, recordset};
+use db::{Backend, Column, insert_from};
 use sagas::{Change, Event, Saga};
 use serde::Serialize;
-use sqlx::{Any, AnyPool, AssertSqlSafe, Row, Transaction};
+use sqlx::{Any, AnyPool, Row, Transaction};
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
+use super::batch::{BatchWrite, Rows, Statement};
 use super::projection::{Projection, Step};
 use super::{Store, StoreError};
 use crate::clock::now_us;
@@ -101,102 +104,84 @@ impl Store {
 /// Starts the committer and returns its queue.
 pub(super) fn spawn_committer(pool: AnyPool, backend: Backend, projections: Projections, appended: Arc<Notify>) -> mpsc::Sender<Job> {
     let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
-    tokio::spawn(run_committer(pool, Statements::new(backend), projections, rx, appended));
+    let sql = Statements::new(backend, &projections);
+    tokio::spawn(run_committer(pool, sql, projections, rx, appended));
     tx
 }
 
 async fn run_committer(pool: AnyPool, sql: Statements, projections: Projections, mut rx: mpsc::Receiver<Job>, appended: Arc<Notify>) {
     loop {
-        // Everything waiting, up to MAX_BATCH: one transaction for all.
+        // Everything waiting, up to MAX_BATCH: one commit for all.
         let mut batch = Vec::with_capacity(MAX_BATCH);
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
             return;
         }
         metrics::histogram!("eso_commit_batch_size").record(batch.len() as f64);
-        let started = std::time::Instant::now();
-        let (appends, replies): (Vec<Append>, Vec<_>) = batch.into_iter().unzip();
-        let mut result = commit(&pool, &sql, &projections, &appends).await;
-        // Replicas share idempotency keys and may race on a saga; a
-        // deadlock or serialization failure is worth one more try.
-        if let Err(StoreError::Retryable(e)) = &result {
-            tracing::info!(error = %e, "commit retried");
-            result = commit(&pool, &sql, &projections, &appends).await;
+        // Where a commit can be one statement, the appends that claim
+        // idempotency keys (which it cannot do) commit beside it in a
+        // transaction of their own, rather than holding every append of
+        // the batch to the slower way. Each append is atomic on its own
+        // either way: a batch was never a unit.
+        let groups = if sql.in_one.is_some() {
+            let (keyed, plain): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|(a, _)| a.key.is_some());
+            vec![keyed, plain]
+        } else {
+            vec![batch]
+        };
+        let mut committed = false;
+        for group in groups.into_iter().filter(|group| !group.is_empty()) {
+            committed |= commit_and_reply(&pool, &sql, &projections, group).await;
         }
-        match result {
-            Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(Ok(result));
-                }
-                appended.notify_one();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, appends = appends.len(), "commit failed");
-                for reply in replies {
-                    let error = match &e {
-                        StoreError::Unconfirmed(detail) => StoreError::Unconfirmed(detail.clone()),
-                        other => StoreError::Database(other.to_string()),
-                    };
-                    let _ = reply.send(Err(error));
-                }
-            }
+        if committed {
+            appended.notify_one();
         }
-        metrics::histogram!("eso_commit_seconds").record(started.elapsed().as_secs_f64());
     }
 }
 
-/// The batch statements of one backend, built once per committer. Each
-/// takes all the rows of its kind as one JSON array (`$1`), the commit
-/// time (`$2`) and the row count (`$3`): a commit is at most five
-/// statements whatever its size, plus those of the projections.
+/// Commits `jobs` and answers each; whether they committed.
+async fn commit_and_reply(pool: &AnyPool, sql: &Statements, projections: &Projections, jobs: Vec<Job>) -> bool {
+    let started = std::time::Instant::now();
+    let (appends, replies): (Vec<Append>, Vec<_>) = jobs.into_iter().unzip();
+    let mut result = commit(pool, sql, projections, &appends).await;
+    // Replicas share idempotency keys and may race on a saga; a
+    // deadlock or serialization failure is worth one more try.
+    if let Err(StoreError::Retryable(e)) = &result {
+        tracing::info!(error = %e, "commit retried");
+        result = commit(pool, sql, projections, &appends).await;
+    }
+    metrics::histogram!("eso_commit_seconds").record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(result));
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, appends = appends.len(), "commit failed");
+            for reply in replies {
+                let error = match &e {
+                    StoreError::Unconfirmed(detail) => StoreError::Unconfirmed(detail.clone()),
+                    other => StoreError::Database(other.to_string()),
+                };
+                let _ = reply.send(Err(error));
+            }
+            false
+        }
+    }
+}
+
+/// The batch writes of one backend, built once per committer. Each takes
+/// all the rows of its kind as one JSON array (`$1`), the commit time
+/// (`$2`) and the row count (`$3`): a commit in a transaction is at most
+/// five statements whatever its size, plus those of the projections.
 pub(super) struct Statements {
-    insert_sagas: Statement,
-    update_sagas: Statement,
-    insert_events: Statement,
-}
-
-pub struct Statement {
-    sql: Arc<str>,
-    /// Whether the plan may be cached. A join of the batch with a table
-    /// is planned each time, with the batch's real size: a plan cached
-    /// while the table was small (Postgres settles on one after five runs)
-    /// scans the whole table on every later commit until the next ANALYZE.
-    prepared: bool,
-}
-
-impl Statement {
-    pub fn cached(sql: String) -> Statement {
-        Statement { sql: sql.into(), prepared: true }
-    }
-
-    pub fn planned_each_time(sql: String) -> Statement {
-        Statement { sql: sql.into(), prepared: false }
-    }
-
-    fn query(&self) -> sqlx::query::Query<'static, Any, sqlx::any::AnyArguments> {
-        sqlx::query(AssertSqlSafe(self.sql.clone())).persistent(self.prepared)
-    }
-
-    /// Runs the statement over `rows` (bound as one JSON array, `$1`, with
-    /// `$2` the commit time and `$3` the row count); nothing for no rows.
-    pub async fn execute<T: Serialize>(&self, tx: &mut Transaction<'static, Any>, rows: &[T], now: i64) -> Result<(), StoreError> {
-        if !rows.is_empty() {
-            self.query().bind(serde_json::to_string(rows)?).bind(now).bind(rows.len() as i64).execute(&mut **tx).await?;
-        }
-        Ok(())
-    }
-
-    /// Like [`Statement::execute`], returning the rows it selects; in a
-    /// transaction (`&mut **tx`) or on a pool of its own.
-    pub async fn fetch<'c, E, T>(&self, executor: E, rows: &[T], now: i64) -> Result<Vec<sqlx::any::AnyRow>, StoreError>
-    where
-        E: sqlx::Executor<'c, Database = Any>,
-        T: Serialize,
-    {
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(self.query().bind(serde_json::to_string(rows)?).bind(now).bind(rows.len() as i64).fetch_all(executor).await?)
-    }
+    insert_sagas: BatchWrite,
+    update_sagas: BatchWrite,
+    insert_events: BatchWrite,
+    /// Postgres: every write of a commit as one statement (see
+    /// [`in_one_statement`]).
+    in_one: Option<Statement>,
 }
 
 /// One saga id of a batch, as the recordset statements take it.
@@ -220,25 +205,38 @@ const SAGA_STATE: [(&str, Column); 8] = [
 ];
 
 impl Statements {
-    pub(super) fn new(backend: Backend) -> Statements {
+    pub(super) fn new(backend: Backend, projections: &Projections) -> Statements {
         let new_sagas: Vec<_> = [("id", Text), ("definition", Text)].into_iter().chain(SAGA_STATE).chain([("trace", Json)]).collect();
         let moved_sagas: Vec<_> = [("id", Text)].into_iter().chain(SAGA_STATE).chain([("expected", BigInt)]).collect();
         let set_state = SAGA_STATE.iter().map(|(name, _)| format!("{name} = r.{name}")).collect::<Vec<_>>().join(", ");
         let events = [("event_id", Text), ("stream_id", Text), ("version", BigInt), ("event_type", Text), ("data", Json), ("metadata", Json)];
-        Statements {
-            insert_sagas: Statement::cached(format!(
-                "{} ON CONFLICT (id) DO NOTHING RETURNING id",
-                insert_rows(backend, "sagas", &new_sagas, &["created_at", "updated_at"])
-            )),
-            // The version check is the optimistic concurrency: a saga that
-            // moved since its step was decided is not returned.
-            update_sagas: Statement::planned_each_time(format!(
-                "UPDATE sagas SET {set_state}, updated_at = $2 FROM {} WHERE sagas.id = r.id AND sagas.version = r.expected RETURNING sagas.id",
-                recordset(backend, &moved_sagas)
-            )),
-            // In batch order, so a stream's events get ascending positions.
-            insert_events: Statement::cached(insert_rows(backend, "events", &events, &["recorded_at"])),
-        }
+        let columns = new_sagas.clone();
+        let insert_sagas = BatchWrite::cached(backend, &new_sagas, "id", move |rows| {
+            format!("{} ON CONFLICT (id) DO NOTHING RETURNING id", insert_from("sagas", &columns, &["created_at", "updated_at"], rows))
+        });
+        // The version check is the optimistic concurrency: a saga that
+        // moved since its step was decided is not returned.
+        let update_sagas = BatchWrite::planned_each_time(backend, &moved_sagas, "id", move |rows| {
+            format!("UPDATE sagas SET {set_state}, updated_at = $2 FROM {rows} WHERE sagas.id = r.id AND sagas.version = r.expected RETURNING sagas.id")
+        });
+        // In batch order, so a stream's events get ascending positions.
+        let insert_events = BatchWrite::cached(backend, &events, "stream_id", move |rows| insert_from("events", &events, &["recorded_at"], rows));
+        let in_one = (backend == Backend::Postgres).then(|| {
+            // The sagas' rows at `$1`/`$3` and `$4`/`$5`, then each write's
+            // at the next two; `$2` is the commit time, as everywhere.
+            let mut parts = vec![
+                format!("new_sagas AS ({})", insert_sagas.part(1, 3, None)),
+                format!("moved_sagas AS ({})", update_sagas.part(4, 5, None)),
+                "written AS (SELECT id FROM new_sagas UNION ALL SELECT id FROM moved_sagas)".to_string(),
+            ];
+            for (k, write) in std::iter::once(&insert_events).chain(projections.iter().flat_map(|p| p.writes())).enumerate() {
+                parts.push(format!("w{k} AS ({})", write.part(2 * k + 6, 2 * k + 7, Some("written"))));
+            }
+            // Prepared: its plan is made once, on the committer's own
+            // connection, whose planner sticks to lookups (`db::committer`).
+            Statement::cached(format!("WITH {} SELECT id FROM written", parts.join(", ")))
+        });
+        Statements { insert_sagas, update_sagas, insert_events, in_one }
     }
 }
 
@@ -323,7 +321,6 @@ fn without_empty<S: serde::Serializer>(map: &&BTreeMap<String, String>, serializ
 
 async fn commit(pool: &AnyPool, sql: &Statements, projections: &Projections, appends: &[Append]) -> Result<Vec<Committed>, StoreError> {
     let now = now_us();
-    let mut tx = pool.begin().await?;
     let mut results = vec![Committed::Conflict; appends.len()];
 
     // Two steps of one saga in one batch were decided on the same state
@@ -341,18 +338,100 @@ async fn commit(pool: &AnyPool, sql: &Statements, projections: &Projections, app
             None => tried.push(i),
         }
     }
-    // Keys in one order too, for the same reason as the rows below.
-    keyed.sort_by(|(a, _), (b, _)| (&a.scope, &a.key).cmp(&(&b.scope, &b.key)));
-    for (key, i) in keyed {
-        match claim_key(&mut tx, key, appends[i].saga.id, now).await? {
-            Some(taken) => results[i] = taken,
-            None => tried.push(i),
+    let written = match &sql.in_one {
+        Some(statement) if keyed.is_empty() => {
+            tried.sort_by_key(|&i| appends[i].saga.id);
+            in_one_statement(pool, statement, projections, appends, &tried, now).await?
+        }
+        _ => {
+            let mut tx = pool.begin().await?;
+            // Keys in one order too, for the same reason as the rows below.
+            keyed.sort_by(|(a, _), (b, _)| (&a.scope, &a.key).cmp(&(&b.scope, &b.key)));
+            for (key, i) in keyed {
+                match claim_key(&mut tx, key, appends[i].saga.id, now).await? {
+                    Some(taken) => results[i] = taken,
+                    None => tried.push(i),
+                }
+            }
+            // In id order: replicas committing at once lock shared sagas'
+            // rows in the same order, so they wait for each other instead
+            // of deadlocking.
+            tried.sort_by_key(|&i| appends[i].saga.id);
+            let written = write_in(&mut tx, sql, projections, appends, &tried, now).await?;
+            // Past this point an error says nothing of the outcome: Postgres
+            // may have made the commit durable and died before acknowledging it.
+            tx.commit().await.map_err(|e| match StoreError::from(e) {
+                StoreError::Database(detail) => StoreError::Unconfirmed(detail),
+                other => other,
+            })?;
+            written
+        }
+    };
+    for &i in &tried {
+        if written.contains(&appends[i].saga.id) {
+            results[i] = Committed::Appended;
         }
     }
-    // In id order: replicas committing at once lock shared sagas' rows in
-    // the same order, so they wait for each other instead of deadlocking.
-    tried.sort_by_key(|&i| appends[i].saga.id);
+    Ok(results)
+}
 
+/// Writes the appends `tried` in `tx`: the sagas' rows, then the events
+/// and read-model rows of those whose row it wrote; the ids of those.
+async fn write_in(
+    tx: &mut Transaction<'static, Any>,
+    sql: &Statements,
+    projections: &Projections,
+    appends: &[Append],
+    tried: &[usize],
+    now: i64,
+) -> Result<HashSet<Uuid>, StoreError> {
+    let (new, moved) = saga_rows(appends, tried)?;
+    let mut written = returned_ids(sql.insert_sagas.alone().fetch_rows(&mut **tx, &new, now).await?)?;
+    written.extend(returned_ids(sql.update_sagas.alone().fetch_rows(&mut **tx, &moved, now).await?)?);
+    let kept: Vec<usize> = tried.iter().copied().filter(|&i| written.contains(&appends[i].saga.id)).collect();
+    let (events, read_models) = step_rows(appends, &kept, projections, now)?;
+    for (write, rows) in projections.iter().flat_map(|p| p.writes()).zip(&read_models) {
+        write.alone().execute_rows(tx, rows, now).await?;
+    }
+    sql.insert_events.alone().execute_rows(tx, &events, now).await?;
+    Ok(written)
+}
+
+/// Writes the appends `tried` in one statement, which commits on its own:
+/// the sagas' rows, and the events and read-model rows of those whose row
+/// it wrote, which it tells apart itself. A transaction takes Postgres
+/// seven to nine round trips (its `BEGIN` and `COMMIT`, one per statement
+/// and one more for each planned each time); this takes one, and
+/// Postgres starts and ends one statement, parsed and planned once, instead
+/// of up to seven.
+async fn in_one_statement(
+    pool: &AnyPool,
+    statement: &Statement,
+    projections: &Projections,
+    appends: &[Append],
+    tried: &[usize],
+    now: i64,
+) -> Result<HashSet<Uuid>, StoreError> {
+    let (new, moved) = saga_rows(appends, tried)?;
+    let (events, read_models) = step_rows(appends, tried, projections, now)?;
+    let mut query = statement.query().bind(new.json).bind(now).bind(new.len as i64);
+    for rows in [moved, events].into_iter().chain(read_models) {
+        query = query.bind(rows.json).bind(rows.len as i64);
+    }
+    // Nothing is sent before a connection is at hand: failing to get one
+    // says the statement did not run.
+    let mut connection = pool.acquire().await?;
+    let rows = query.fetch_all(&mut *connection).await.map_err(|e| match e {
+        // Refused by Postgres, so not committed.
+        sqlx::Error::Database(_) => StoreError::from(e),
+        // Sent and maybe committed, as a `COMMIT` that got no answer.
+        other => StoreError::Unconfirmed(other.to_string()),
+    })?;
+    returned_ids(rows)
+}
+
+/// The rows of the sagas of the appends `tried`: new ones, moved ones.
+fn saga_rows(appends: &[Append], tried: &[usize]) -> Result<(Rows, Rows), StoreError> {
     let (new, moved): (Vec<usize>, Vec<usize>) = tried.iter().partition(|&&i| appends[i].expected == 0);
     let new_rows: Vec<NewSaga> = new
         .iter()
@@ -368,28 +447,24 @@ async fn commit(pool: &AnyPool, sql: &Statements, projections: &Projections, app
             MovedSaga { id: a.saga.id, state: SagaState::of(&a.saga), expected: a.expected }
         })
         .collect();
-    let mut written = returned_ids(&mut tx, &sql.insert_sagas, &new_rows, now).await?;
-    written.extend(returned_ids(&mut tx, &sql.update_sagas, &moved_rows, now).await?);
+    Ok((Rows::of(&new_rows)?, Rows::of(&moved_rows)?))
+}
 
-    let mut metadata = Vec::new();
+/// The events of the appends `of`, and the rows they give the read models'
+/// writes (in the order of [`Statements::new`]'s parts).
+fn step_rows(appends: &[Append], of: &[usize], projections: &Projections, now: i64) -> Result<(Rows, Vec<Rows>), StoreError> {
+    let mut events = Vec::new();
     let mut steps: Vec<Vec<Step>> = vec![Vec::new(); projections.len()];
-    for &i in &tried {
+    let metadata: Vec<Metadata> =
+        of.iter().map(|&i| Metadata { causation_id: &appends[i].causation, step: appends[i].expected, trace: &appends[i].trace }).collect();
+    for (&i, metadata) in of.iter().zip(&metadata) {
         let a = &appends[i];
-        if !written.contains(&a.saga.id) {
-            continue;
-        }
-        results[i] = Committed::Appended;
         let step = Step { saga: &a.saga, previous_status: a.previous_status.as_deref(), events: &a.events, at: now };
         for (p, projection) in projections.iter().enumerate() {
             if projection.definition() == a.saga.definition.name {
                 steps[p].push(step);
             }
         }
-        metadata.push((i, Metadata { causation_id: &a.causation, step: a.expected, trace: &a.trace }));
-    }
-    let mut events = Vec::new();
-    for (i, metadata) in &metadata {
-        let a = &appends[*i];
         for (k, event) in a.events.iter().enumerate() {
             events.push(EventRow {
                 event_id: event_id(),
@@ -401,19 +476,11 @@ async fn commit(pool: &AnyPool, sql: &Statements, projections: &Projections, app
             });
         }
     }
+    let mut read_models = Vec::new();
     for (projection, steps) in projections.iter().zip(&steps) {
-        if !steps.is_empty() {
-            projection.apply(&mut tx, steps).await?;
-        }
+        read_models.extend(super::projection::rows(projection.as_ref(), steps)?);
     }
-    sql.insert_events.execute(&mut tx, &events, now).await?;
-    // Past this point an error says nothing of the outcome: Postgres may
-    // have made the commit durable and died before acknowledging it.
-    tx.commit().await.map_err(|e| match StoreError::from(e) {
-        StoreError::Database(detail) => StoreError::Unconfirmed(detail),
-        other => other,
-    })?;
-    Ok(results)
+    Ok((Rows::of(&events)?, read_models))
 }
 
 /// A new event's id: time-ordered, so it lands at the end of SQLite's
@@ -427,11 +494,9 @@ pub fn event_id() -> Uuid {
     Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext))
 }
 
-/// Runs a batch statement that returns the ids of the sagas it wrote.
-async fn returned_ids<T: Serialize>(tx: &mut Transaction<'static, Any>, sql: &Statement, rows: &[T], now: i64) -> Result<HashSet<Uuid>, StoreError> {
-    sql.fetch(&mut **tx, rows, now)
-        .await?
-        .iter()
+/// The saga ids a write returned.
+fn returned_ids(rows: Vec<sqlx::any::AnyRow>) -> Result<HashSet<Uuid>, StoreError> {
+    rows.iter()
         .map(|r| {
             let id: String = r.try_get(0)?;
             Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))

@@ -6,6 +6,7 @@
 //! plain queries on the read models written in those same transactions.
 
 mod append;
+mod batch;
 mod list;
 pub mod projection;
 mod relay;
@@ -22,7 +23,8 @@ use sqlx::{AnyPool, Row};
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
-pub use append::{Append, Committed, IdempotencyKey, MAX_BATCH, Projections, Statement};
+pub use append::{Append, Committed, IdempotencyKey, MAX_BATCH, Projections};
+pub use batch::{BatchWrite, Rows, Statement};
 pub use list::{Count, Cursor, Filter, Listed};
 pub use projection::{Projection, Step};
 pub use relay::run_relay;
@@ -112,12 +114,13 @@ pub struct SagaRow {
 }
 
 impl Store {
-    /// Wraps a migrated pool and starts the committer, which writes
-    /// `projections` in the transaction of the events they follow.
-    pub fn new(pool: AnyPool, readers: AnyPool, backend: Backend, projections: Vec<Arc<dyn Projection>>) -> Store {
+    /// Wraps a migrated pool and starts the committer on `committer`
+    /// (`db::committer`), which writes `projections` in the commit of the
+    /// events they follow.
+    pub fn new(pool: AnyPool, readers: AnyPool, committer: AnyPool, backend: Backend, projections: Vec<Arc<dyn Projection>>) -> Store {
         let appended = Arc::new(Notify::new());
         let projections: Projections = projections.into();
-        let committer = append::spawn_committer(pool.clone(), backend, projections.clone(), appended.clone());
+        let committer = append::spawn_committer(committer, backend, projections.clone(), appended.clone());
         Store { pool, readers, backend, committer, appended, projections, finished_counts: Arc::default() }
     }
 

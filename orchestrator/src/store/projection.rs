@@ -19,6 +19,7 @@ use sqlx::{Any, Transaction};
 use uuid::Uuid;
 
 use super::StoreError;
+use super::batch::{BatchWrite, Rows};
 
 /// One committed step of one saga, as a projection sees it.
 #[derive(Debug, Clone, Copy)]
@@ -46,17 +47,43 @@ impl Step<'_> {
 
 pub type Tx<'t> = &'t mut Transaction<'static, Any>;
 
-/// A read model of one definition's sagas. All methods run inside the
-/// caller's transaction and write nothing else.
+/// A read model of one definition's sagas. Its writes run in the commit
+/// of the steps they follow, its reads and deletes in the caller's
+/// transaction, and none of them touches another table.
 pub trait Projection: Send + Sync + 'static {
     /// Names it in replay reports.
     fn name(&self) -> &'static str;
     /// The definition whose sagas it follows (every version of it).
     fn definition(&self) -> &'static str;
-    /// Writes what `steps` change. At most one step per saga in one call.
-    fn apply<'t>(&'t self, tx: Tx<'t>, steps: &'t [Step<'t>]) -> BoxFuture<'t, Result<(), StoreError>>;
+    /// The statements it writes with, each keyed by saga so that the
+    /// committer can leave out the rows of a saga whose step lost a race.
+    fn writes(&self) -> &[BatchWrite];
+    /// The rows `steps` give each of [`Projection::writes`], in their
+    /// order. At most one step per saga in one call.
+    fn rows(&self, steps: &[Step<'_>]) -> Result<Vec<Rows>, StoreError>;
     /// Its rows for `ids`, as JSON, for replay to compare.
     fn read<'t>(&'t self, tx: Tx<'t>, ids: &'t [Uuid]) -> BoxFuture<'t, Result<BTreeMap<Uuid, Value>, StoreError>>;
     /// Removes its rows for `ids`, before replay writes them again.
     fn delete<'t>(&'t self, tx: Tx<'t>, ids: &'t [Uuid]) -> BoxFuture<'t, Result<(), StoreError>>;
+}
+
+/// The rows `steps` give each of `projection`'s writes: none for no steps.
+pub(super) fn rows(projection: &dyn Projection, steps: &[Step<'_>]) -> Result<Vec<Rows>, StoreError> {
+    let writes = projection.writes().len();
+    if steps.is_empty() {
+        return Ok(vec![Rows::none(); writes]);
+    }
+    let rows = projection.rows(steps)?;
+    if rows.len() != writes {
+        return Err(StoreError::Database(format!("the {} read model gave {} sets of rows for its {writes} writes", projection.name(), rows.len())));
+    }
+    Ok(rows)
+}
+
+/// Writes what `steps` change to `projection`'s rows, in `tx`.
+pub(super) async fn apply(tx: Tx<'_>, projection: &dyn Projection, steps: &[Step<'_>]) -> Result<(), StoreError> {
+    for (write, rows) in projection.writes().iter().zip(rows(projection, steps)?) {
+        write.alone().execute_rows(tx, &rows, 0).await?;
+    }
+    Ok(())
 }

@@ -168,7 +168,7 @@ impl Store {
                             Some(Step { saga: &step.saga, previous_status, events: &step.events, at: step.at })
                         })
                         .collect();
-                    projection.apply(&mut tx, &steps).await?;
+                    super::projection::apply(&mut tx, projection.as_ref(), &steps).await?;
                 }
                 let after = projection.read(&mut tx, &mine).await?;
                 for id in &mine {

@@ -5,7 +5,8 @@ use db::{Backend, recordset};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::append::{IdRow, Statement};
+use super::append::IdRow;
+use super::batch::Statement;
 use super::relay::RELAY;
 use super::{Store, StoreError};
 
