@@ -64,8 +64,9 @@ pub async fn readers(url: &str, pool: &AnyPool, backend: Backend, max_connection
 }
 
 /// The group committer's own connection. On Postgres its statements are
-/// prepared once, and Postgres then plans them once (a generic plan, kept
-/// for the connection's life). Each of them writes a batch keyed by
+/// prepared, and Postgres settles on one generic plan for each after five
+/// runs (made again when statistics or the schema change). Each of them
+/// writes a batch keyed by
 /// primary keys, which index lookups serve at any size of table; but a
 /// plan made while a table was nearly empty scans it (a hash join over a
 /// sequential scan), and every later commit would pay for that scan. So
@@ -97,7 +98,9 @@ fn sqlite(max_connections: u32, pragmas: &'static str) -> AnyPoolOptions {
     })
 }
 
-const PING_WHEN_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a connection may sit idle before it is pinged when handed
+/// out again (see [`open`]).
+pub const PING_WHEN_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn open(pool: AnyPoolOptions, url: &str) -> anyhow::Result<AnyPool> {
     let options = sqlx::any::AnyConnectOptions::from_str(url)?;

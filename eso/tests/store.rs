@@ -4,7 +4,8 @@
 //! neither the stream nor a read model gets anything of the loser, while
 //! the rest of its batch commits. On SQLite and on real Postgres, where a
 //! commit is one statement (and a start with an idempotency key, a
-//! transaction beside it).
+//! transaction beside it); and there a committer idle through a restart
+//! of Postgres commits again on a new connection.
 
 mod common;
 
@@ -139,4 +140,19 @@ async fn racing_steps_of_one_saga_on_sqlite() {
 #[tokio::test]
 async fn racing_steps_of_one_saga_on_postgres() {
     racing_steps_of_one_saga(&Postgres::fresh().await.url).await;
+}
+
+/// The committer keeps its connection between commits on Postgres. One
+/// that sat idle through a restart of the server must be found dead by a
+/// ping and replaced, not fail the next commit as "not confirmed".
+#[tokio::test]
+async fn a_commit_after_postgres_restarted_under_an_idle_committer_succeeds() {
+    let mut postgres = common::PrivatePostgres::start().await;
+    let (store, def) = order_store(&postgres.url).await;
+    started(&store, &def).await;
+    assert!(postgres.crash(), "pg_ctl stop -m immediate failed");
+    postgres.start_again().await;
+    // Idle past the age at which a kept connection is pinged first.
+    tokio::time::sleep(db::PING_WHEN_IDLE_FOR + std::time::Duration::from_millis(200)).await;
+    started(&store, &def).await;
 }

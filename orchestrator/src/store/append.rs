@@ -23,8 +23,10 @@ use db::Column::{BigInt, Json, Text};
 use db::{Backend, Column, insert_from};
 use sagas::{Change, Event, Saga};
 use serde::Serialize;
-use sqlx::{Any, AnyPool, Row, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyPool, Connection as _, Row, Transaction};
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::batch::{BatchWrite, Rows, Statement};
@@ -35,7 +37,7 @@ use crate::clock::now_us;
 /// The read models the committer writes beside the events.
 pub type Projections = Arc<[Arc<dyn Projection>]>;
 
-/// Most appends in one transaction; bigger batches add latency for little gain.
+/// Most appends in one commit; bigger batches add latency for little gain.
 pub const MAX_BATCH: usize = 256;
 
 /// Events and read-model changes of one step of one saga.
@@ -105,11 +107,49 @@ impl Store {
 pub(super) fn spawn_committer(pool: AnyPool, backend: Backend, projections: Projections, appended: Arc<Notify>) -> mpsc::Sender<Job> {
     let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
     let sql = Statements::new(backend, &projections);
-    tokio::spawn(run_committer(pool, sql, projections, rx, appended));
+    // Kept across commits only where the committer has a pool of its own.
+    let connection = Connection { pool, held: None, keep: backend == Backend::Postgres };
+    tokio::spawn(run_committer(connection, sql, projections, rx, appended));
     tx
 }
 
-async fn run_committer(pool: AnyPool, sql: Statements, projections: Projections, mut rx: mpsc::Receiver<Job>, appended: Arc<Notify>) {
+/// The committer's connection. sqlx pings a connection each time it goes
+/// back to its pool, a round trip per commit that the next commit, on a
+/// pool of one, would wait for; so where the committer's pool is its own
+/// (Postgres) the connection stays checked out between commits, and goes
+/// back only after an error, which may have broken it.
+struct Connection {
+    pool: AnyPool,
+    held: Option<(PoolConnection<Any>, Instant)>,
+    keep: bool,
+}
+
+impl Connection {
+    async fn get(&mut self) -> Result<&mut PoolConnection<Any>, StoreError> {
+        // As the pool does for a connection idle that long: one that sat
+        // through a Postgres restart fails a ping, not the next commit.
+        if let Some((connection, used)) = &mut self.held
+            && used.elapsed() >= db::PING_WHEN_IDLE_FOR
+            && connection.ping().await.is_err()
+        {
+            self.held = None;
+        }
+        if self.held.is_none() {
+            self.held = Some((self.pool.acquire().await?, Instant::now()));
+        }
+        self.held.as_mut().map(|(connection, _)| connection).ok_or(StoreError::Closed)
+    }
+
+    /// After a commit: the connection stays for the next one, or goes back.
+    fn done(&mut self, ok: bool) {
+        match &mut self.held {
+            Some((_, used)) if self.keep && ok => *used = Instant::now(),
+            _ => self.held = None,
+        }
+    }
+}
+
+async fn run_committer(mut connection: Connection, sql: Statements, projections: Projections, mut rx: mpsc::Receiver<Job>, appended: Arc<Notify>) {
     loop {
         // Everything waiting, up to MAX_BATCH: one commit for all.
         let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -130,7 +170,7 @@ async fn run_committer(pool: AnyPool, sql: Statements, projections: Projections,
         };
         let mut committed = false;
         for group in groups.into_iter().filter(|group| !group.is_empty()) {
-            committed |= commit_and_reply(&pool, &sql, &projections, group).await;
+            committed |= commit_and_reply(&mut connection, &sql, &projections, group).await;
         }
         if committed {
             appended.notify_one();
@@ -139,16 +179,17 @@ async fn run_committer(pool: AnyPool, sql: Statements, projections: Projections,
 }
 
 /// Commits `jobs` and answers each; whether they committed.
-async fn commit_and_reply(pool: &AnyPool, sql: &Statements, projections: &Projections, jobs: Vec<Job>) -> bool {
-    let started = std::time::Instant::now();
+async fn commit_and_reply(connection: &mut Connection, sql: &Statements, projections: &Projections, jobs: Vec<Job>) -> bool {
+    let started = Instant::now();
     let (appends, replies): (Vec<Append>, Vec<_>) = jobs.into_iter().unzip();
-    let mut result = commit(pool, sql, projections, &appends).await;
+    let mut result = commit(connection, sql, projections, &appends).await;
     // Replicas share idempotency keys and may race on a saga; a
     // deadlock or serialization failure is worth one more try.
     if let Err(StoreError::Retryable(e)) = &result {
         tracing::info!(error = %e, "commit retried");
-        result = commit(pool, sql, projections, &appends).await;
+        result = commit(connection, sql, projections, &appends).await;
     }
+    connection.done(result.is_ok());
     metrics::histogram!("eso_commit_seconds").record(started.elapsed().as_secs_f64());
     match result {
         Ok(results) => {
@@ -173,8 +214,9 @@ async fn commit_and_reply(pool: &AnyPool, sql: &Statements, projections: &Projec
 
 /// The batch writes of one backend, built once per committer. Each takes
 /// all the rows of its kind as one JSON array (`$1`), the commit time
-/// (`$2`) and the row count (`$3`): a commit in a transaction is at most
-/// five statements whatever its size, plus those of the projections.
+/// (`$2`) and the row count (`$3`): a commit in a transaction is three
+/// statements whatever its size, plus those of the projections and one or
+/// two per idempotency key.
 pub(super) struct Statements {
     insert_sagas: BatchWrite,
     update_sagas: BatchWrite,
@@ -319,7 +361,7 @@ fn without_empty<S: serde::Serializer>(map: &&BTreeMap<String, String>, serializ
     serializer.collect_map(map.iter().filter(|(_, value)| !value.is_empty()))
 }
 
-async fn commit(pool: &AnyPool, sql: &Statements, projections: &Projections, appends: &[Append]) -> Result<Vec<Committed>, StoreError> {
+async fn commit(connection: &mut Connection, sql: &Statements, projections: &Projections, appends: &[Append]) -> Result<Vec<Committed>, StoreError> {
     let now = now_us();
     let mut results = vec![Committed::Conflict; appends.len()];
 
@@ -340,11 +382,12 @@ async fn commit(pool: &AnyPool, sql: &Statements, projections: &Projections, app
     }
     let written = match &sql.in_one {
         Some(statement) if keyed.is_empty() => {
+            // In id order, as below.
             tried.sort_by_key(|&i| appends[i].saga.id);
-            in_one_statement(pool, statement, projections, appends, &tried, now).await?
+            in_one_statement(connection.get().await?, statement, projections, appends, &tried, now).await?
         }
         _ => {
-            let mut tx = pool.begin().await?;
+            let mut tx = connection.get().await?.begin().await?;
             // Keys in one order too, for the same reason as the rows below.
             keyed.sort_by(|(a, _), (b, _)| (&a.scope, &a.key).cmp(&(&b.scope, &b.key)));
             for (key, i) in keyed {
@@ -378,7 +421,7 @@ async fn commit(pool: &AnyPool, sql: &Statements, projections: &Projections, app
 /// Writes the appends `tried` in `tx`: the sagas' rows, then the events
 /// and read-model rows of those whose row it wrote; the ids of those.
 async fn write_in(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     sql: &Statements,
     projections: &Projections,
     appends: &[Append],
@@ -405,7 +448,7 @@ async fn write_in(
 /// Postgres starts and ends one statement, parsed and planned once, instead
 /// of up to seven.
 async fn in_one_statement(
-    pool: &AnyPool,
+    connection: &mut PoolConnection<Any>,
     statement: &Statement,
     projections: &Projections,
     appends: &[Append],
@@ -418,16 +461,16 @@ async fn in_one_statement(
     for rows in [moved, events].into_iter().chain(read_models) {
         query = query.bind(rows.json).bind(rows.len as i64);
     }
-    // Nothing is sent before a connection is at hand: failing to get one
-    // says the statement did not run.
-    let mut connection = pool.acquire().await?;
-    let rows = query.fetch_all(&mut *connection).await.map_err(|e| match e {
-        // Refused by Postgres, so not committed.
-        sqlx::Error::Database(_) => StoreError::from(e),
+    let rows = query.fetch_all(&mut **connection).await.map_err(|e| match e {
+        // Refused by Postgres, so not committed, unless the server itself
+        // failed (connection exceptions, operator intervention, system and
+        // internal errors): it may have been past its commit record.
+        sqlx::Error::Database(ref d) if !d.code().is_some_and(|c| ["08", "57", "58", "XX"].iter().any(|class| c.starts_with(class))) => StoreError::from(e),
         // Sent and maybe committed, as a `COMMIT` that got no answer.
         other => StoreError::Unconfirmed(other.to_string()),
     })?;
-    returned_ids(rows)
+    // Committed by now: what goes wrong from here says nothing of that.
+    returned_ids(rows).map_err(|e| StoreError::Unconfirmed(e.to_string()))
 }
 
 /// The rows of the sagas of the appends `tried`: new ones, moved ones.
@@ -506,7 +549,7 @@ fn returned_ids(rows: Vec<sqlx::any::AnyRow>) -> Result<HashSet<Uuid>, StoreErro
 
 /// Records an idempotency key for `saga`, or says which saga it already
 /// names. A key older than its lifetime is taken over, as if forgotten.
-async fn claim_key(tx: &mut Transaction<'static, Any>, key: &IdempotencyKey, saga: Uuid, now: i64) -> Result<Option<Committed>, StoreError> {
+async fn claim_key(tx: &mut Transaction<'_, Any>, key: &IdempotencyKey, saga: Uuid, now: i64) -> Result<Option<Committed>, StoreError> {
     let claimed = sqlx::query(
         "INSERT INTO saga_keys (scope, key, saga_id, fingerprint, created_at) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (scope, key) DO UPDATE SET saga_id = excluded.saga_id, fingerprint = excluded.fingerprint, created_at = excluded.created_at \

@@ -34,12 +34,12 @@ impl Statement {
 
     /// Runs the statement over `rows` (bound as one JSON array, `$1`, with
     /// `$2` the commit time and `$3` the row count); nothing for no rows.
-    pub async fn execute<T: Serialize>(&self, tx: &mut Transaction<'static, Any>, rows: &[T], now: i64) -> Result<(), StoreError> {
+    pub async fn execute<T: Serialize>(&self, tx: &mut Transaction<'_, Any>, rows: &[T], now: i64) -> Result<(), StoreError> {
         self.execute_rows(tx, &Rows::of(rows)?, now).await
     }
 
     /// [`Statement::execute`] of rows already serialised.
-    pub async fn execute_rows(&self, tx: &mut Transaction<'static, Any>, rows: &Rows, now: i64) -> Result<(), StoreError> {
+    pub async fn execute_rows(&self, tx: &mut Transaction<'_, Any>, rows: &Rows, now: i64) -> Result<(), StoreError> {
         if rows.len > 0 {
             self.query().bind(rows.json.clone()).bind(now).bind(rows.len as i64).execute(&mut **tx).await?;
         }
@@ -86,7 +86,9 @@ impl Rows {
 }
 
 /// A write of rows that each belong to one saga, made in a step's commit:
-/// the store's own (sagas, events) and those of the read models.
+/// the store's own (sagas, events) and those of the read models. `$2` is
+/// the commit time in a commit and 0 in replay, so a read model stamps
+/// rows from its [`super::Step`]'s `at`, never from `$2`.
 ///
 /// It is written once, as a function of where its rows come from (a
 /// table `r` with `n`, the row's place in the batch), so that the
@@ -111,7 +113,10 @@ impl BatchWrite {
     }
 
     /// A write that joins its rows with a table (an update): see
-    /// [`Statement::planned_each_time`].
+    /// [`Statement::planned_each_time`]. That holds where it runs alone
+    /// (replay, SQLite, a transaction); as a part of the one-statement
+    /// commit it is prepared, and the committer connection's planner
+    /// settings keep its plan to lookups (`db::committer`).
     pub fn planned_each_time(
         backend: Backend,
         columns: &[(&'static str, Column)],
