@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::domain::{Amount, Description, NewOrder};
 use crate::store::projection::Tx;
-use crate::store::{BatchWrite, Projection, Rows, Statement, Step, Store, StoreError};
+use crate::store::{BatchWrite, Projection, Rows, Statement, Step, Store, StoreError, id_rows};
 
 /// The definition the seed routes start and read.
 pub const DEFINITION: &str = "order";
@@ -195,11 +195,6 @@ struct Moved<'a> {
     at: i64,
 }
 
-#[derive(Serialize)]
-struct Id {
-    id: String,
-}
-
 /// The row a new order saga's inputs make; `None` when they are not an
 /// order's (the runtime checks them before starting, so only a saga
 /// started around the adapter gets here).
@@ -254,9 +249,8 @@ impl Projection for OrderProjection {
 
     fn read<'t>(&'t self, tx: Tx<'t>, ids: &'t [Uuid]) -> BoxFuture<'t, Result<BTreeMap<Uuid, Value>, StoreError>> {
         async move {
-            let ids: Vec<Id> = ids.iter().map(|id| Id { id: id.to_string() }).collect();
             let mut rows = BTreeMap::new();
-            for r in self.select.fetch(&mut **tx, &ids, 0).await? {
+            for r in self.select.fetch(&mut **tx, &id_rows(ids), 0).await? {
                 let id: String = r.try_get("id")?;
                 let mut row = Map::new();
                 for (column, kind) in COLUMNS {
@@ -274,11 +268,7 @@ impl Projection for OrderProjection {
     }
 
     fn delete<'t>(&'t self, tx: Tx<'t>, ids: &'t [Uuid]) -> BoxFuture<'t, Result<(), StoreError>> {
-        async move {
-            let ids: Vec<Id> = ids.iter().map(|id| Id { id: id.to_string() }).collect();
-            self.delete.execute(tx, &ids, 0).await
-        }
-        .boxed()
+        async move { self.delete.execute(tx, &id_rows(ids), 0).await }.boxed()
     }
 }
 

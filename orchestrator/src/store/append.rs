@@ -226,12 +226,6 @@ pub(super) struct Statements {
     in_one: Option<Statement>,
 }
 
-/// One saga id of a batch, as the recordset statements take it.
-#[derive(Serialize)]
-pub(super) struct IdRow<'a> {
-    pub id: &'a str,
-}
-
 /// What a step changes in a saga's row, on insert and on update alike.
 /// Every column a list filters on is here, so no step leaves one stale.
 /// (`definition_version` changes when a saga is migrated.)
@@ -429,14 +423,14 @@ async fn write_in(
     now: i64,
 ) -> Result<HashSet<Uuid>, StoreError> {
     let (new, moved) = saga_rows(appends, tried)?;
-    let mut written = returned_ids(sql.insert_sagas.alone().fetch_rows(&mut **tx, &new, now).await?)?;
-    written.extend(returned_ids(sql.update_sagas.alone().fetch_rows(&mut **tx, &moved, now).await?)?);
+    let mut written = returned_ids(sql.insert_sagas.alone().fetch_rows(&mut **tx, new, now).await?)?;
+    written.extend(returned_ids(sql.update_sagas.alone().fetch_rows(&mut **tx, moved, now).await?)?);
     let kept: Vec<usize> = tried.iter().copied().filter(|&i| written.contains(&appends[i].saga.id)).collect();
     let (events, read_models) = step_rows(appends, &kept, projections, now)?;
-    for (write, rows) in projections.iter().flat_map(|p| p.writes()).zip(&read_models) {
+    for (write, rows) in projections.iter().flat_map(|p| p.writes()).zip(read_models) {
         write.alone().execute_rows(tx, rows, now).await?;
     }
-    sql.insert_events.alone().execute_rows(tx, &events, now).await?;
+    sql.insert_events.alone().execute_rows(tx, events, now).await?;
     Ok(written)
 }
 

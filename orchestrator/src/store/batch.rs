@@ -35,13 +35,13 @@ impl Statement {
     /// Runs the statement over `rows` (bound as one JSON array, `$1`, with
     /// `$2` the commit time and `$3` the row count); nothing for no rows.
     pub async fn execute<T: Serialize>(&self, tx: &mut Transaction<'_, Any>, rows: &[T], now: i64) -> Result<(), StoreError> {
-        self.execute_rows(tx, &Rows::of(rows)?, now).await
+        self.execute_rows(tx, Rows::of(rows)?, now).await
     }
 
     /// [`Statement::execute`] of rows already serialised.
-    pub async fn execute_rows(&self, tx: &mut Transaction<'_, Any>, rows: &Rows, now: i64) -> Result<(), StoreError> {
+    pub async fn execute_rows(&self, tx: &mut Transaction<'_, Any>, rows: Rows, now: i64) -> Result<(), StoreError> {
         if rows.len > 0 {
-            self.query().bind(rows.json.clone()).bind(now).bind(rows.len as i64).execute(&mut **tx).await?;
+            self.query().bind(rows.json).bind(now).bind(rows.len as i64).execute(&mut **tx).await?;
         }
         Ok(())
     }
@@ -53,19 +53,30 @@ impl Statement {
         E: sqlx::Executor<'c, Database = Any>,
         T: Serialize,
     {
-        self.fetch_rows(executor, &Rows::of(rows)?, now).await
+        self.fetch_rows(executor, Rows::of(rows)?, now).await
     }
 
     /// [`Statement::fetch`] of rows already serialised.
-    pub async fn fetch_rows<'c, E>(&self, executor: E, rows: &Rows, now: i64) -> Result<Vec<sqlx::any::AnyRow>, StoreError>
+    pub async fn fetch_rows<'c, E>(&self, executor: E, rows: Rows, now: i64) -> Result<Vec<sqlx::any::AnyRow>, StoreError>
     where
         E: sqlx::Executor<'c, Database = Any>,
     {
         if rows.len == 0 {
             return Ok(Vec::new());
         }
-        Ok(self.query().bind(rows.json.clone()).bind(now).bind(rows.len as i64).fetch_all(executor).await?)
+        Ok(self.query().bind(rows.json).bind(now).bind(rows.len as i64).fetch_all(executor).await?)
     }
+}
+
+/// One saga id of a batch, as the recordset statements take it (`id`).
+#[derive(Serialize)]
+pub struct IdRow<T> {
+    id: T,
+}
+
+/// The rows of a batch of saga ids, a [`uuid::Uuid`] or its text each.
+pub fn id_rows<T: Serialize>(ids: &[T]) -> Vec<IdRow<&T>> {
+    ids.iter().map(|id| IdRow { id }).collect()
 }
 
 /// The rows of one batch statement, serialised as its JSON array.

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
 pub use append::{Append, Committed, IdempotencyKey, MAX_BATCH, Projections};
-pub use batch::{BatchWrite, Rows, Statement};
+pub use batch::{BatchWrite, Rows, Statement, id_rows};
 pub use list::{Count, Cursor, Filter, Listed};
 pub use projection::{Projection, Step};
 pub use relay::run_relay;
@@ -179,9 +179,7 @@ impl Store {
             "SELECT e.stream_id, e.event_type, e.data FROM events e JOIN {} ON e.stream_id = r.id ORDER BY e.stream_id, e.version",
             db::recordset(self.backend, &[("id", db::Column::Text)])
         ));
-        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        let batch: Vec<append::IdRow> = ids.iter().map(|id| append::IdRow { id }).collect();
-        let rows = sql.fetch(&self.readers, &batch, 0).await?;
+        let rows = sql.fetch(&self.readers, &id_rows(ids), 0).await?;
         for r in &rows {
             let id: String = r.try_get("stream_id")?;
             let id = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;

@@ -83,7 +83,7 @@ pub(super) fn rows(projection: &dyn Projection, steps: &[Step<'_>]) -> Result<Ve
 /// Writes what `steps` change to `projection`'s rows, in `tx`.
 pub(super) async fn apply(tx: Tx<'_>, projection: &dyn Projection, steps: &[Step<'_>]) -> Result<(), StoreError> {
     for (write, rows) in projection.writes().iter().zip(rows(projection, steps)?) {
-        write.alone().execute_rows(tx, &rows, 0).await?;
+        write.alone().execute_rows(tx, rows, 0).await?;
     }
     Ok(())
 }

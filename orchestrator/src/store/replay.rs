@@ -15,9 +15,10 @@ use std::collections::BTreeMap;
 
 use sagas::{Change, Event, Saga};
 use serde_json::Value;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::Row;
 use uuid::Uuid;
 
+use super::batch::{Statement, id_rows};
 use super::projection::Step;
 use super::{Store, StoreError};
 use db::Column::Text;
@@ -60,10 +61,10 @@ impl Store {
         let mut report = Report { written: !dry_run, ..Report::default() };
         let mut after = String::new();
         let ids_sql = recordset(self.backend, &[("id", Text)]);
-        let events_sql = format!(
+        let events_sql = Statement::planned_each_time(format!(
             "SELECT e.stream_id, e.version, e.event_type, e.data, e.metadata, e.recorded_at FROM events e JOIN {ids_sql} ON e.stream_id = r.id \
              ORDER BY e.stream_id, e.version"
-        );
+        ));
         loop {
             let mut tx = self.pool.begin().await?;
             let rows = sqlx::query("SELECT id, snapshot, state, status, terminal, version, attempt FROM sagas WHERE id > $1 ORDER BY id LIMIT $2")
@@ -90,14 +91,7 @@ impl Store {
                 stored.insert(parse_id(&id)?, saga);
             }
             let ids: Vec<Uuid> = stored.keys().copied().collect();
-            let id_rows: Vec<Value> = ids.iter().map(|id| serde_json::json!({ "id": id.to_string() })).collect();
-            let event_rows = sqlx::query(AssertSqlSafe(events_sql.clone()))
-                .bind(serde_json::to_string(&id_rows)?)
-                // `$2` (a commit time in the batch statements) is not used here.
-                .bind(0_i64)
-                .bind(id_rows.len() as i64)
-                .fetch_all(&mut *tx)
-                .await?;
+            let event_rows = events_sql.fetch(&mut *tx, &id_rows(&ids), 0).await?;
             let mut streams: BTreeMap<Uuid, Vec<Recorded>> = BTreeMap::new();
             for r in &event_rows {
                 let id: String = r.try_get("stream_id")?;

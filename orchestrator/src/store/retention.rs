@@ -5,8 +5,7 @@ use db::{Backend, recordset};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::append::IdRow;
-use super::batch::Statement;
+use super::batch::{Statement, id_rows};
 use super::relay::RELAY;
 use super::{Store, StoreError};
 
@@ -44,10 +43,9 @@ impl Store {
         }
         let uuids: Vec<Uuid> =
             ids.iter().map(|id| Uuid::parse_str(id).map_err(|e| StoreError::Corrupt(format!("saga id {id}: {e}")))).collect::<Result<_, _>>()?;
-        let batch: Vec<IdRow> = ids.iter().map(|id| IdRow { id }).collect();
         let in_batch = recordset(self.backend, &[("id", Text)]);
         for table in ["events WHERE stream_id", "sagas WHERE id"] {
-            Statement::planned_each_time(format!("DELETE FROM {table} IN (SELECT r.id FROM {in_batch})")).execute(&mut tx, &batch, 0).await?;
+            Statement::planned_each_time(format!("DELETE FROM {table} IN (SELECT r.id FROM {in_batch})")).execute(&mut tx, &id_rows(&ids), 0).await?;
         }
         for projection in self.projections.iter().filter(|p| p.definition() == definition) {
             projection.delete(&mut tx, &uuids).await?;
