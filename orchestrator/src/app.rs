@@ -177,7 +177,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     // On SQLite the outbox relay holds one reader for itself; four serve the API.
     let readers = db::readers(&config.database_url(), &pool, backend, 5).await?;
     let committer = db::committer(&config.database_url(), &pool, backend).await?;
-    Ok(Store::new(pool, readers, committer, backend, vec![Arc::new(crate::orders::OrderProjection::new(backend))]))
+    Ok(Store::new(pool, readers, committer, backend, vec![Arc::new(crate::orders::OrderProjection::new(backend))], config.commit_gather))
 }
 
 impl Running {

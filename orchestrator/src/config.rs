@@ -54,6 +54,13 @@ pub struct Config {
     /// closed.
     #[arg(long, env = "ESO_BODY_TIMEOUT", default_value = "30s", value_parser = parse_body_timeout)]
     pub body_timeout: Duration,
+    /// At partial load, how long a commit may wait for more sagas' steps
+    /// to share it (e.g. `1ms`; `0` never waits). It waits only when steps
+    /// arrive often enough that another is due within it, so a lone saga's
+    /// steps commit at once; each commit costs the database a statement and
+    /// a disk flush whatever it holds.
+    #[arg(long, env = "ESO_COMMIT_GATHER", default_value = "1ms", value_parser = parse_commit_gather)]
+    pub commit_gather: Duration,
     /// How long an `Idempotency-Key` names the saga it started (e.g. `24h`,
     /// `30m`); a key older than this starts a new saga.
     #[arg(long, env = "ESO_IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
@@ -159,6 +166,9 @@ impl Config {
 pub const MAX_CONNECTIONS: std::ops::RangeInclusive<usize> = 1..=1_000_000;
 pub const HEADER_TIMEOUT: std::ops::RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(10 * 60);
 pub const BODY_TIMEOUT: std::ops::RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(60 * 60);
+/// A step waits for its commit: a window past a few tens of milliseconds
+/// would be latency for no further saving.
+pub const COMMIT_GATHER: std::ops::RangeInclusive<Duration> = Duration::ZERO..=Duration::from_millis(50);
 
 fn parse_max_connections(value: &str) -> Result<usize, String> {
     let n = value.trim().parse::<usize>().map_err(|e| format!("must be a number of connections: {e}"))?;
@@ -179,6 +189,14 @@ fn parse_header_timeout(value: &str) -> Result<Duration, String> {
 
 fn parse_body_timeout(value: &str) -> Result<Duration, String> {
     parse_bounded(value, &BODY_TIMEOUT)
+}
+
+fn parse_commit_gather(value: &str) -> Result<Duration, String> {
+    // humantime wants a unit even for zero; `0` reads as "never wait".
+    if value.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_bounded(value, &COMMIT_GATHER)
 }
 
 fn parse_bounded(value: &str, range: &std::ops::RangeInclusive<Duration>) -> Result<Duration, String> {
@@ -231,6 +249,8 @@ mod tests {
             (&["--header-timeout", "200years"], "from 100ms to 10m"),
             (&["--body-timeout", "10ms"], "from 100ms to 1h"),
             (&["--body-timeout", "soon"], "duration such as"),
+            (&["--commit-gather", "1s"], "from 0s to 50ms"),
+            (&["--commit-gather", "-1ms"], "duration such as"),
         ] {
             let refused = error(args);
             assert!(refused.contains(says), "{args:?}: {refused}");
@@ -238,6 +258,10 @@ mod tests {
         let config = Cli::try_parse_from(["eso", "--max-connections", "50", "--header-timeout", "1s", "--body-timeout", "500ms"]).map(|c| c.config);
         let limits = config.ok().map(|c| (c.max_connections, c.header_timeout, c.body_timeout));
         assert_eq!(limits, Some((Some(50), std::time::Duration::from_secs(1), std::time::Duration::from_millis(500))));
+        let gather = |args: &[&str]| Cli::try_parse_from([&["eso"], args].concat()).ok().map(|c| c.config.commit_gather);
+        assert_eq!(gather(&[]), Some(std::time::Duration::from_millis(1)));
+        assert_eq!(gather(&["--commit-gather", "0"]), Some(std::time::Duration::ZERO));
+        assert_eq!(gather(&["--commit-gather", "250us"]), Some(std::time::Duration::from_micros(250)));
     }
 
     #[test]

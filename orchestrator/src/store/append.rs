@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use db::Column::{BigInt, Json, Text};
 use db::{Backend, Column, insert_from};
@@ -30,6 +31,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::batch::{BatchWrite, Rows, Statement};
+use super::gather::Gather;
 use super::projection::{Projection, Step};
 use super::{Store, StoreError};
 use crate::clock::now_us;
@@ -103,13 +105,14 @@ impl Store {
     }
 }
 
-/// Starts the committer and returns its queue.
-pub(super) fn spawn_committer(pool: AnyPool, backend: Backend, projections: Projections, appended: Arc<Notify>) -> mpsc::Sender<Job> {
+/// Starts the committer and returns its queue. At partial load it waits up
+/// to `gather` for more appends before a commit (see [`Gather`]).
+pub(super) fn spawn_committer(pool: AnyPool, backend: Backend, projections: Projections, appended: Arc<Notify>, gather: Duration) -> mpsc::Sender<Job> {
     let (tx, rx) = mpsc::channel::<Job>(MAX_BATCH * 8);
     let sql = Statements::new(backend, &projections);
     // Kept across commits only where the committer has a pool of its own.
     let connection = Connection { pool, held: None, keep: backend == Backend::Postgres };
-    tokio::spawn(run_committer(connection, sql, projections, rx, appended));
+    tokio::spawn(run_committer(connection, sql, projections, rx, appended, Gather::new(gather, Instant::now())));
     tx
 }
 
@@ -149,12 +152,32 @@ impl Connection {
     }
 }
 
-async fn run_committer(mut connection: Connection, sql: Statements, projections: Projections, mut rx: mpsc::Receiver<Job>, appended: Arc<Notify>) {
+async fn run_committer(
+    mut connection: Connection,
+    sql: Statements,
+    projections: Projections,
+    mut rx: mpsc::Receiver<Job>,
+    appended: Arc<Notify>,
+    mut gather: Gather,
+) {
     loop {
         // Everything waiting, up to MAX_BATCH: one commit for all.
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let queued = !rx.is_empty();
         if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
             return;
+        }
+        gather.arrived(batch.len(), Instant::now());
+        if let Some(window) = gather.wait(queued) {
+            let until = Instant::now() + window;
+            while batch.len() < MAX_BATCH {
+                let room = MAX_BATCH - batch.len();
+                match tokio::time::timeout_at(until, rx.recv_many(&mut batch, room)).await {
+                    Ok(n) if n > 0 => gather.arrived(n, Instant::now()),
+                    // The window is out, or the queue closed: commit what came.
+                    _ => break,
+                }
+            }
         }
         metrics::histogram!("eso_commit_batch_size").record(batch.len() as f64);
         // Where a commit can be one statement, the appends that claim

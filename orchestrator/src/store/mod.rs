@@ -7,6 +7,7 @@
 
 mod append;
 mod batch;
+mod gather;
 mod list;
 pub mod projection;
 mod relay;
@@ -15,6 +16,7 @@ mod retention;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use db::Backend;
 use sagas::{Event, Saga};
@@ -116,11 +118,12 @@ pub struct SagaRow {
 impl Store {
     /// Wraps a migrated pool and starts the committer on `committer`
     /// (`db::committer`), which writes `projections` in the commit of the
-    /// events they follow.
-    pub fn new(pool: AnyPool, readers: AnyPool, committer: AnyPool, backend: Backend, projections: Vec<Arc<dyn Projection>>) -> Store {
+    /// events they follow. At partial load the committer waits up to
+    /// `commit_gather` for more appends to share a commit (`ESO_COMMIT_GATHER`).
+    pub fn new(pool: AnyPool, readers: AnyPool, committer: AnyPool, backend: Backend, projections: Vec<Arc<dyn Projection>>, commit_gather: Duration) -> Store {
         let appended = Arc::new(Notify::new());
         let projections: Projections = projections.into();
-        let committer = append::spawn_committer(committer, backend, projections.clone(), appended.clone());
+        let committer = append::spawn_committer(committer, backend, projections.clone(), appended.clone(), commit_gather);
         Store { pool, readers, backend, committer, appended, projections, finished_counts: Arc::default() }
     }
 

@@ -38,6 +38,14 @@ pub(super) const RELAY: &str = "main";
 const RELAY_LOCK: i64 = 0x0e50_0e50;
 const BATCH: i64 = 512;
 const IDLE_POLL: Duration = Duration::from_millis(200);
+/// The shortest time between two passes woken by commits. A pass is a query
+/// and a publish round trip whatever it carries; at partial load commits
+/// come about a millisecond apart, and a pass for each of them cost more
+/// than the events it published (docs/benchmarks.md, "Fourth round"). Under
+/// full load commits are further apart than this anyway. What it adds is
+/// at most this much to an event's way onto the stream; sagas never wait
+/// on the relay.
+const PASS_EVERY: Duration = Duration::from_millis(10);
 /// How long a stopping relay waits for events held above the horizon.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 
@@ -128,11 +136,13 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, session: &mut Session,
     let mut stopping = false;
     let mut give_up = Instant::now();
     let mut lag_read_at: Option<Instant> = None;
+    let mut pass_at: Instant;
     loop {
         if cursor.due() {
             cursor.flush(store, session).await?;
         }
         let (tx, position) = cursor.position(session).await?;
+        pass_at = Instant::now();
         let rows = match store.backend {
             Backend::Postgres => {
                 sqlx::query(
@@ -207,7 +217,7 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, session: &mut Session,
             lag_read_at = Some(Instant::now());
         }
         tokio::select! {
-            () = store.appended().notified() => {}
+            () = store.appended().notified() => tokio::time::sleep_until(pass_at + PASS_EVERY).await,
             () = tokio::time::sleep(cursor.idle_wait()) => {}
             // More passes publish what was committed before shutdown.
             () = shutdown.cancelled() => {
