@@ -1,12 +1,14 @@
 //! The SQL both the event store and the participants need: connecting to
 //! Postgres or SQLite through one `AnyPool` type, running an owner's
-//! migrations, batched statements over a JSON recordset, the clock of
-//! every `*_at` column, and the lock that keeps a SQLite file to one process.
+//! migrations, batched statements over a JSON recordset, the group commit's
+//! wait at partial load, the clock of every `*_at` column, and the lock that
+//! keeps a SQLite file to one process.
 //!
 //! Each owner (the orchestrator's store, the participants) brings its own
 //! migrations and tables; this crate knows none of them, so neither owner
 //! depends on the other to reach its database.
 
+pub mod gather;
 mod lock;
 
 use std::str::FromStr;

@@ -38,7 +38,7 @@ async fn order_store(url: &str) -> (Store, sagas::Definition) {
     let readers = db::readers(url, &pool, backend, 2).await.unwrap_or_else(|e| panic!("readers: {e}"));
     let committer = db::committer(url, &pool, backend).await.unwrap_or_else(|e| panic!("committer: {e}"));
     let projections = vec![std::sync::Arc::new(orchestrator::orders::OrderProjection::new(backend)) as _];
-    let store = Store::new(pool, readers, committer, backend, projections, std::time::Duration::from_millis(1));
+    let store = Store::new(pool, readers, committer, backend, projections, db::gather::WINDOW);
     let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../sagas/definitions/order.toml")).unwrap_or_else(|e| panic!("{e}"));
     (store, sagas::parse("order.toml", &source).unwrap_or_else(|e| panic!("{e}")))
 }

@@ -54,12 +54,12 @@ pub struct Config {
     /// closed.
     #[arg(long, env = "ESO_BODY_TIMEOUT", default_value = "30s", value_parser = parse_body_timeout)]
     pub body_timeout: Duration,
-    /// At partial load, how long a commit may wait for more sagas' steps
-    /// to share it (e.g. `1ms`; `0` never waits). It waits only when steps
-    /// arrive often enough that another is due within it, so a lone saga's
-    /// steps commit at once; each commit costs the database a statement and
-    /// a disk flush whatever it holds.
-    #[arg(long, env = "ESO_COMMIT_GATHER", default_value = "1ms", value_parser = parse_commit_gather)]
+    /// At partial load, how long a small commit may wait for more sagas'
+    /// steps to share it (`0` never waits). It waits only when steps arrive
+    /// often enough that another is due within it, so a lone saga's steps
+    /// commit at once; each commit costs the database a statement and a
+    /// disk flush whatever it holds (see `db::gather`).
+    #[arg(long, env = "ESO_COMMIT_GATHER", default_value = "2ms", value_parser = parse_commit_gather)]
     pub commit_gather: Duration,
     /// How long an `Idempotency-Key` names the saga it started (e.g. `24h`,
     /// `30m`); a key older than this starts a new saga.
@@ -250,7 +250,7 @@ mod tests {
             (&["--body-timeout", "10ms"], "from 100ms to 1h"),
             (&["--body-timeout", "soon"], "duration such as"),
             (&["--commit-gather", "1s"], "from 0s to 50ms"),
-            (&["--commit-gather", "-1ms"], "duration such as"),
+            (&["--commit-gather", "a while"], "duration such as"),
         ] {
             let refused = error(args);
             assert!(refused.contains(says), "{args:?}: {refused}");
@@ -259,7 +259,7 @@ mod tests {
         let limits = config.ok().map(|c| (c.max_connections, c.header_timeout, c.body_timeout));
         assert_eq!(limits, Some((Some(50), std::time::Duration::from_secs(1), std::time::Duration::from_millis(500))));
         let gather = |args: &[&str]| Cli::try_parse_from([&["eso"], args].concat()).ok().map(|c| c.config.commit_gather);
-        assert_eq!(gather(&[]), Some(std::time::Duration::from_millis(1)));
+        assert_eq!(gather(&[]), Some(std::time::Duration::from_millis(2)));
         assert_eq!(gather(&["--commit-gather", "0"]), Some(std::time::Duration::ZERO));
         assert_eq!(gather(&["--commit-gather", "250us"]), Some(std::time::Duration::from_micros(250)));
     }

@@ -4,11 +4,14 @@
 //! costs a durable write. One task takes every answer waiting and writes
 //! them in one `INSERT … ON CONFLICT DO NOTHING`: one transaction and one
 //! disk flush for all the commands that arrived together (group commit),
-//! instead of one each. A command id that already has an answer gets the
-//! recorded one back, so a repeat never decides twice.
+//! instead of one each; at partial load it waits a moment for more
+//! (`db::gather`), as the orchestrator's committer does. A command id that
+//! already has an answer gets the recorded one back, so a repeat never
+//! decides twice.
 
 use std::collections::{HashMap, HashSet};
 
+use db::gather::{self, Gather};
 use db::{Backend, Column, insert_rows, now_us};
 use serde_json::{Map, Value};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
@@ -51,9 +54,10 @@ impl Recorder {
 }
 
 async fn run(pool: AnyPool, insert: String, recorded: String, mut rx: mpsc::Receiver<Job>) {
+    let mut gather = Gather::new(gather::WINDOW, tokio::time::Instant::now());
     loop {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+        let batch = gather.next_batch(&mut rx, MAX_BATCH).await;
+        if batch.is_empty() {
             return;
         }
         // A repeat of a command in the same batch (a retry that overtook

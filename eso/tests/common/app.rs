@@ -29,6 +29,7 @@ pub fn config(database_url: Option<String>, nats_url: Option<String>, sqlite: Pa
         sagas_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sagas/definitions"),
         db_pool: 8,
         timer_interval_ms: 20,
+        commit_gather: db::gather::WINDOW,
         max_body_bytes: 16 * 1024,
         max_connections: None,
         header_timeout: Duration::from_secs(10),

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use db::Column::{BigInt, Json, Text};
+use db::gather::Gather;
 use db::{Backend, Column, insert_from};
 use sagas::{Change, Event, Saga};
 use serde::Serialize;
@@ -31,7 +32,6 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::batch::{BatchWrite, Rows, Statement};
-use super::gather::Gather;
 use super::projection::{Projection, Step};
 use super::{Store, StoreError};
 use crate::clock::now_us;
@@ -162,22 +162,9 @@ async fn run_committer(
 ) {
     loop {
         // Everything waiting, up to MAX_BATCH: one commit for all.
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        let queued = !rx.is_empty();
-        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+        let batch = gather.next_batch(&mut rx, MAX_BATCH).await;
+        if batch.is_empty() {
             return;
-        }
-        gather.arrived(batch.len(), Instant::now());
-        if let Some(window) = gather.wait(queued) {
-            let until = Instant::now() + window;
-            while batch.len() < MAX_BATCH {
-                let room = MAX_BATCH - batch.len();
-                match tokio::time::timeout_at(until, rx.recv_many(&mut batch, room)).await {
-                    Ok(n) if n > 0 => gather.arrived(n, Instant::now()),
-                    // The window is out, or the queue closed: commit what came.
-                    _ => break,
-                }
-            }
         }
         metrics::histogram!("eso_commit_batch_size").record(batch.len() as f64);
         // Where a commit can be one statement, the appends that claim

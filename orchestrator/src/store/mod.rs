@@ -7,7 +7,6 @@
 
 mod append;
 mod batch;
-mod gather;
 mod list;
 pub mod projection;
 mod relay;
