@@ -138,20 +138,23 @@ mod tests {
         now
     }
 
-    #[test]
-    fn at_partial_load_an_idle_committer_waits_the_window() {
+    /// A committer that has taken `per_second` writes, one at a time, for 300 ms.
+    fn seen(per_second: u64) -> Gather {
         let start = Instant::now();
         let mut gather = Gather::new(WINDOW, start);
+        steady(&mut gather, start, per_second, Duration::from_millis(300));
+        gather
+    }
+
+    #[test]
+    fn at_partial_load_a_small_batch_waits_the_window() {
         // 400 order sagas a second: about 1,200 appends.
-        steady(&mut gather, start, 1_200, Duration::from_millis(300));
-        assert_eq!(gather.wait(1), Some(WINDOW));
+        assert_eq!(seen(1_200).wait(1), Some(WINDOW));
     }
 
     #[test]
     fn a_large_batch_does_not_wait_it_gathered_while_the_last_commit_ran() {
-        let start = Instant::now();
-        let mut gather = Gather::new(WINDOW, start);
-        steady(&mut gather, start, 5_000, Duration::from_millis(300));
+        let mut gather = seen(5_000);
         assert_eq!(gather.wait(LARGE - 1), Some(WINDOW));
         assert_eq!(gather.wait(LARGE), None);
     }
@@ -212,10 +215,8 @@ mod tests {
 
     #[test]
     fn waits_that_catch_nothing_stop_but_for_a_probe_now_and_then() {
-        let start = Instant::now();
-        let mut gather = Gather::new(WINDOW, start);
         // One client's sagas back to back: fast writes, each after the last commit.
-        steady(&mut gather, start, 1_500, Duration::from_millis(300));
+        let mut gather = seen(1_500);
         let mut waits = 0;
         for _ in 0..(4 * PROBE_EVERY) {
             if gather.wait(1).is_some() {
@@ -236,9 +237,7 @@ mod tests {
 
     #[test]
     fn waits_that_catch_writes_go_on() {
-        let start = Instant::now();
-        let mut gather = Gather::new(WINDOW, start);
-        steady(&mut gather, start, 1_500, Duration::from_millis(300));
+        let mut gather = seen(1_500);
         for _ in 0..100 {
             assert_eq!(gather.wait(2), Some(WINDOW));
             gather.waited(true);

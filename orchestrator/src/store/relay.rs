@@ -42,9 +42,9 @@ const IDLE_POLL: Duration = Duration::from_millis(200);
 /// and a publish round trip whatever it carries; at partial load commits
 /// come about a millisecond apart, and a pass for each of them cost more
 /// than the events it published (docs/benchmarks.md, "Fourth round"). Under
-/// full load commits are further apart than this anyway. What it adds is
-/// at most this much to an event's way onto the stream; sagas never wait
-/// on the relay.
+/// full load a commit takes several milliseconds itself, so passes come
+/// about as often as before. What it adds is at most this much to an
+/// event's way onto the stream; sagas never wait on the relay.
 const PASS_EVERY: Duration = Duration::from_millis(10);
 /// How long a stopping relay waits for events held above the horizon.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
