@@ -29,6 +29,11 @@ use tokio::time::Instant;
 /// (`ESO_COMMIT_GATHER` for the orchestrator's).
 pub const WINDOW: Duration = Duration::from_millis(2);
 
+/// The windows that mean something. Tokio's timers tick in milliseconds,
+/// so a shorter one waits a millisecond anyway; a longer one than this is
+/// latency for no further saving (and a huge one would overflow the clock).
+pub const WINDOWS: std::ops::RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_millis(50);
+
 /// How long the arrival rate is counted over before it is updated.
 const RATE_PERIOD: Duration = Duration::from_millis(100);
 
@@ -58,8 +63,9 @@ pub struct Gather {
 }
 
 impl Gather {
-    /// `window` zero: never wait.
+    /// `window` zero: never wait. Others are brought within [`WINDOWS`].
     pub fn new(window: Duration, now: Instant) -> Gather {
+        let window = if window.is_zero() { window } else { window.clamp(*WINDOWS.start(), *WINDOWS.end()) };
         Gather { window, counted: 0, since: now, rate: 0.0, caught: 1.0, skipped: 0 }
     }
 
@@ -91,9 +97,10 @@ impl Gather {
         Some(self.window)
     }
 
-    /// Records whether a wait caught another write.
+    /// Records whether a wait caught another write. One that did, probe
+    /// or not, is reason enough for the next batch to wait too.
     pub fn waited(&mut self, caught: bool) {
-        self.caught = 0.8 * self.caught + if caught { 0.2 } else { 0.0 };
+        self.caught = if caught { (0.8 * self.caught + 0.2).max(0.5) } else { 0.8 * self.caught };
     }
 
     /// The next batch for a commit: everything waiting, up to `max`, and at
@@ -186,8 +193,10 @@ mod tests {
         // Tokio's timers tick in milliseconds: a window of ten, sends two apart.
         let window = Duration::from_millis(10);
         let (tx, mut rx) = mpsc::channel(16);
-        let mut gather = Gather::new(window, Instant::now());
-        steady(&mut gather, Instant::now(), 2_000, Duration::from_millis(300));
+        // Writes in the 300 ms up to now, so the batches' own arrivals count on.
+        let start = Instant::now() - Duration::from_millis(300);
+        let mut gather = Gather::new(window, start);
+        steady(&mut gather, start, 2_000, Duration::from_millis(300));
         let sender = tokio::spawn(async move {
             for n in 0..3 {
                 let _ = tx.send(n).await;
@@ -224,14 +233,13 @@ mod tests {
                 gather.waited(false);
             }
         }
-        // The first few, while the average falls below half, then a probe
-        // every PROBE_EVERY batches.
-        assert!((4..=8).contains(&waits), "{waits} waits");
-        // A probe that catches something brings the waits back.
-        while gather.wait(1).is_none() {}
-        for _ in 0..3 {
-            gather.waited(true);
-        }
+        // The first few, while the average falls below half (4), then a
+        // probe every PROBE_EVERY batches (3 more).
+        assert_eq!(waits, 7);
+        // One probe that catches something brings the waits back.
+        let probed = (0..PROBE_EVERY).any(|_| gather.wait(1).is_some());
+        assert!(probed, "no probe within {PROBE_EVERY} batches");
+        gather.waited(true);
         assert_eq!(gather.wait(1), Some(WINDOW));
     }
 
@@ -247,8 +255,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lone_writer_stops_waiting_on_itself() {
         let (tx, mut rx) = mpsc::channel(16);
-        let mut gather = Gather::new(WINDOW, Instant::now());
-        steady(&mut gather, Instant::now(), 1_500, Duration::from_millis(300));
+        // Writes in the 300 ms up to now, so the batches' own arrivals count on.
+        let start = Instant::now() - Duration::from_millis(300);
+        let mut gather = Gather::new(WINDOW, start);
+        steady(&mut gather, start, 1_500, Duration::from_millis(300));
         let started = Instant::now();
         for n in 0..(2 * PROBE_EVERY) {
             let _ = tx.send(n).await;
@@ -257,6 +267,17 @@ mod tests {
         // 32 writes, a wait of WINDOW each would be 32 windows.
         let waited = started.elapsed();
         assert!(waited <= WINDOW * 8, "waited {waited:?}");
+    }
+
+    #[test]
+    fn a_window_out_of_bounds_is_brought_within_them() {
+        let start = Instant::now();
+        let mut huge = Gather::new(Duration::MAX, start);
+        steady(&mut huge, start, 1_500, Duration::from_millis(300));
+        assert_eq!(huge.wait(1), Some(*WINDOWS.end()));
+        let mut tiny = Gather::new(Duration::from_micros(250), start);
+        steady(&mut tiny, start, 1_500, Duration::from_millis(300));
+        assert_eq!(tiny.wait(1), Some(*WINDOWS.start()));
     }
 
     #[test]

@@ -55,10 +55,10 @@ pub struct Config {
     #[arg(long, env = "ESO_BODY_TIMEOUT", default_value = "30s", value_parser = parse_body_timeout)]
     pub body_timeout: Duration,
     /// At partial load, how long a small commit may wait for more sagas'
-    /// steps to share it (`0` never waits). It waits only when steps arrive
-    /// often enough that another is due within it, so a lone saga's steps
-    /// commit at once; each commit costs the database a statement and a
-    /// disk flush whatever it holds (see `db::gather`).
+    /// steps to share it (`0` never waits, else 1ms to 50ms). It waits only
+    /// when another step is due within it and recent waits caught one (see
+    /// `db::gather`): each commit costs the database a statement and a disk
+    /// flush whatever it holds.
     #[arg(long, env = "ESO_COMMIT_GATHER", default_value = "2ms", value_parser = parse_commit_gather)]
     pub commit_gather: Duration,
     /// How long an `Idempotency-Key` names the saga it started (e.g. `24h`,
@@ -166,9 +166,6 @@ impl Config {
 pub const MAX_CONNECTIONS: std::ops::RangeInclusive<usize> = 1..=1_000_000;
 pub const HEADER_TIMEOUT: std::ops::RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(10 * 60);
 pub const BODY_TIMEOUT: std::ops::RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(60 * 60);
-/// A step waits for its commit: a window past a few tens of milliseconds
-/// would be latency for no further saving.
-pub const COMMIT_GATHER: std::ops::RangeInclusive<Duration> = Duration::ZERO..=Duration::from_millis(50);
 
 fn parse_max_connections(value: &str) -> Result<usize, String> {
     let n = value.trim().parse::<usize>().map_err(|e| format!("must be a number of connections: {e}"))?;
@@ -191,12 +188,17 @@ fn parse_body_timeout(value: &str) -> Result<Duration, String> {
     parse_bounded(value, &BODY_TIMEOUT)
 }
 
+/// `0` (never wait), or a window within `db::gather::WINDOWS`.
 fn parse_commit_gather(value: &str) -> Result<Duration, String> {
-    // humantime wants a unit even for zero; `0` reads as "never wait".
+    // humantime wants a unit even for zero.
     if value.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    parse_bounded(value, &COMMIT_GATHER)
+    let duration = humantime::parse_duration(value).map_err(|e| format!("must be `0` or a duration such as `2ms`: {e}"))?;
+    if duration.is_zero() {
+        return Ok(duration);
+    }
+    check_duration(duration, &db::gather::WINDOWS).map(|()| duration)
 }
 
 fn parse_bounded(value: &str, range: &std::ops::RangeInclusive<Duration>) -> Result<Duration, String> {
@@ -249,7 +251,8 @@ mod tests {
             (&["--header-timeout", "200years"], "from 100ms to 10m"),
             (&["--body-timeout", "10ms"], "from 100ms to 1h"),
             (&["--body-timeout", "soon"], "duration such as"),
-            (&["--commit-gather", "1s"], "from 0s to 50ms"),
+            (&["--commit-gather", "1s"], "from 1ms to 50ms"),
+            (&["--commit-gather", "250us"], "from 1ms to 50ms"),
             (&["--commit-gather", "a while"], "duration such as"),
         ] {
             let refused = error(args);
@@ -261,7 +264,8 @@ mod tests {
         let gather = |args: &[&str]| Cli::try_parse_from([&["eso"], args].concat()).ok().map(|c| c.config.commit_gather);
         assert_eq!(gather(&[]), Some(std::time::Duration::from_millis(2)));
         assert_eq!(gather(&["--commit-gather", "0"]), Some(std::time::Duration::ZERO));
-        assert_eq!(gather(&["--commit-gather", "250us"]), Some(std::time::Duration::from_micros(250)));
+        assert_eq!(gather(&["--commit-gather", "0ms"]), Some(std::time::Duration::ZERO));
+        assert_eq!(gather(&["--commit-gather", "5ms"]), Some(std::time::Duration::from_millis(5)));
     }
 
     #[test]

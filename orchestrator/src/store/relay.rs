@@ -136,13 +136,12 @@ async fn publish_until_shutdown(store: &Store, bus: &Bus, session: &mut Session,
     let mut stopping = false;
     let mut give_up = Instant::now();
     let mut lag_read_at: Option<Instant> = None;
-    let mut pass_at: Instant;
     loop {
         if cursor.due() {
             cursor.flush(store, session).await?;
         }
         let (tx, position) = cursor.position(session).await?;
-        pass_at = Instant::now();
+        let pass_at = Instant::now();
         let rows = match store.backend {
             Backend::Postgres => {
                 sqlx::query(
