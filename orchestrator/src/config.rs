@@ -191,14 +191,10 @@ fn parse_body_timeout(value: &str) -> Result<Duration, String> {
 /// `0` (never wait), or a window within `db::gather::WINDOWS`.
 fn parse_commit_gather(value: &str) -> Result<Duration, String> {
     // humantime wants a unit even for zero.
-    if value.trim() == "0" {
+    if value.trim() == "0" || humantime::parse_duration(value).is_ok_and(|d| d.is_zero()) {
         return Ok(Duration::ZERO);
     }
-    let duration = humantime::parse_duration(value).map_err(|e| format!("must be `0` or a duration such as `2ms`: {e}"))?;
-    if duration.is_zero() {
-        return Ok(duration);
-    }
-    check_duration(duration, &db::gather::WINDOWS).map(|()| duration)
+    parse_bounded(value, &db::gather::WINDOWS).map_err(|e| format!("{e}, or `0` never to wait"))
 }
 
 fn parse_bounded(value: &str, range: &std::ops::RangeInclusive<Duration>) -> Result<Duration, String> {
@@ -262,7 +258,7 @@ mod tests {
         let limits = config.ok().map(|c| (c.max_connections, c.header_timeout, c.body_timeout));
         assert_eq!(limits, Some((Some(50), std::time::Duration::from_secs(1), std::time::Duration::from_millis(500))));
         let gather = |args: &[&str]| Cli::try_parse_from([&["eso"], args].concat()).ok().map(|c| c.config.commit_gather);
-        assert_eq!(gather(&[]), Some(std::time::Duration::from_millis(2)));
+        assert_eq!(gather(&[]), Some(db::gather::WINDOW), "the default is the participants' window too");
         assert_eq!(gather(&["--commit-gather", "0"]), Some(std::time::Duration::ZERO));
         assert_eq!(gather(&["--commit-gather", "0ms"]), Some(std::time::Duration::ZERO));
         assert_eq!(gather(&["--commit-gather", "5ms"]), Some(std::time::Duration::from_millis(5)));
